@@ -1,0 +1,56 @@
+"""Packaging for portraitisr. ``pip install -e ".[dev]"`` installs the library and the test tools."""
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read_version() -> str:
+    namespace: dict = {}
+    with open(os.path.join(HERE, 'portraitisr', 'version.py'), encoding='utf-8') as f:
+        exec(f.read(), namespace)
+    return namespace['__version__']
+
+
+INSTALL_REQUIRES = [
+    'torch>=2.1',
+    'torchvision',
+    'mmengine>=0.10.5',
+    'diffusers>=0.27',
+    'peft>=0.10',
+    'transformers>=4.38',
+    'safetensors',
+    'lpips>=0.1.4',
+    'kornia>=0.7',
+    'opencv-python-headless',
+    'omegaconf',
+    'numpy',
+    'scipy',
+    'pillow',
+    'tqdm',
+]
+
+EXTRAS_REQUIRE = {
+    # Real photos that ship with packages (skimage astronaut/camera/lfw, matplotlib's
+    # grace_hopper.jpg) used by the debug configs and tests.
+    'samples': ['scikit-image', 'matplotlib'],
+    'dev': ['pytest', 'scikit-image', 'matplotlib'],
+}
+
+setup(
+    name='portraitisr',
+    version=read_version(),
+    description='Portrait image super-resolution: HeadsUp, OSEDiff and blending baselines on one runner',
+    long_description=open(os.path.join(HERE, 'README.md'), encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.9',
+    packages=find_packages(include=['portraitisr', 'portraitisr.*']),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    classifiers=[
+        'Programming Language :: Python :: 3',
+        'Topic :: Scientific/Engineering :: Image Processing',
+    ],
+)

@@ -1,0 +1,475 @@
+"""Tests of the weight resolver: local look-ups, downloads from a local HTTP server, hub-layout folders, loading.
+
+Nothing here reaches the internet: an autouse fixture makes any connection outside 127.0.0.1 fail, and the
+download tests use a threaded ``http.server`` on 127.0.0.1 that speaks HTTP Range like a real file host.
+"""
+import hashlib
+import http.server
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from portraitisr.apis.weight_resolver import (ChecksumError, CheckpointLoadError, WeightsNotFoundError,
+                                              load_state_dict, portraitisr_home, resolve_file,
+                                              resolve_pretrained_dir)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def no_internet(monkeypatch):
+    """Fail loudly if anything tries to connect beyond the loopback interface."""
+    real_connect = socket.socket.connect
+
+    def guarded_connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in ('127.0.0.1', 'localhost', '::1') and self.family in (
+                socket.AF_INET, socket.AF_INET6):
+            raise AssertionError(f'test tried to reach the network: {address}')
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, 'connect', guarded_connect)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Point every cache the resolver knows at empty folders under tmp_path."""
+    dirs = {
+        'home': tmp_path / 'portraitisr_home',
+        'torch_home': tmp_path / 'torch_home',
+        'hf_cache': tmp_path / 'hf_cache',
+    }
+    monkeypatch.setenv('PORTRAITISR_HOME', str(dirs['home']))
+    monkeypatch.setenv('TORCH_HOME', str(dirs['torch_home']))
+    monkeypatch.setenv('HF_HUB_CACHE', str(dirs['hf_cache']))
+    monkeypatch.delenv('PORTRAITISR_ALLOW_DOWNLOAD', raising=False)
+    return dirs
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves files of ``server.root``; honours ``Range: bytes=N-`` unless ``server.honour_range`` is False."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        server = self.server
+        rng = self.headers.get('Range')
+        server.requests.append((self.path, rng))
+        path = server.root / self.path.lstrip('/')
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        if rng and server.honour_range:
+            start = int(re.fullmatch(r'bytes=(\d+)-', rng).group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header('Content-Range', f'bytes */{len(data)}')
+                self.send_header('Content-Length', '0')
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        server.bytes_sent += len(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def file_server(tmp_path):
+    root = tmp_path / 'served'
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _RangeHandler)
+    server.root, server.requests, server.bytes_sent, server.honour_range = root, [], 0, True
+    server.url = f'http://127.0.0.1:{server.server_address[1]}'
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _serve(server, name, data):
+    (server.root / name).write_bytes(data)
+    return f'{server.url}/{name}', hashlib.sha256(data).hexdigest()
+
+
+def _payload(size=300_000, seed=0):
+    return torch.randint(0, 256, (size,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8).numpy(
+    ).tobytes()
+
+
+# ------------------------------------------------------------------------------------------------ local files
+def test_import_is_light():
+    code = ('import sys, portraitisr.apis.weight_resolver; '
+            "bad = [m for m in ('torch', 'huggingface_hub', 'safetensors') if m in sys.modules]; "
+            'assert not bad, bad')
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO_ROOT)
+
+
+def test_portraitisr_home_env_and_default(monkeypatch, tmp_path):
+    monkeypatch.setenv('PORTRAITISR_HOME', str(tmp_path / 'x'))
+    assert portraitisr_home() == tmp_path / 'x'
+    monkeypatch.delenv('PORTRAITISR_HOME')
+    assert portraitisr_home() == Path('~/.cache/portraitisr').expanduser()
+
+
+def test_explicit_path_returned_and_verified(env, tmp_path):
+    data = b'weights' * 100
+    target = tmp_path / 'elsewhere' / 'model.pth'
+    target.parent.mkdir()
+    target.write_bytes(data)
+    assert resolve_file(target) == target
+    assert resolve_file(str(target), sha256=hashlib.sha256(data).hexdigest()) == target
+    with pytest.raises(ChecksumError, match='expected ' + '0' * 64):
+        resolve_file(target, sha256='0' * 64)
+    assert target.read_bytes() == data  # the user's own file is never deleted
+
+
+def test_cache_hit_in_portraitisr_home(env):
+    (env['home'] / 'sub').mkdir(parents=True)
+    (env['home'] / 'RealESRGAN_x4plus.pth').write_bytes(b'a')
+    (env['home'] / 'sub' / 'parsing.pth').write_bytes(b'b')
+    assert resolve_file('RealESRGAN_x4plus.pth') == env['home'] / 'RealESRGAN_x4plus.pth'
+    assert resolve_file('sub/parsing.pth') == env['home'] / 'sub' / 'parsing.pth'
+    # A URL whose file is already cached needs no permission and no server.
+    assert resolve_file('http://127.0.0.1:9/RealESRGAN_x4plus.pth') == env['home'] / 'RealESRGAN_x4plus.pth'
+
+
+def test_cache_hit_in_torch_hub_folders(env):
+    ckpt = env['torch_home'] / 'hub' / 'checkpoints' / 'vgg16-397923af.pth'
+    pyiqa = env['torch_home'] / 'hub' / 'pyiqa' / 'LPIPS_v0.1_alex-df73285e.pth'
+    for f in (ckpt, pyiqa):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b'x')
+    assert resolve_file('vgg16-397923af.pth') == ckpt
+    assert resolve_file({'filename': 'LPIPS_v0.1_alex-df73285e.pth'}) == pyiqa
+
+
+def test_hf_url_found_in_hf_cache(env):
+    commit = 'a' * 40
+    repo = env['hf_cache'] / 'models--chaofengc--IQA-PyTorch-Weights'
+    snap = repo / 'snapshots' / commit
+    snap.mkdir(parents=True)
+    (snap / 'DISTS_weights-f5e65c96.pth').write_bytes(b'dists')
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(commit)
+    url = 'https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/DISTS_weights-f5e65c96.pth'
+    assert resolve_file(url).read_bytes() == b'dists'
+
+
+def test_missing_offline_error_names_file_places_and_remedies(env, file_server):
+    url = f'{file_server.url}/codeformer.pth'
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_file({'url': url, 'sha256': '1' * 64})
+    message = str(info.value)
+    assert "'codeformer.pth'" in message
+    hub = env['torch_home'] / 'hub'
+    for place in (env['home'] / 'codeformer.pth', hub / 'checkpoints' / 'codeformer.pth',
+                  hub / 'pyiqa' / 'codeformer.pth', env['torch_home'] / 'checkpoints' / 'codeformer.pth'):
+        assert str(place) in message
+        assert any(str(place) in looked for looked in info.value.looked)
+    assert 'allow_download=True' in message and 'PORTRAITISR_ALLOW_DOWNLOAD=1' in message and url in message
+    assert 'PORTRAITISR_HOME' in message and 'explicit path' in message
+    assert isinstance(info.value, FileNotFoundError)
+    assert file_server.requests == []  # not allowed, so never contacted
+
+
+def test_missing_without_url_says_so(env):
+    with pytest.raises(WeightsNotFoundError, match='no download URL is known'):
+        resolve_file('arcface_ir50.pth', allow_download=True)
+
+
+def test_missing_absolute_path_is_an_error(env, tmp_path):
+    (env['home']).mkdir()
+    (env['home'] / 'model.pth').write_bytes(b'x')
+    # An absolute path names a place: a same-named cached file is not silently used instead.
+    with pytest.raises(WeightsNotFoundError, match='does not exist'):
+        resolve_file(tmp_path / 'nowhere' / 'model.pth')
+
+
+def test_cached_copy_with_wrong_sha_is_skipped(env):
+    env['home'].mkdir()
+    (env['home'] / 'model.pth').write_bytes(b'old version')
+    with pytest.raises(WeightsNotFoundError, match='present but sha256 is'):
+        resolve_file('model.pth', sha256=hashlib.sha256(b'new version').hexdigest())
+
+
+def test_bad_specs_rejected(env):
+    with pytest.raises(ValueError, match='64 hexadecimal'):
+        resolve_file('x.pth', sha256='abc')
+    with pytest.raises(ValueError, match='unknown weight spec keys'):
+        resolve_file({'pth': 'x'})
+    with pytest.raises(ValueError, match='inside the cache'):
+        resolve_file({'filename': '../escape.pth'})
+
+
+# ------------------------------------------------------------------------------------------------ downloads
+def test_download_full_with_sha256(env, file_server):
+    data = _payload()
+    url, sha = _serve(file_server, 'osediff.pkl', data)
+    path = resolve_file(url, sha256=sha, allow_download=True, progress=False)
+    assert path == env['home'] / 'osediff.pkl'
+    assert path.read_bytes() == data
+    assert file_server.requests == [('/osediff.pkl', None)]
+    assert sorted(p.name for p in env['home'].iterdir()) == ['osediff.pkl']  # no .part or .lock left
+    # Second time: a cache hit, the server is not asked again.
+    assert resolve_file(url, sha256=sha, allow_download=True) == path
+    assert len(file_server.requests) == 1
+
+
+def test_download_permission_from_env(env, file_server, monkeypatch):
+    url, sha = _serve(file_server, 'a.pth', b'abc')
+    with pytest.raises(WeightsNotFoundError):
+        resolve_file(url, sha256=sha)
+    monkeypatch.setenv('PORTRAITISR_ALLOW_DOWNLOAD', '1')
+    assert resolve_file(url, sha256=sha, progress=False).read_bytes() == b'abc'
+    # An explicit False beats the environment.
+    with pytest.raises(WeightsNotFoundError):
+        resolve_file(f'{file_server.url}/b.pth', allow_download=False)
+
+
+def test_download_dict_spec_with_filename(env, file_server):
+    data = _payload(1000)
+    url, sha = _serve(file_server, 'name_on_server.bin', data)
+    path = resolve_file({'url': url, 'sha256': sha, 'filename': 'restorers/local_name.pth'}, allow_download=True,
+                        progress=False)
+    assert path == env['home'] / 'restorers' / 'local_name.pth'
+    assert path.read_bytes() == data
+
+
+def test_download_resumes_partial_file(env, file_server):
+    data = _payload(250_000, seed=1)
+    url, sha = _serve(file_server, 'big.pth', data)
+    env['home'].mkdir()
+    done = 100_000
+    (env['home'] / 'big.pth.part').write_bytes(data[:done])
+    path = resolve_file(url, sha256=sha, allow_download=True, progress=False)
+    assert path.read_bytes() == data
+    assert file_server.requests == [('/big.pth', f'bytes={done}-')]
+    assert file_server.bytes_sent == len(data) - done  # only the remainder travelled
+    assert not (env['home'] / 'big.pth.part').exists()
+
+
+def test_download_restarts_when_server_ignores_range(env, file_server):
+    data = _payload(50_000, seed=2)
+    url, sha = _serve(file_server, 'm.pth', data)
+    env['home'].mkdir()
+    (env['home'] / 'm.pth.part').write_bytes(b'stale bytes from another file')
+    file_server.honour_range = False
+    assert resolve_file(url, sha256=sha, allow_download=True, progress=False).read_bytes() == data
+
+
+def test_download_of_complete_part_file_is_finished(env, file_server):
+    data = _payload(10_000, seed=3)
+    url, sha = _serve(file_server, 'done.pth', data)
+    env['home'].mkdir()
+    (env['home'] / 'done.pth.part').write_bytes(data)  # a run that stopped right before the rename
+    assert resolve_file(url, sha256=sha, allow_download=True, progress=False).read_bytes() == data
+    assert file_server.bytes_sent == 0
+
+
+def test_corrupted_download_rejected(env, file_server):
+    url, _ = _serve(file_server, 'corrupt.pth', b'tampered bytes')
+    expected = hashlib.sha256(b'the real bytes').hexdigest()
+    got = hashlib.sha256(b'tampered bytes').hexdigest()
+    with pytest.raises(ChecksumError) as info:
+        resolve_file(url, sha256=expected, allow_download=True, progress=False)
+    assert expected in str(info.value) and got in str(info.value)
+    assert not (env['home'] / 'corrupt.pth').exists()
+    assert not (env['home'] / 'corrupt.pth.part').exists()
+
+
+def test_download_without_sha256_warns(env, file_server):
+    url, _ = _serve(file_server, 'nosha.pth', b'xyz')
+    with pytest.warns(UserWarning, match='without a sha256'):
+        path = resolve_file(url, allow_download=True, progress=False)
+    assert path.read_bytes() == b'xyz'
+
+
+def test_server_down_gives_clear_error(env):
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    url = f'http://127.0.0.1:{port}/weights.pth'
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_file(url, sha256='2' * 64, allow_download=True, progress=False)
+    message = str(info.value)
+    assert f'Downloading {url}' in message and 'failed' in message
+    assert str(env['home'] / 'weights.pth') in message
+    assert not (env['home'] / 'weights.pth').exists()
+
+
+def test_http_404_gives_clear_error(env, file_server):
+    with pytest.raises(WeightsNotFoundError, match='404'):
+        resolve_file(f'{file_server.url}/missing.pth', allow_download=True, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ hub folders
+SD_REQUIRED = ('unet/config.json', 'vae/config.json')
+
+
+def _fake_snapshot(cache, repo_id, commit, files, ref='main'):
+    """Build the huggingface_hub cache layout: blobs, snapshots/<commit>/ symlinks and refs/<ref>."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snap = repo / 'snapshots' / commit
+    for i, rel in enumerate(files):
+        blob = repo / 'blobs' / f'{commit[:8]}{i:04d}'
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_text('{}')
+        (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, (snap / rel).parent), snap / rel)
+    if ref is not None:
+        (repo / 'refs').mkdir(exist_ok=True)
+        (repo / 'refs' / ref).write_text(commit)
+    return snap
+
+
+def test_pretrained_explicit_folder(env, tmp_path):
+    folder = tmp_path / 'sd21'
+    for rel in SD_REQUIRED:
+        (folder / rel).parent.mkdir(parents=True)
+        (folder / rel).write_text('{}')
+    assert resolve_pretrained_dir(folder, required=SD_REQUIRED) == folder
+    with pytest.raises(WeightsNotFoundError, match='text_encoder/config.json'):
+        resolve_pretrained_dir(str(folder), required=SD_REQUIRED + ('text_encoder/config.json',))
+
+
+def test_pretrained_hub_id_in_portraitisr_home(env):
+    folder = env['home'] / 'stabilityai--stable-diffusion-2-1-base'
+    for rel in SD_REQUIRED:
+        (folder / rel).parent.mkdir(parents=True)
+        (folder / rel).write_text('{}')
+    assert resolve_pretrained_dir('stabilityai/stable-diffusion-2-1-base', required=SD_REQUIRED) == folder
+
+
+def test_pretrained_hub_id_in_hf_cache(env):
+    old, new = '1' * 40, '2' * 40
+    _fake_snapshot(env['hf_cache'], 'stabilityai/stable-diffusion-2-1-base', old, SD_REQUIRED, ref=None)
+    snap = _fake_snapshot(env['hf_cache'], 'stabilityai/stable-diffusion-2-1-base', new,
+                          SD_REQUIRED + ('model_index.json',))
+    assert resolve_pretrained_dir('stabilityai/stable-diffusion-2-1-base', required=SD_REQUIRED) == snap
+    # A commit pin picks that snapshot, not refs/main.
+    pinned = resolve_pretrained_dir(f'stabilityai/stable-diffusion-2-1-base@{old}', required=SD_REQUIRED)
+    assert pinned == snap.parent / old
+
+
+def test_pretrained_hf_cache_without_refs_uses_complete_snapshot(env):
+    snap = _fake_snapshot(env['hf_cache'], 'org/model', '3' * 40, SD_REQUIRED, ref=None)
+    assert resolve_pretrained_dir('org/model', required=SD_REQUIRED) == snap
+
+
+def test_pretrained_required_missing_is_named(env):
+    _fake_snapshot(env['hf_cache'], 'org/model', '4' * 40, ('unet/config.json',))
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_pretrained_dir('org/model', required=SD_REQUIRED)
+    message = str(info.value)
+    assert 'missing vae/config.json' in message
+    assert str(env['home'] / 'org--model') in message
+    assert 'allow_download=True' in message
+
+
+def test_pretrained_not_found_offline_lists_places(env):
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_pretrained_dir('stabilityai/stable-diffusion-2-1-base@main', required=SD_REQUIRED)
+    message = str(info.value)
+    assert "'stabilityai/stable-diffusion-2-1-base@main'" in message
+    assert str(env['home'] / 'stabilityai--stable-diffusion-2-1-base') in message
+    assert str(env['hf_cache'] / 'models--stabilityai--stable-diffusion-2-1-base') in message
+    assert 'unet/config.json, vae/config.json' in message
+
+
+def test_pretrained_download_uses_selected_files(env, monkeypatch):
+    import huggingface_hub
+
+    repo_files = ['model_index.json', 'v2-1_512-ema-pruned.ckpt', 'v2-1_512-ema-pruned.safetensors',
+                  'unet/config.json', 'unet/diffusion_pytorch_model.bin',
+                  'unet/diffusion_pytorch_model.safetensors', 'unet/diffusion_pytorch_model.fp16.safetensors',
+                  'unet/diffusion_pytorch_model.non_ema.bin', 'vae/config.json', 'vae/diffusion_pytorch_model.bin',
+                  'vae/diffusion_flax_model.msgpack', 'tokenizer/vocab.json', 'tokenizer/merges.txt']
+    calls = {}
+
+    class FakeApi:
+        def list_repo_files(self, repo_id, revision=None):
+            calls['listed'] = (repo_id, revision)
+            return repo_files
+
+    def fake_snapshot_download(repo_id, *, revision=None, cache_dir=None, local_files_only=False,
+                               allow_patterns=None, ignore_patterns=None, **_):
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError('not cached')
+        calls['download'] = dict(repo_id=repo_id, revision=revision, cache_dir=cache_dir,
+                                 allow_patterns=allow_patterns)
+        snap = Path(cache_dir) / 'downloaded'
+        for rel in allow_patterns:
+            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+            (snap / rel).write_text('{}')
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, 'HfApi', FakeApi)
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', fake_snapshot_download)
+    folder = resolve_pretrained_dir('org/sd@v1', required=SD_REQUIRED, allow_download=True)
+    assert folder == env['hf_cache'] / 'downloaded'
+    assert calls['listed'] == ('org/sd', 'v1')
+    assert calls['download']['allow_patterns'] == [
+        'model_index.json', 'tokenizer/merges.txt', 'tokenizer/vocab.json', 'unet/config.json',
+        'unet/diffusion_pytorch_model.safetensors', 'vae/config.json', 'vae/diffusion_pytorch_model.bin']
+
+
+# ------------------------------------------------------------------------------------------------ loading
+class CustomObject:
+    def __init__(self):
+        self.value = 3
+
+
+def test_load_safetensors_round_trip(tmp_path):
+    tensors = {'conv.weight': torch.randn(4, 3, 3, 3), 'conv.bias': torch.arange(4.)}
+    save_file(tensors, tmp_path / 'w.safetensors')
+    loaded = load_state_dict(tmp_path / 'w.safetensors')
+    assert loaded.keys() == tensors.keys()
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+
+
+def test_load_torch_dict_round_trip(tmp_path):
+    checkpoint = {'params_ema': {'w': torch.randn(2, 2)}, 'step': 7, 'names': ['a', 'b']}
+    torch.save(checkpoint, tmp_path / 'w.pth')
+    loaded = load_state_dict(tmp_path / 'w.pth')
+    assert loaded['step'] == 7 and loaded['names'] == ['a', 'b']
+    assert torch.equal(loaded['params_ema']['w'], checkpoint['params_ema']['w'])
+
+
+def test_load_refuses_arbitrary_objects(tmp_path):
+    torch.save({'w': torch.zeros(1), 'obj': CustomObject()}, tmp_path / 'evil.pth')
+    with pytest.raises(CheckpointLoadError, match='CustomObject') as info:
+        load_state_dict(tmp_path / 'evil.pth')
+    assert 'arbitrary code' in str(info.value)
+    # Types the caller vouches for can be allow-listed explicitly.
+    assert load_state_dict(tmp_path / 'evil.pth', safe_globals=[CustomObject])['obj'].value == 3
+
+
+def test_load_rejects_garbage_and_non_dicts(tmp_path):
+    (tmp_path / 'garbage.pth').write_bytes(b'not a checkpoint')
+    with pytest.raises(CheckpointLoadError, match='not a readable torch checkpoint'):
+        load_state_dict(tmp_path / 'garbage.pth')
+    (tmp_path / 'bad.safetensors').write_bytes(b'\x00' * 20)
+    with pytest.raises(CheckpointLoadError, match='not a valid safetensors'):
+        load_state_dict(tmp_path / 'bad.safetensors')
+    torch.save(torch.zeros(2), tmp_path / 'tensor.pth')
+    with pytest.raises(TypeError, match='not a dict'):
+        load_state_dict(tmp_path / 'tensor.pth')

@@ -29,6 +29,8 @@ INSTALL_REQUIRES = [
     'scipy',
     'pillow',
     'tqdm',
+    # ships CLIP's BPE vocabulary: a real SD tokenizer for the offline debug configs
+    'open_clip_torch',
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,0 +1,7 @@
+from .color_fix import adain_color_fix
+from .one_step_restorer import OneStepRestorer
+from .osediff import OSEDIFF_NEGATIVE_PROMPT, OSEDiff
+from .vsd_regularizer import VSDRegularizer, vsd_loss
+
+__all__ = ['OneStepRestorer', 'OSEDiff', 'OSEDIFF_NEGATIVE_PROMPT', 'VSDRegularizer', 'vsd_loss',
+           'adain_color_fix']

@@ -1,0 +1,107 @@
+"""What every one-step SD restorer shares: prompting, inference, colour fix, mmengine plumbing."""
+from typing import List, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from torch import Tensor
+
+from portraitisr.registry import BACKBONES, PROMPTERS, TEXT_ENCODERS
+from .color_fix import COLOR_FIXES
+
+
+class OneStepRestorer(BaseModel):
+    """Base of OSEDiff and HeadsUp: a :class:`OneStepSD` backbone, a prompter and a text encoder.
+
+    Args:
+        backbone: ``BACKBONES`` config of the one-step SD restorer (the generator).
+        text_encoder: ``TEXT_ENCODERS`` config (frozen, caches constant prompts).
+        prompter: ``PROMPTERS`` config (null, fixed or tag prompts).
+        color_fix: ``'adain'`` (OSEDiff's default at test time) or None.
+        eval_seed: seed of the VAE posterior sample at validation/test, so evaluation is
+            deterministic and leaves the training random state untouched.
+        data_preprocessor: mmengine data preprocessor config.
+
+    Children whose parameters train (``backbone`` and, in subclasses, the regulariser or the
+    discriminator) are wrapped one by one by ``MMSeparateDistributedDataParallel``.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 text_encoder: dict,
+                 prompter: Optional[dict] = None,
+                 color_fix: Optional[str] = 'adain',
+                 eval_seed: int = 0,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor or dict(type='SRDataPreprocessor'),
+                         init_cfg=init_cfg)
+        if color_fix is not None and color_fix not in COLOR_FIXES:
+            raise KeyError(f'Unknown color_fix {color_fix!r}; choose from {sorted(COLOR_FIXES)} '
+                           'or None')
+        self.backbone = BACKBONES.build(backbone)
+        self.text_encoder = TEXT_ENCODERS.build(text_encoder)
+        self.prompter = PROMPTERS.build(prompter or dict(type='NullPrompter'))
+        if self.text_encoder.embed_dim != self._backbone.cross_attention_dim:
+            raise ValueError(f'text encoder width {self.text_encoder.embed_dim} != UNet '
+                             f'cross_attention_dim {self._backbone.cross_attention_dim}')
+        self.color_fix = color_fix
+        self.eval_seed = eval_seed
+
+    # ``MMSeparateDistributedDataParallel`` replaces trainable children by DDP wrappers.
+    @property
+    def _backbone(self):
+        return getattr(self.backbone, 'module', self.backbone)
+
+    def prompt_embeddings(self, images: Tensor, metainfo: List[dict]) -> Tensor:
+        """Prompts of the prompter for ``images`` encoded by the (cached) text encoder."""
+        prompts = self.prompter(images, metainfo)
+        return self.text_encoder(prompts).to(images.device)
+
+    def restore(self, lq: Tensor, metainfo: Optional[List[dict]] = None, **conditions) -> Tensor:
+        """Restore ``lq`` (``B x 3 x H x W`` in [0, 1], at the output size) without gradients.
+
+        Sizes that are not multiples of the VAE factor are reflect-padded and cropped back. The
+        configured colour fix is applied against ``lq``.
+        """
+        metainfo = metainfo or [{} for _ in range(lq.shape[0])]
+        factor = self._backbone.vae_downscale
+        h, w = lq.shape[-2:]
+        pad_h, pad_w = (-h) % factor, (-w) % factor
+        padded = F.pad(lq, (0, pad_w, 0, pad_h), mode='reflect') if pad_h or pad_w else lq
+        embeds = self.prompt_embeddings(lq, metainfo)
+        sr = self.backbone(padded, embeds, **conditions)[..., :h, :w]
+        if self.color_fix is not None:
+            sr = COLOR_FIXES[self.color_fix](sr, lq)
+        return sr
+
+    def _eval_rng(self):
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        return torch.random.fork_rng(devices=devices)
+
+    @torch.no_grad()
+    def _predict(self, data: dict) -> List[dict]:
+        with self._eval_rng():
+            torch.manual_seed(self.eval_seed)
+            sr = self.restore(data['inputs'], data['metainfo'])
+        outputs = []
+        for i, info in enumerate(data['metainfo']):
+            output = dict(pred=sr[i].float().cpu(), lq=data['inputs'][i].float().cpu(),
+                          metainfo=info)
+            if data.get('gt') is not None:
+                output['gt'] = data['gt'][i].float().cpu()
+            outputs.append(output)
+        return outputs
+
+    def val_step(self, data: Union[dict, tuple, list]) -> List[dict]:
+        return self._predict(self.data_preprocessor(data, False))
+
+    def test_step(self, data: Union[dict, tuple, list]) -> List[dict]:
+        return self._predict(self.data_preprocessor(data, False))
+
+    def forward(self, inputs: Tensor, data_samples: Optional[list] = None, mode: str = 'tensor'):
+        """``mode='tensor'``/``'predict'``: restored images ``B x 3 x H x W`` in [0, 1]."""
+        if mode in ('tensor', 'predict'):
+            return self.restore(inputs, data_samples)
+        raise ValueError(f'{type(self).__name__}.forward supports mode="tensor"/"predict"; '
+                         'training goes through train_step')

@@ -1,0 +1,371 @@
+"""One-step Stable Diffusion restorer: SD 2.1 with LoRA on the VAE encoder and the UNet.
+
+The backbone shared by OSEDiff and HeadsUp. An LQ image (already upscaled to the output size) is
+encoded by the LoRA VAE encoder, denoised in a single UNet pass at a fixed timestep and decoded by
+the frozen VAE decoder. The one-step update is the DDPM posterior mean at ``t = 999`` with
+``prev_t = -1`` (OSEDiff ``osediff.py``; shared/reference/osediff.md, section 1)::
+
+    z_H = (z_L - sqrt(1 - abar_t) * eps_theta(z_L, t, c)) / sqrt(abar_t)
+
+which equals ``DDPMScheduler.step(eps, t, z_L).prev_sample`` after ``set_timesteps(1)``.
+"""
+import contextlib
+import os
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from portraitisr.registry import BACKBONES
+from .lora_targets import UNET_ADAPTERS, VAE_ADAPTER, unet_lora_targets, vae_encoder_lora_targets
+
+_DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16,
+           'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16}
+
+# Files a diffusers-layout SD folder must hold for the parts this backbone loads.
+SD_REQUIRED_FILES = ('unet/config.json', 'vae/config.json', 'scheduler/scheduler_config.json')
+
+
+def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """``'bf16'`` / ``'bfloat16'`` / ``torch.bfloat16`` -> ``torch.bfloat16`` (clear error otherwise)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f'Unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}')
+    return _DTYPES[dtype]
+
+
+def widen_conv_in(unet: nn.Module, in_channels: int) -> None:
+    """Replace ``unet.conv_in`` by one with ``in_channels`` inputs, extra channels zero-initialised.
+
+    With zero weights on the new channels the widened UNet computes exactly what the pretrained
+    one did, so training starts from SD's behaviour (HeadsUp, paper section 2.3: 4 LQ-latent +
+    4 reference-latent + 1 face-mask channels).
+    """
+    old = unet.conv_in
+    if in_channels == old.in_channels:
+        return
+    if in_channels < old.in_channels:
+        raise ValueError(f'conv_in can only be widened: it has {old.in_channels} input channels, '
+                         f'asked for {in_channels}')
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    dtype=old.weight.dtype, device=old.weight.device)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, :old.in_channels] = old.weight
+        new.bias.copy_(old.bias)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+
+
+def _lora_config(rank: int, alpha: float, target_modules: Sequence[str]):
+    from peft import LoraConfig
+
+    # OSEDiff: ``LoraConfig(r=4, init_lora_weights="gaussian")`` -> A ~ N(0, 1/r), B = 0. It never
+    # sets ``lora_alpha``, so peft's default of 8 applies (scaling 2); our configs pass 8 explicitly.
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights='gaussian',
+                      target_modules=list(target_modules))
+
+
+def add_osediff_unet_lora(unet: nn.Module, rank: int = 4, alpha: float = 8.0) -> Dict[str, List[str]]:
+    """Inject OSEDiff's three UNet adapters and activate them all. Returns the target lists."""
+    targets = unet_lora_targets(unet)
+    with warnings.catch_warnings():
+        # peft warns that a second adapter joins the first: several adapters are OSEDiff's design.
+        warnings.filterwarnings('ignore', message='Already found a `peft_config`')
+        for adapter_name in UNET_ADAPTERS:
+            unet.add_adapter(_lora_config(rank, alpha, targets[adapter_name]),
+                             adapter_name=adapter_name)
+    unet.set_adapter(list(UNET_ADAPTERS))  # ``add_adapter`` activates only the newest one
+    return targets
+
+
+@BACKBONES.register_module()
+class OneStepSD(nn.Module):
+    """SD UNet + VAE turned into a one-step restorer with peft LoRA (OSEDiff / HeadsUp backbone).
+
+    Args:
+        pretrained: a diffusers-layout Stable Diffusion folder or hub id (resolved offline through
+            :func:`portraitisr.apis.weight_resolver.resolve_pretrained_dir`), or None to build
+            random components from the inline configs.
+        unet_cfg / vae_cfg / scheduler_cfg: inline ``diffusers`` configs (tests, debug configs);
+            with ``pretrained`` they override single keys of the loaded configs' scheduler only.
+        in_channels: UNet input channels; 4 for OSEDiff, 9 for HeadsUp (LQ latent + reference
+            latent + face mask), extra channels zero-initialised.
+        timestep: the fixed timestep (999 in OSEDiff).
+        lora_rank / lora_alpha: LoRA rank and alpha of every adapter (OSEDiff: 4 and 8).
+        train_vae_encoder_lora: add the VAE-encoder adapter (OSEDiff: yes).
+        train_conv_in: make ``conv_in``'s base weight and bias trainable (OSEDiff: yes).
+        frozen_dtype: dtype of the frozen SD weights (``'float32'``, ``'bfloat16'``, ``'float16'``);
+            LoRA and ``conv_in`` stay in float32 and the forward runs under autocast.
+        gradient_checkpointing: diffusers' non-reentrant checkpointing on UNet and VAE.
+        sample_posterior: encode with ``latent_dist.sample()`` (OSEDiff, train and test) rather
+            than ``mode()``.
+        init_seed: seed for the random initialisation of LoRA and of inline-config weights, so that
+            every rank of a distributed run builds the same model.
+    """
+
+    def __init__(self,
+                 pretrained: Optional[str] = None,
+                 unet_cfg: Optional[dict] = None,
+                 vae_cfg: Optional[dict] = None,
+                 scheduler_cfg: Optional[dict] = None,
+                 in_channels: int = 4,
+                 timestep: int = 999,
+                 lora_rank: int = 4,
+                 lora_alpha: float = 8.0,
+                 train_vae_encoder_lora: bool = True,
+                 train_conv_in: bool = True,
+                 frozen_dtype: str = 'float32',
+                 gradient_checkpointing: bool = False,
+                 sample_posterior: bool = True,
+                 init_seed: int = 0) -> None:
+        super().__init__()
+        if pretrained is None and (unet_cfg is None or vae_cfg is None):
+            raise ValueError('OneStepSD needs `pretrained` (an SD folder or hub id) or both '
+                             '`unet_cfg` and `vae_cfg` (inline diffusers configs).')
+        self.timestep = int(timestep)
+        self.sample_posterior = sample_posterior
+        self.frozen_dtype = parse_dtype(frozen_dtype)
+        self.lora_rank, self.lora_alpha = lora_rank, lora_alpha
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            parts = build_sd_components(pretrained, unet_cfg, vae_cfg, scheduler_cfg)
+            self.unet, self.vae, scheduler = parts['unet'], parts['vae'], parts['scheduler']
+            self.unet.requires_grad_(False)
+            self.vae.requires_grad_(False)
+            widen_conv_in(self.unet, in_channels)
+            self.unet_lora_targets = add_osediff_unet_lora(self.unet, lora_rank, lora_alpha)
+            self.vae_lora_targets = []
+            if train_vae_encoder_lora:
+                self.vae_lora_targets = vae_encoder_lora_targets(self.vae)
+                self.vae.add_adapter(_lora_config(lora_rank, lora_alpha, self.vae_lora_targets),
+                                     adapter_name=VAE_ADAPTER)
+        if train_conv_in:
+            self.unet.conv_in.base_layer.requires_grad_(True)
+
+        self.scheduler = scheduler
+        if not 0 <= self.timestep < scheduler.config.num_train_timesteps:
+            raise ValueError(f'timestep {self.timestep} outside the scheduler\'s '
+                             f'[0, {scheduler.config.num_train_timesteps})')
+        alpha_bar = scheduler.alphas_cumprod[self.timestep].double()
+        # OSEDiff section 1: abar_999 = 0.0046601 -> alpha = 0.068265, beta = 0.997667.
+        self.register_buffer('sqrt_alpha_bar', alpha_bar.sqrt().float(), persistent=False)
+        self.register_buffer('sqrt_one_minus_alpha_bar', (1 - alpha_bar).sqrt().float(),
+                             persistent=False)
+        self.scaling_factor = float(self.vae.config.scaling_factor)
+
+        # Frozen weights in the low-precision dtype, trainable tensors in float32 (diffusers'
+        # ``cast_training_params`` recipe).
+        if self.frozen_dtype != torch.float32:
+            self.unet.to(self.frozen_dtype)
+            self.vae.to(self.frozen_dtype)
+        for param in self.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+            self.vae.enable_gradient_checkpointing()
+        self._lora_merged = False
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def in_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def cross_attention_dim(self) -> int:
+        return self.unet.config.cross_attention_dim
+
+    @property
+    def vae_downscale(self) -> int:
+        return 2**(len(self.vae.config.block_out_channels) - 1)
+
+    def _autocast(self, device: torch.device):
+        if self.frozen_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.frozen_dtype)
+
+    # ------------------------------------------------------------------ maths
+    def encode(self, images: Tensor) -> Tensor:
+        """Images ``B x 3 x H x W`` in [0, 1] -> scaled latents ``B x 4 x H/8 x W/8``."""
+        posterior = self.vae.encode(images * 2 - 1).latent_dist
+        latents = posterior.sample() if self.sample_posterior else posterior.mode()
+        return latents * self.scaling_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Scaled latents -> images in [0, 1] (clamped in [-1, 1] first, as OSEDiff)."""
+        images = self.vae.decode(latents / self.scaling_factor).sample
+        return (images.float().clamp(-1, 1) + 1) / 2
+
+    def one_step(self, lq_latents: Tensor, eps: Tensor) -> Tensor:
+        """``z_H = (z_L - sqrt(1 - abar) * eps) / sqrt(abar)`` (float32)."""
+        return (lq_latents.float() - self.sqrt_one_minus_alpha_bar * eps.float()) / self.sqrt_alpha_bar
+
+    def unet_input(self, lq_latents: Tensor, ref: Optional[Tensor], face_mask: Optional[Tensor],
+                   condition: Optional[Tensor]) -> Tensor:
+        """Concatenate the UNet's extra input channels after the LQ latent.
+
+        With 9 input channels (HeadsUp) they are the reference-face latent and the face mask
+        resized to latent resolution; a missing reference gives zeros for both (HeadsUp's
+        reference dropout, paper section 2.3). Other widths take an explicit ``condition``.
+        """
+        extra = self.in_channels - lq_latents.shape[1]
+        if extra == 0:
+            if ref is not None or face_mask is not None or condition is not None:
+                raise ValueError('This backbone has a 4-channel conv_in: build it with '
+                                 'in_channels=9 to condition on a reference face and mask.')
+            return lq_latents
+        if condition is not None:
+            parts = [condition]
+        elif extra == 5:
+            b, _, h, w = lq_latents.shape
+            ref_latents = (self.encode(ref) if ref is not None else lq_latents.new_zeros(b, 4, h, w))
+            if ref_latents.shape[-2:] != (h, w):
+                raise ValueError(f'reference latent {tuple(ref_latents.shape[-2:])} does not match '
+                                 f'the LQ latent {(h, w)}: give the reference at the LQ size')
+            mask = (F.interpolate(face_mask.float(), size=(h, w), mode='bilinear',
+                                  align_corners=False) if face_mask is not None else
+                    lq_latents.new_zeros(b, 1, h, w))
+            parts = [ref_latents.to(lq_latents.dtype), mask.to(lq_latents.dtype)]
+        else:
+            raise ValueError(f'conv_in has {self.in_channels} channels: pass `condition` with '
+                             f'{extra} channels at latent resolution')
+        latents = torch.cat([lq_latents, *parts], dim=1)
+        if latents.shape[1] != self.in_channels:
+            raise ValueError(f'UNet input has {latents.shape[1]} channels, conv_in expects '
+                             f'{self.in_channels}')
+        return latents
+
+    def forward(self,
+                lq: Tensor,
+                prompt_embeds: Tensor,
+                ref: Optional[Tensor] = None,
+                face_mask: Optional[Tensor] = None,
+                condition: Optional[Tensor] = None,
+                return_latents: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        """Restore in one step.
+
+        Args:
+            lq: ``B x 3 x H x W`` in [0, 1], already at the output size; H, W multiples of 8.
+            prompt_embeds: ``B x L x D`` text-encoder states (D = ``cross_attention_dim``).
+            ref: optional reference face ``B x 3 x H x W`` in [0, 1] (9-channel backbones).
+            face_mask: optional ``B x 1 x H x W`` in [0, 1] (9-channel backbones).
+            condition: explicit extra UNet input channels at latent resolution.
+            return_latents: also return ``z_H`` (the VSD loss needs it).
+
+        Returns:
+            ``sr`` ``B x 3 x H x W`` float32 in [0, 1], and ``z_H`` ``B x 4 x H/8 x W/8`` if asked.
+        """
+        if lq.shape[-1] % self.vae_downscale or lq.shape[-2] % self.vae_downscale:
+            raise ValueError(f'LQ size {tuple(lq.shape[-2:])} must be a multiple of '
+                             f'{self.vae_downscale} (the VAE downscale factor)')
+        with self._autocast(lq.device):
+            lq_latents = self.encode(lq)
+            unet_in = self.unet_input(lq_latents, ref, face_mask, condition)
+            timesteps = torch.full((lq.shape[0], ), self.timestep, device=lq.device, dtype=torch.long)
+            eps = self.unet(unet_in, timesteps, encoder_hidden_states=prompt_embeds).sample
+            hq_latents = self.one_step(lq_latents, eps)
+            sr = self.decode(hq_latents)
+        return (sr, hq_latents) if return_latents else sr
+
+    # ------------------------------------------------------------------ LoRA merge
+    def merge_lora(self) -> None:
+        """Fold every LoRA delta into its base weight (faster inference, same outputs)."""
+        if not self._lora_merged:
+            self.unet.fuse_lora()
+            if self.vae_lora_targets:
+                self.vae.fuse_lora()
+            self._lora_merged = True
+
+    def unmerge_lora(self) -> None:
+        """Undo :meth:`merge_lora` (needed before training again)."""
+        if self._lora_merged:
+            self.unet.unfuse_lora()
+            if self.vae_lora_targets:
+                self.vae.unfuse_lora()
+            self._lora_merged = False
+
+    @contextlib.contextmanager
+    def merged_lora(self):
+        """Context manager running inference with merged LoRA weights."""
+        was_merged = self._lora_merged
+        self.merge_lora()
+        try:
+            yield self
+        finally:
+            if not was_merged:
+                self.unmerge_lora()
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state_dict(self) -> Dict[str, Tensor]:
+        """Only the trained tensors (LoRA + ``conv_in``), keyed as in ``state_dict()``."""
+        return {name: param.detach() for name, param in self.named_parameters() if param.requires_grad}
+
+    def save_trainable(self, path: str) -> None:
+        """Write the trainable tensors as safetensors (a few MB instead of the whole SD model)."""
+        from safetensors.torch import save_file
+
+        if self._lora_merged:
+            raise RuntimeError('LoRA is merged into the base weights: unmerge before saving')
+        tensors = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        metadata = dict(format='portraitisr.OneStepSD', lora_rank=str(self.lora_rank),
+                        lora_alpha=str(self.lora_alpha), in_channels=str(self.in_channels))
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_file(tensors, path, metadata=metadata)
+
+    def load_trainable(self, state: Union[str, Dict[str, Tensor]], strict: bool = True) -> None:
+        """Load tensors written by :meth:`save_trainable` (a path or a state dict)."""
+        if isinstance(state, str):
+            from portraitisr.apis.weight_resolver import load_state_dict
+            state = load_state_dict(state)
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if strict and (missing or unexpected):
+            raise KeyError(f'Trainable-weight mismatch: {len(missing)} missing (e.g. {missing[:3]}), '
+                           f'{len(unexpected)} unexpected (e.g. {unexpected[:3]})')
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name in expected:
+                if name in state:
+                    if params[name].shape != state[name].shape:
+                        raise ValueError(f'{name}: checkpoint shape {tuple(state[name].shape)} != '
+                                         f'model shape {tuple(params[name].shape)}')
+                    params[name].copy_(state[name])
+
+
+def build_sd_components(pretrained: Optional[str],
+                        unet_cfg: Optional[dict] = None,
+                        vae_cfg: Optional[dict] = None,
+                        scheduler_cfg: Optional[dict] = None,
+                        parts: Sequence[str] = ('unet', 'vae', 'scheduler')) -> dict:
+    """Build the requested SD parts from an SD folder / hub id or from inline configs.
+
+    Returns ``{'unet': UNet2DConditionModel, 'vae': AutoencoderKL, 'scheduler': DDPMScheduler}``
+    restricted to ``parts``. ``scheduler_cfg`` overrides keys of a pretrained scheduler config.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    if pretrained is None:
+        inline = dict(unet=unet_cfg, vae=vae_cfg)
+        missing = [part for part in parts if part != 'scheduler' and inline[part] is None]
+        if missing:
+            raise ValueError(f'Without `pretrained`, inline configs are needed for: {missing}')
+        builders = dict(unet=lambda: UNet2DConditionModel(**unet_cfg),
+                        vae=lambda: AutoencoderKL(**vae_cfg),
+                        scheduler=lambda: DDPMScheduler(**(scheduler_cfg or {})))
+        return {part: builders[part]() for part in parts}
+    from portraitisr.apis.weight_resolver import resolve_pretrained_dir
+
+    required = [f for f in SD_REQUIRED_FILES if f.split('/')[0] in parts]
+    folder = str(resolve_pretrained_dir(pretrained, required=required))
+    builders = dict(
+        unet=lambda: UNet2DConditionModel.from_pretrained(folder, subfolder='unet'),
+        vae=lambda: AutoencoderKL.from_pretrained(folder, subfolder='vae'),
+        scheduler=lambda: DDPMScheduler.from_pretrained(folder, subfolder='scheduler',
+                                                        **(scheduler_cfg or {})))
+    return {part: builders[part]() for part in parts}

@@ -1,0 +1,77 @@
+"""Batching, device placement and the online degradation of super-resolution batches."""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseDataPreprocessor
+from torch import Tensor
+
+from portraitisr.registry import DEGRADATIONS, MODELS
+
+
+def _stack(images: Sequence[Tensor]) -> Tensor:
+    if isinstance(images, Tensor):
+        return images
+    sizes = {tuple(image.shape) for image in images}
+    if len(sizes) > 1:
+        raise ValueError(f'Images of one batch must share a size, got {sorted(sizes)}: use '
+                         'batch_size=1 for test sets of mixed sizes, or crop in the dataset')
+    return torch.stack(list(images))
+
+
+def _metainfo_list(metainfo, batch_size: int) -> List[dict]:
+    """``pseudo_collate`` turns per-sample dicts into a dict of lists; undo that."""
+    if metainfo is None:
+        return [{} for _ in range(batch_size)]
+    if isinstance(metainfo, dict):
+        return [{key: values[i] for key, values in metainfo.items()} for i in range(batch_size)]
+    return list(metainfo)
+
+
+@MODELS.register_module()
+class SRDataPreprocessor(BaseDataPreprocessor):
+    """Turn a collated batch into ``{'inputs': lq, 'gt': gt, 'metainfo': [...]}`` on the device.
+
+    Batches without an ``lq`` are degraded here, batched on the device, with ``degradation``
+    (a ``DEGRADATIONS`` config). In evaluation the degradation is re-seeded from ``eval_seed``
+    and the first sample's index, so validation LQs are the same at every validation and no
+    training random state is consumed.
+
+    ``inputs`` is the LQ upscaled to the GT size (what a one-step SD restorer takes): a degraded
+    LQ smaller than the GT is upscaled bicubically here; test LQs are upscaled by the dataset.
+    All images ``B x 3 x H x W`` float32 in [0, 1].
+    """
+
+    def __init__(self, degradation: Optional[dict] = None, eval_seed: int = 0) -> None:
+        super().__init__()
+        self.degradation = DEGRADATIONS.build(degradation) if degradation is not None else None
+        self.eval_seed = eval_seed
+
+    def _degrade(self, gt: Tensor, metainfo: List[dict], training: bool) -> dict:
+        if self.degradation is None:
+            raise ValueError('The batch has no `lq` and the data preprocessor has no degradation: '
+                             'configure `data_preprocessor.degradation` or use a paired dataset')
+        if training:
+            return self.degradation(gt)
+        saved = self.degradation.get_rng_state()
+        self.degradation.manual_seed(self.eval_seed + int(metainfo[0].get('index', 0)))
+        try:
+            return self.degradation(gt)
+        finally:
+            self.degradation.set_rng_state(saved)
+
+    def forward(self, data: dict, training: bool = False) -> dict:
+        data = self.cast_data(data)
+        gt = _stack(data['gt']).float() if data.get('gt') is not None else None
+        lq = _stack(data['lq']).float() if data.get('lq') is not None else None
+        batch_size = (gt if gt is not None else lq).shape[0]
+        metainfo = _metainfo_list(data.get('metainfo'), batch_size)
+        if lq is None:
+            if gt is None:
+                raise KeyError('A batch needs `gt` or `lq` images')
+            degraded = self._degrade(gt, metainfo, training)
+            lq, gt = degraded['lq'], degraded['gt']
+        if gt is not None and lq.shape[-2:] != gt.shape[-2:]:
+            lq = F.interpolate(lq, size=gt.shape[-2:], mode='bicubic', align_corners=False)
+            lq = lq.clamp(0, 1)
+        return dict(inputs=lq, gt=gt, metainfo=metainfo)

@@ -1,0 +1,4 @@
+from . import metrics
+from .metrics import PSNR
+
+__all__ = ['metrics', 'PSNR']

@@ -1,0 +1,5 @@
+from .random_state_hook import RandomStateHook
+from .save_restorations_hook import SaveRestorationsHook
+from .trainable_checkpoint_hook import TrainableCheckpointHook
+
+__all__ = ['RandomStateHook', 'SaveRestorationsHook', 'TrainableCheckpointHook']

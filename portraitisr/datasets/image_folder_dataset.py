@@ -1,0 +1,163 @@
+"""Image-folder datasets: HQ images for online degradation, or paired LQ/GT folders for testing."""
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from portraitisr.registry import DATASETS
+from portraitisr.utils.image_io import list_images, read_image
+from .sample_images import is_sample, load_sample_image
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """A file path or ``sample://NAME`` -> float32 ``H x W x 3`` RGB in [0, 1]."""
+    return load_sample_image(path) if is_sample(path) else read_image(path).rgb
+
+
+def _read_file_list(file_list: str, data_root: Optional[str]) -> List[str]:
+    with open(file_list, encoding='utf-8') as f:
+        names = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+    return [name if os.path.isabs(name) or data_root is None else os.path.join(data_root, name)
+            for name in names]
+
+
+def crop_and_flip(image: np.ndarray, crop_size: Optional[int], flip: bool,
+                  crop_mode: str = 'random') -> np.ndarray:
+    """Reflect-pad to ``crop_size`` if smaller (as BasicSR), crop (random or centre), random
+    horizontal flip.
+
+    Random choices use numpy's global generator: mmengine seeds it per rank and per dataloader
+    worker, and an iteration-based resume replays the dataloader, so crops are reproducible
+    across resumes. A centre crop without flip draws nothing (validation sets).
+    """
+    if crop_size is not None:
+        h, w = image.shape[:2]
+        pad_h, pad_w = max(0, crop_size - h), max(0, crop_size - w)
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode='reflect')
+            h, w = image.shape[:2]
+        if crop_mode == 'random':
+            top = np.random.randint(0, h - crop_size + 1)
+            left = np.random.randint(0, w - crop_size + 1)
+        else:
+            top, left = (h - crop_size) // 2, (w - crop_size) // 2
+        image = image[top:top + crop_size, left:left + crop_size]
+    if flip and np.random.rand() < 0.5:
+        image = image[:, ::-1]
+    return image
+
+
+def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
+
+
+@DATASETS.register_module()
+class ImageFolderDataset(Dataset):
+    """HQ images for training with an online degradation (the LQ is made on the device).
+
+    Args:
+        data_root: folder of images (read recursively when ``recursive``), or None.
+        file_list: optional text file of image paths (relative to ``data_root``), one per line.
+        images: explicit list of paths or ``sample://NAME`` package photos.
+        crop_size: crop size (None keeps the whole image).
+        crop_mode: ``'random'`` (training) or ``'center'`` (validation).
+        flip: random horizontal flip.
+        repeat: how many times the list is repeated per epoch (tiny sets).
+        tags: optional ``{file name: [tags]}`` for :class:`~portraitisr.models.TagPrompter`.
+
+    Each item: ``{'gt': 3 x H x W float in [0, 1], 'metainfo': {'path', 'index', ...}}``.
+    """
+
+    def __init__(self,
+                 data_root: Optional[str] = None,
+                 file_list: Optional[str] = None,
+                 images: Optional[Sequence[str]] = None,
+                 crop_size: Optional[int] = None,
+                 crop_mode: str = 'random',
+                 flip: bool = False,
+                 recursive: bool = True,
+                 repeat: int = 1,
+                 tags: Optional[Dict[str, Sequence[str]]] = None) -> None:
+        super().__init__()
+        paths: List[str] = list(images or [])
+        if file_list is not None:
+            paths += _read_file_list(file_list, data_root)
+        elif data_root is not None:
+            if not os.path.isdir(data_root):
+                raise FileNotFoundError(f'data_root {data_root!r} is not a folder')
+            paths += [str(p) for p in list_images(data_root, recursive=recursive)]
+        if not paths:
+            raise ValueError('The dataset is empty: give `data_root` with images, a `file_list` '
+                             'or `images`')
+        self.paths = paths
+        if crop_mode not in ('random', 'center'):
+            raise ValueError(f"crop_mode must be 'random' or 'center', got {crop_mode!r}")
+        self.crop_size, self.crop_mode, self.flip, self.repeat = crop_size, crop_mode, flip, repeat
+        self.tags = dict(tags or {})
+        self.metainfo = dict(dataset_type='image_folder', num_images=len(paths))
+
+    def __len__(self) -> int:
+        return len(self.paths) * self.repeat
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.paths[index % len(self.paths)]
+        image = crop_and_flip(read_rgb(path), self.crop_size, self.flip, self.crop_mode)
+        metainfo = dict(path=path, index=index, name=os.path.basename(path.rstrip('/')))
+        if metainfo['name'] in self.tags:
+            metainfo['tags'] = list(self.tags[metainfo['name']])
+        return dict(gt=to_chw_tensor(image), metainfo=metainfo)
+
+
+def upscale_like_osediff(image: np.ndarray, scale: int) -> np.ndarray:
+    """OSEDiff's test-time input: the 8-bit LQ enlarged ``scale`` times with PIL bicubic."""
+    from PIL import Image
+
+    if scale == 1:
+        return image
+    pil = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.BICUBIC)
+    return np.asarray(pil).astype(np.float32) / 255.0
+
+
+@DATASETS.register_module()
+class PairedImageFolderDataset(Dataset):
+    """LQ images, with GT images of the same file name when ``gt_root`` is given (testing).
+
+    Args:
+        lq_root / gt_root: folders matched by file name (``gt_root`` optional).
+        upscale: enlarge each LQ by this factor with PIL bicubic, as OSEDiff's test script does
+            (its one-step model takes the LQ at the output size).
+
+    Each item: ``{'lq': 3 x H x W, 'gt': 3 x H x W (if any), 'metainfo': {...}}`` in [0, 1].
+    """
+
+    def __init__(self, lq_root: str, gt_root: Optional[str] = None, upscale: int = 1) -> None:
+        super().__init__()
+        self.upscale = int(upscale)
+        if not os.path.isdir(lq_root):
+            raise FileNotFoundError(f'lq_root {lq_root!r} is not a folder')
+        self.lq_paths = [str(p) for p in list_images(lq_root)]
+        if not self.lq_paths:
+            raise ValueError(f'No images in {lq_root!r}')
+        self.gt_root = gt_root
+        if gt_root is not None:
+            missing = [p for p in self.lq_paths
+                       if not os.path.isfile(os.path.join(gt_root, os.path.basename(p)))]
+            if missing:
+                raise FileNotFoundError(f'{len(missing)} LQ images have no GT of the same name in '
+                                        f'{gt_root!r}, e.g. {os.path.basename(missing[0])}')
+        self.metainfo = dict(dataset_type='paired_folder', num_images=len(self.lq_paths))
+
+    def __len__(self) -> int:
+        return len(self.lq_paths)
+
+    def __getitem__(self, index: int) -> dict:
+        lq_path = self.lq_paths[index]
+        item = dict(lq=to_chw_tensor(upscale_like_osediff(read_rgb(lq_path), self.upscale)),
+                    metainfo=dict(path=lq_path, index=index, name=os.path.basename(lq_path)))
+        if self.gt_root is not None:
+            item['gt'] = to_chw_tensor(read_rgb(os.path.join(self.gt_root,
+                                                             os.path.basename(lq_path))))
+        return item

@@ -1,0 +1,51 @@
+"""Config preparation shared by ``tools/train.py``, ``tools/test.py`` and the Python API."""
+import os.path as osp
+from typing import Optional
+
+import torch
+from mmengine.config import Config
+
+AMP_WRAPPER = 'AmpOptimWrapper'
+
+
+def _use_amp(optim_wrapper: dict) -> None:
+    """Turn every optimizer wrapper of a (multi-)optimizer config into an AMP wrapper."""
+    dtype = 'bfloat16' if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else 'float16'
+    wrappers = [optim_wrapper] if 'optimizer' in optim_wrapper else [
+        v for v in optim_wrapper.values() if isinstance(v, dict)]
+    for wrapper in wrappers:
+        if wrapper.get('type', 'OptimWrapper') != AMP_WRAPPER:
+            wrapper['type'] = AMP_WRAPPER
+            wrapper.setdefault('dtype', dtype)
+
+
+def prepare_config(cfg: Config,
+                   config_path: str,
+                   work_dir: Optional[str] = None,
+                   cfg_options: Optional[dict] = None,
+                   launcher: str = 'none',
+                   amp: bool = False) -> Config:
+    """Apply command-line overrides, the work dir, the launcher and AMP to a loaded config."""
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.launcher = launcher
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    if launcher != 'none' and not torch.cuda.is_available():
+        # NCCL needs GPUs; gloo runs the same distributed code on CPU processes.
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if amp:
+        _use_amp(cfg.optim_wrapper)
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """``Runner.from_cfg``, or the configured ``runner_type``."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

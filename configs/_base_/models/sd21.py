@@ -1,0 +1,24 @@
+# Stable Diffusion 2.1-base, the model OSEDiff and HeadsUp fine-tune (epsilon prediction, 512px).
+# A local diffusers folder works too; nothing is downloaded unless PORTRAITISR_ALLOW_DOWNLOAD=1.
+sd21_pretrained = 'stabilityai/stable-diffusion-2-1-base'
+
+sd21_backbone = dict(
+    type='OneStepSD',
+    pretrained=sd21_pretrained,
+    timestep=999,
+    lora_rank=4,
+    lora_alpha=8,  # peft's default, which OSEDiff relied on (scaling 2)
+    frozen_dtype='bfloat16',
+    gradient_checkpointing=True,
+)
+sd21_regularizer = dict(
+    type='VSDRegularizer',
+    pretrained=sd21_pretrained,
+    lora_rank=4,
+    lora_alpha=8,
+    cfg_scale=7.5,
+    vsd_timesteps=(20, 980),
+    frozen_dtype='bfloat16',
+    gradient_checkpointing=True,
+)
+sd21_text_encoder = dict(type='CLIPTextEncoder', pretrained=sd21_pretrained, dtype='bfloat16')

@@ -1,0 +1,17 @@
+# OSEDiff_Face (train_osediff_face.py): the same model trained on FFHQ 512 faces with the
+# CodeFormer face degradation, face negative prompt, no colour fix at test time (x1 restoration).
+_base_ = ['./osediff_sd21.py']
+
+model = dict(
+    negative_prompt=('blurring, dirty, messy, worst quality, low quality, frames, watermark, '
+                     'signature, jpeg artifacts, deformed, lowres, over-smooth'),
+    color_fix=None,
+    data_preprocessor=dict(degradation=dict(type='FaceDegradation', preset='codeformer_face')),
+)
+train_dataloader = dict(
+    dataset=dict(type='ImageFolderDataset', data_root='data/ffhq512', file_list=None,
+                 crop_size=512, flip=True))
+test_dataloader = dict(
+    dataset=dict(type='PairedImageFolderDataset', lq_root='data/celeba_test/lq',
+                 gt_root='data/celeba_test/gt', upscale=1))
+test_evaluator = [dict(type='PSNR', prefix='CelebA-Test')]

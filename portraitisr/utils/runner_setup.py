@@ -34,17 +34,37 @@ def prepare_config(cfg: Config,
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
     if launcher != 'none' and not torch.cuda.is_available():
-        # NCCL needs GPUs; gloo runs the same distributed code on CPU processes.
+        # NCCL needs GPUs; gloo runs the same distributed code on CPU processes, where DDP must
+        # not be given CUDA device ids (mmengine passes LOCAL_RANK unless told otherwise).
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
+                                                       broadcast_buffers=False)
+        wrapper['device_ids'] = None
+        cfg.model_wrapper_cfg = wrapper
     if amp:
         _use_amp(cfg.optim_wrapper)
     return cfg
+
+
+def init_cpu_distributed(cfg: Config) -> None:
+    """Start a gloo process group for ``--launcher pytorch`` on machines without CUDA.
+
+    mmengine's ``init_dist`` always calls ``torch.cuda.set_device``, which fails without a GPU;
+    it skips its own initialisation when a process group already exists.
+    """
+    import torch.distributed as dist
+
+    if cfg.get('launcher', 'none') == 'pytorch' and not torch.cuda.is_available() \
+            and not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
 
 
 def build_runner(cfg: Config):
     """``Runner.from_cfg``, or the configured ``runner_type``."""
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
+
+    init_cpu_distributed(cfg)
 
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)

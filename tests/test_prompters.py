@@ -24,6 +24,7 @@ def test_tag_prompter_uses_osediff_templates():
         prompter(images, [dict(path='x.png'), {}])
     lenient = PROMPTERS.build(dict(type='TagPrompter', missing='empty'))
     assert lenient.train()(images, [{}, {}]) == ['', '']
+    assert lenient.eval()(images, [{}, dict(tags=['cat'])]) == ['', 'cat, ,']
 
 
 def test_bundled_tokenizer_is_clips(tiny_text_encoder):

@@ -80,3 +80,14 @@ def test_two_cpu_ranks_end_with_identical_weights(tmp_path):
     for key in rank0['final']:
         assert torch.equal(rank0['final'][key], rank1['final'][key]), key
     assert any(not torch.equal(rank0['initial'][k], rank0['final'][k]) for k in rank0['final'])
+    # The checkpoint of the distributed run holds exactly those trained tensors.
+    saved = _load(tmp_path / 'iter_3.pth')['state_dict']
+    # runner.model is MMSeparateDistributedDataParallel(OSEDiff(backbone=DDP(...), ...))
+    final = {k.replace('module.', ''): v for k, v in rank0['final'].items()}
+    assert saved.keys() == final.keys()
+    for key in saved:
+        assert torch.equal(saved[key], final[key]), key
+    # ... and loads into a single-process model.
+    result = _run([sys.executable, 'tools/test.py', TINY, str(tmp_path / 'iter_3.pth'),
+                   '--work-dir', str(tmp_path / 'test')])
+    assert 'PSNR' in result.stdout + result.stderr

@@ -6,7 +6,7 @@ model = dict(
     negative_prompt=('blurring, dirty, messy, worst quality, low quality, frames, watermark, '
                      'signature, jpeg artifacts, deformed, lowres, over-smooth'),
     color_fix=None,
-    data_preprocessor=dict(degradation=dict(type='FaceDegradation', preset='codeformer_face')),
+    data_preprocessor=dict(degradation='codeformer_face'),
 )
 train_dataloader = dict(
     dataset=dict(type='ImageFolderDataset', data_root='data/ffhq512', file_list=None,
@@ -15,3 +15,5 @@ test_dataloader = dict(
     dataset=dict(type='PairedImageFolderDataset', lq_root='data/celeba_test/lq',
                  gt_root='data/celeba_test/gt', upscale=1))
 test_evaluator = [dict(type='PSNR', prefix='CelebA-Test')]
+val_dataloader = test_dataloader
+val_evaluator = test_evaluator

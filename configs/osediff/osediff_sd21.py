@@ -21,5 +21,5 @@ model = dict(
     regularizer_weight=1.0,
     color_fix='adain',
     data_preprocessor=dict(
-        type='SRDataPreprocessor', degradation=dict(type='RealESRGANDegradation', preset='osediff')),
+        type='SRDataPreprocessor', degradation='osediff'),
 )

@@ -1,6 +1,7 @@
 """Image-folder datasets: HQ images for online degradation, or paired LQ/GT folders for testing."""
+import json
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,6 +22,27 @@ def _read_file_list(file_list: str, data_root: Optional[str]) -> List[str]:
         names = [line.strip() for line in f if line.strip() and not line.startswith('#')]
     return [name if os.path.isabs(name) or data_root is None else os.path.join(data_root, name)
             for name in names]
+
+
+TagMap = Dict[str, Union[str, Sequence[str]]]
+
+
+def load_tags(tags: Optional[TagMap] = None, tags_file: Optional[str] = None) -> Dict[str, List[str]]:
+    """Per-image tags for :class:`~portraitisr.models.TagPrompter`, keyed by file name.
+
+    ``tags_file`` is a JSON object ``{"0001.png": ["man", "suit"], ...}`` (a comma-separated
+    string per image works too), e.g. RAM/DAPE tags computed offline; ``tags`` is the same inline.
+    """
+    merged: Dict[str, List[str]] = {}
+    if tags_file is not None:
+        with open(tags_file, encoding='utf-8') as f:
+            loaded = json.load(f)
+        if not isinstance(loaded, dict):
+            raise ValueError(f'{tags_file}: expected a JSON object {{file name: tags}}')
+        merged.update(loaded)
+    merged.update(tags or {})
+    return {name: [t.strip() for t in value.split(',') if t.strip()] if isinstance(value, str)
+            else list(value) for name, value in merged.items()}
 
 
 def crop_and_flip(image: np.ndarray, crop_size: Optional[int], flip: bool,
@@ -65,7 +87,8 @@ class ImageFolderDataset(Dataset):
         crop_mode: ``'random'`` (training) or ``'center'`` (validation).
         flip: random horizontal flip.
         repeat: how many times the list is repeated per epoch (tiny sets).
-        tags: optional ``{file name: [tags]}`` for :class:`~portraitisr.models.TagPrompter`.
+        tags / tags_file: per-image tags (see :func:`load_tags`), put in the metainfo for
+            :class:`~portraitisr.models.TagPrompter`.
 
     Each item: ``{'gt': 3 x H x W float in [0, 1], 'metainfo': {'path', 'index', ...}}``.
     """
@@ -79,7 +102,8 @@ class ImageFolderDataset(Dataset):
                  flip: bool = False,
                  recursive: bool = True,
                  repeat: int = 1,
-                 tags: Optional[Dict[str, Sequence[str]]] = None) -> None:
+                 tags: Optional[TagMap] = None,
+                 tags_file: Optional[str] = None) -> None:
         super().__init__()
         paths: List[str] = list(images or [])
         if file_list is not None:
@@ -95,7 +119,7 @@ class ImageFolderDataset(Dataset):
         if crop_mode not in ('random', 'center'):
             raise ValueError(f"crop_mode must be 'random' or 'center', got {crop_mode!r}")
         self.crop_size, self.crop_mode, self.flip, self.repeat = crop_size, crop_mode, flip, repeat
-        self.tags = dict(tags or {})
+        self.tags = load_tags(tags, tags_file)
         self.metainfo = dict(dataset_type='image_folder', num_images=len(paths))
 
     def __len__(self) -> int:
@@ -129,13 +153,16 @@ class PairedImageFolderDataset(Dataset):
         lq_root / gt_root: folders matched by file name (``gt_root`` optional).
         upscale: enlarge each LQ by this factor with PIL bicubic, as OSEDiff's test script does
             (its one-step model takes the LQ at the output size).
+        tags / tags_file: per-image tags (see :func:`load_tags`), e.g. DAPE tags of the LQ.
 
     Each item: ``{'lq': 3 x H x W, 'gt': 3 x H x W (if any), 'metainfo': {...}}`` in [0, 1].
     """
 
-    def __init__(self, lq_root: str, gt_root: Optional[str] = None, upscale: int = 1) -> None:
+    def __init__(self, lq_root: str, gt_root: Optional[str] = None, upscale: int = 1,
+                 tags: Optional[TagMap] = None, tags_file: Optional[str] = None) -> None:
         super().__init__()
         self.upscale = int(upscale)
+        self.tags = load_tags(tags, tags_file)
         if not os.path.isdir(lq_root):
             raise FileNotFoundError(f'lq_root {lq_root!r} is not a folder')
         self.lq_paths = [str(p) for p in list_images(lq_root)]
@@ -155,8 +182,12 @@ class PairedImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         lq_path = self.lq_paths[index]
+        name = os.path.basename(lq_path)
+        metainfo = dict(path=lq_path, index=index, name=name)
+        if name in self.tags:
+            metainfo['tags'] = list(self.tags[name])
         item = dict(lq=to_chw_tensor(upscale_like_osediff(read_rgb(lq_path), self.upscale)),
-                    metainfo=dict(path=lq_path, index=index, name=os.path.basename(lq_path)))
+                    metainfo=metainfo)
         if self.gt_root is not None:
             item['gt'] = to_chw_tensor(read_rgb(os.path.join(self.gt_root,
                                                              os.path.basename(lq_path))))

@@ -10,7 +10,11 @@ AMP_WRAPPER = 'AmpOptimWrapper'
 
 def _use_amp(optim_wrapper: dict) -> None:
     """Turn every optimizer wrapper of a (multi-)optimizer config into an AMP wrapper."""
-    dtype = 'bfloat16' if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else 'float16'
+    if not torch.cuda.is_available():
+        # mmengine's AmpOptimWrapper asserts an accelerator.
+        raise SystemExit('--amp needs a GPU. On CPU, train in float32 (the one-step backbones '
+                         'also take frozen_dtype="bfloat16" for their frozen weights).')
+    dtype = 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
     wrappers = [optim_wrapper] if 'optimizer' in optim_wrapper else [
         v for v in optim_wrapper.values() if isinstance(v, dict)]
     for wrapper in wrappers:

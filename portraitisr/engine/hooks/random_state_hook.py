@@ -20,7 +20,9 @@ class RandomStateHook(Hook):
 
     Validation runs between the checkpoint and the next iteration, and merely creating its data
     loader iterator draws from torch's generator; the hook therefore also puts every generator
-    back after validation, so that training does not depend on when (or whether) it validates.
+    back after validation, so that training does not depend on when it validates. (Building a
+    data loader whose sampler has no ``seed`` draws one from numpy, so our configs give their
+    validation samplers a fixed seed; then adding a validation set changes no training draw.)
     """
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

@@ -1,12 +1,12 @@
 """Batching, device placement and the online degradation of super-resolution batches."""
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseDataPreprocessor
 from torch import Tensor
 
-from portraitisr.registry import DEGRADATIONS, MODELS
+from portraitisr.registry import MODELS
 
 
 def _stack(images: Sequence[Tensor]) -> Tensor:
@@ -32,19 +32,30 @@ def _metainfo_list(metainfo, batch_size: int) -> List[dict]:
 class SRDataPreprocessor(BaseDataPreprocessor):
     """Turn a collated batch into ``{'inputs': lq, 'gt': gt, 'metainfo': [...]}`` on the device.
 
-    Batches without an ``lq`` are degraded here, batched on the device, with ``degradation``
-    (a ``DEGRADATIONS`` config). In evaluation the degradation is re-seeded from ``eval_seed``
-    and the first sample's index, so validation LQs are the same at every validation and no
-    training random state is consumed.
+    Batches without an ``lq`` are degraded here, batched on the device, with ``degradation``: a
+    preset name (``'osediff'``), ``dict(preset=..., **overrides)`` or a ``DEGRADATIONS`` config.
+    Its seed is ``degradation_seed``, by default the process's torch seed, which mmengine sets per
+    rank (``randomness.diff_rank_seed``), so ranks degrade differently and reproducibly.
+    In evaluation the degradation is re-seeded from ``eval_seed`` and the first sample's index,
+    so validation LQs are the same at every validation and no training random state is consumed.
 
     ``inputs`` is the LQ upscaled to the GT size (what a one-step SD restorer takes): a degraded
     LQ smaller than the GT is upscaled bicubically here; test LQs are upscaled by the dataset.
     All images ``B x 3 x H x W`` float32 in [0, 1].
     """
 
-    def __init__(self, degradation: Optional[dict] = None, eval_seed: int = 0) -> None:
+    def __init__(self,
+                 degradation: Union[str, dict, None] = None,
+                 degradation_seed: Optional[int] = None,
+                 eval_seed: int = 0) -> None:
         super().__init__()
-        self.degradation = DEGRADATIONS.build(degradation) if degradation is not None else None
+        self.degradation = None
+        if degradation is not None:
+            from portraitisr.datasets.degradations import build_degradation
+
+            if degradation_seed is None:
+                degradation_seed = torch.initial_seed() % 2**31
+            self.degradation = build_degradation(degradation, seed=degradation_seed)
         self.eval_seed = eval_seed
 
     def _degrade(self, gt: Tensor, metainfo: List[dict], training: bool) -> dict:

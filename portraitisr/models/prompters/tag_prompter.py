@@ -15,7 +15,8 @@ class TagPrompter(BasePrompter):
     ``PROMPTERS`` whose ``forward(images) -> list[list[str]]``, e.g. a RAM or DAPE tagger whose
     weights are present), otherwise from the image's metainfo under ``tags_key`` (tags computed
     offline, the usual way to train without running a 1.5B tagger at every step). An image with
-    neither gets ``missing`` (``'error'`` or ``'empty'``).
+    neither gets ``missing``: ``'error'``, or ``'empty'`` (no tags: the prompt is the user
+    ``prompt`` alone).
 
     Defaults follow OSEDiff: the test-time prompt is ``f"{tags}, {prompt},"`` with an empty user
     prompt; in training the caption is the tags alone (``train_template='{tags}'``).
@@ -53,5 +54,5 @@ class TagPrompter(BasePrompter):
 
     def forward(self, images: Tensor, metainfo: Optional[Sequence[dict]] = None) -> List[str]:
         template = self.train_template if self.training else self.template
-        return [template.format(tags=', '.join(tags), prompt=self.prompt)
+        return [template.format(tags=', '.join(tags), prompt=self.prompt) if tags else self.prompt
                 for tags in self.image_tags(images, metainfo)]

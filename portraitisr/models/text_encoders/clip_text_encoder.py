@@ -97,7 +97,8 @@ class CLIPTextEncoder(nn.Module):
         if pretrained is not None:
             from portraitisr.apis.weight_resolver import resolve_pretrained_dir
             folder = str(resolve_pretrained_dir(
-                pretrained, required=('tokenizer/vocab.json', 'text_encoder/config.json')))
+                pretrained,
+                required=('tokenizer/tokenizer_config.json', 'text_encoder/config.json')))
             self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder='tokenizer')
             self.text_model = CLIPTextModel.from_pretrained(folder, subfolder='text_encoder')
         elif text_encoder_cfg is not None:

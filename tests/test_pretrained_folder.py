@@ -1,0 +1,33 @@
+"""Loading SD from a diffusers-layout folder (what the SD 2.1 configs do), offline."""
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from portraitisr.registry import BACKBONES, MODELS, TEXT_ENCODERS
+
+
+def _save_tiny_sd(folder, tiny_cfg, tiny_text_encoder):
+    torch.manual_seed(0)
+    UNet2DConditionModel(**tiny_cfg.tiny_unet_cfg).save_pretrained(folder / 'unet')
+    AutoencoderKL(**tiny_cfg.tiny_vae_cfg).save_pretrained(folder / 'vae')
+    DDPMScheduler(**tiny_cfg.sd21_scheduler_cfg).save_pretrained(folder / 'scheduler')
+    CLIPTextModel(CLIPTextConfig(**tiny_cfg.tiny_text_encoder_cfg)).save_pretrained(
+        folder / 'text_encoder')
+    tiny_text_encoder.tokenizer.save_pretrained(folder / 'tokenizer')
+
+
+def test_backbone_regulariser_and_text_encoder_from_a_folder(tmp_path, tiny_cfg, tiny_text_encoder):
+    _save_tiny_sd(tmp_path, tiny_cfg, tiny_text_encoder)
+    backbone = BACKBONES.build(dict(type='OneStepSD', pretrained=str(tmp_path), in_channels=9))
+    saved_unet = UNet2DConditionModel.from_pretrained(tmp_path / 'unet')
+    torch.testing.assert_close(backbone.unet.conv_in.base_layer.weight[:, :4],
+                               saved_unet.conv_in.weight)
+    regularizer = MODELS.build(dict(type='VSDRegularizer', pretrained=str(tmp_path)))
+    torch.testing.assert_close(
+        regularizer.unet.mid_block.resnets[0].conv1.base_layer.weight,
+        saved_unet.mid_block.resnets[0].conv1.weight)
+    encoder = TEXT_ENCODERS.build(dict(type='CLIPTextEncoder', pretrained=str(tmp_path)))
+    embeds = encoder(['a portrait'])
+    assert embeds.shape == (1, 77, 32)
+    sr = backbone(torch.rand(1, 3, 64, 64), embeds)
+    assert sr.shape == (1, 3, 64, 64)

@@ -4,9 +4,9 @@ from typing import List, Optional, Union
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModel
-from torch import Tensor
+from torch import Tensor, nn
 
-from portraitisr.registry import BACKBONES, PROMPTERS, TEXT_ENCODERS
+from portraitisr.registry import BACKBONES, MODELS, PROMPTERS, TEXT_ENCODERS
 from .color_fix import COLOR_FIXES
 
 
@@ -32,10 +32,12 @@ class OneStepRestorer(BaseModel):
                  prompter: Optional[dict] = None,
                  color_fix: Optional[str] = 'adain',
                  eval_seed: int = 0,
-                 data_preprocessor: Optional[dict] = None,
+                 data_preprocessor: Union[dict, nn.Module, None] = None,
                  init_cfg: Optional[dict] = None) -> None:
-        super().__init__(data_preprocessor=data_preprocessor or dict(type='SRDataPreprocessor'),
-                         init_cfg=init_cfg)
+        # Built from our registry, so the model also builds outside a Runner (no default scope).
+        if not isinstance(data_preprocessor, nn.Module):
+            data_preprocessor = MODELS.build(data_preprocessor or dict(type='SRDataPreprocessor'))
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if color_fix is not None and color_fix not in COLOR_FIXES:
             raise KeyError(f'Unknown color_fix {color_fix!r}; choose from {sorted(COLOR_FIXES)} '
                            'or None')

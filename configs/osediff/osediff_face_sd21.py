@@ -8,9 +8,10 @@ model = dict(
     color_fix=None,
     data_preprocessor=dict(degradation='codeformer_face'),
 )
+# facesr_dataset.py: LANCZOS to 512, horizontal flip and BasicSR rotation augmentation.
 train_dataloader = dict(
     dataset=dict(type='ImageFolderDataset', data_root='data/ffhq512', file_list=None,
-                 crop_size=512, flip=True))
+                 resize=512, crop_size=None, flip=True, rotate90=True))
 test_dataloader = dict(
     dataset=dict(type='PairedImageFolderDataset', lq_root='data/celeba_test/lq',
                  gt_root='data/celeba_test/gt', upscale=1))

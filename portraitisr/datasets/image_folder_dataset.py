@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from portraitisr.registry import DATASETS
 from portraitisr.utils.image_io import list_images, read_image
-from .sample_images import is_sample, load_sample_image
+from .sample_images import SAMPLE_IMAGES, SAMPLE_SCHEME, is_sample, load_sample_image
 
 
 def read_rgb(path: str) -> np.ndarray:
@@ -43,6 +43,25 @@ def load_tags(tags: Optional[TagMap] = None, tags_file: Optional[str] = None) ->
     merged.update(tags or {})
     return {name: [t.strip() for t in value.split(',') if t.strip()] if isinstance(value, str)
             else list(value) for name, value in merged.items()}
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """PIL LANCZOS resize to ``size x size`` unless already that size (OSEDiff's face loader)."""
+    from PIL import Image
+
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    pil = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+    return np.asarray(pil.resize((size, size), Image.LANCZOS)).astype(np.float32) / 255.0
+
+
+def rotate90_augment(image: np.ndarray) -> np.ndarray:
+    """BasicSR ``augment(rotation=True)``: vertical flip (p 0.5), then transpose (p 0.5)."""
+    if np.random.rand() < 0.5:
+        image = image[::-1]
+    if np.random.rand() < 0.5:
+        image = image.transpose(1, 0, 2)
+    return image
 
 
 def crop_and_flip(image: np.ndarray, crop_size: Optional[int], flip: bool,
@@ -86,6 +105,8 @@ class ImageFolderDataset(Dataset):
         crop_size: crop size (None keeps the whole image).
         crop_mode: ``'random'`` (training) or ``'center'`` (validation).
         flip: random horizontal flip.
+        rotate90: BasicSR's rotation augmentation (vertical flip, transpose), as OSEDiff_Face.
+        resize: resize every image to ``resize x resize`` first (PIL LANCZOS; OSEDiff_Face: 512).
         repeat: how many times the list is repeated per epoch (tiny sets).
         tags / tags_file: per-image tags (see :func:`load_tags`), put in the metainfo for
             :class:`~portraitisr.models.TagPrompter`.
@@ -100,6 +121,8 @@ class ImageFolderDataset(Dataset):
                  crop_size: Optional[int] = None,
                  crop_mode: str = 'random',
                  flip: bool = False,
+                 rotate90: bool = False,
+                 resize: Optional[int] = None,
                  recursive: bool = True,
                  repeat: int = 1,
                  tags: Optional[TagMap] = None,
@@ -115,10 +138,15 @@ class ImageFolderDataset(Dataset):
         if not paths:
             raise ValueError('The dataset is empty: give `data_root` with images, a `file_list` '
                              'or `images`')
+        unknown = [p for p in paths if is_sample(p) and p[len(SAMPLE_SCHEME):] not in SAMPLE_IMAGES]
+        if unknown:
+            raise KeyError(f'Unknown sample images {unknown}; available: '
+                           f'{[SAMPLE_SCHEME + name for name in SAMPLE_IMAGES]}')
         self.paths = paths
         if crop_mode not in ('random', 'center'):
             raise ValueError(f"crop_mode must be 'random' or 'center', got {crop_mode!r}")
         self.crop_size, self.crop_mode, self.flip, self.repeat = crop_size, crop_mode, flip, repeat
+        self.rotate90, self.resize = rotate90, resize
         self.tags = load_tags(tags, tags_file)
         self.metainfo = dict(dataset_type='image_folder', num_images=len(paths))
 
@@ -127,7 +155,12 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index % len(self.paths)]
-        image = crop_and_flip(read_rgb(path), self.crop_size, self.flip, self.crop_mode)
+        image = read_rgb(path)
+        if self.resize is not None:
+            image = resize_square(image, self.resize)
+        image = crop_and_flip(image, self.crop_size, self.flip, self.crop_mode)
+        if self.rotate90:
+            image = rotate90_augment(image)
         metainfo = dict(path=path, index=index, name=os.path.basename(path.rstrip('/')))
         if metainfo['name'] in self.tags:
             metainfo['tags'] = list(self.tags[metainfo['name']])

@@ -2,7 +2,6 @@
 import warnings
 from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
 from portraitisr.registry import LOSSES

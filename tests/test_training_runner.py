@@ -91,3 +91,19 @@ def test_two_cpu_ranks_end_with_identical_weights(tmp_path):
     result = _run([sys.executable, 'tools/test.py', TINY, str(tmp_path / 'iter_3.pth'),
                    '--work-dir', str(tmp_path / 'test')])
     assert 'PSNR' in result.stdout + result.stderr
+
+
+def test_export_weights_round_trip(straight_run, tmp_path, tiny_cfg):
+    from portraitisr.registry import BACKBONES
+
+    out = tmp_path / 'osediff_tiny.safetensors'
+    _run([sys.executable, 'tools/export_weights.py', TINY, str(straight_run / 'iter_4.pth'),
+          str(out)])
+    pkl = tmp_path / 'osediff_tiny.pkl'
+    _run([sys.executable, 'tools/export_weights.py', TINY, str(straight_run / 'iter_4.pth'),
+          str(pkl), '--format', 'osediff'])
+    trained = _load(straight_run / 'iter_4.pth')['state_dict']
+    for weights in (out, pkl):
+        backbone = BACKBONES.build(dict(tiny_cfg.tiny_backbone, trained_weights=str(weights)))
+        for name, value in backbone.trainable_state_dict().items():
+            assert torch.equal(value, trained['backbone.' + name]), name

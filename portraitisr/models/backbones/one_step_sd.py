@@ -105,6 +105,9 @@ class OneStepSD(nn.Module):
             than ``mode()``.
         init_seed: seed for the random initialisation of LoRA and of inline-config weights, so that
             every rank of a distributed run builds the same model.
+        trained_weights: optional trained LoRA/conv_in weights loaded after building, resolved by
+            the weight resolver: an official OSEDiff ``.pkl`` release, or a ``.safetensors`` file
+            written by :meth:`save_trainable` (e.g. ``tools/export_weights.py``).
     """
 
     def __init__(self,
@@ -121,7 +124,8 @@ class OneStepSD(nn.Module):
                  frozen_dtype: str = 'float32',
                  gradient_checkpointing: bool = False,
                  sample_posterior: bool = True,
-                 init_seed: int = 0) -> None:
+                 init_seed: int = 0,
+                 trained_weights: Optional[str] = None) -> None:
         super().__init__()
         if pretrained is None and (unet_cfg is None or vae_cfg is None):
             raise ValueError('OneStepSD needs `pretrained` (an SD folder or hub id) or both '
@@ -170,6 +174,8 @@ class OneStepSD(nn.Module):
             self.unet.enable_gradient_checkpointing()
             self.vae.enable_gradient_checkpointing()
         self._lora_merged = False
+        if trained_weights is not None:
+            self.load_trained_weights(trained_weights)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -316,6 +322,17 @@ class OneStepSD(nn.Module):
                         lora_alpha=str(self.lora_alpha), in_channels=str(self.in_channels))
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         save_file(tensors, path, metadata=metadata)
+
+    def load_trained_weights(self, spec: str) -> None:
+        """Load an OSEDiff ``.pkl`` release or our ``.safetensors`` (path or resolver spec)."""
+        from portraitisr.apis.weight_resolver import resolve_file
+        from .osediff_checkpoint import load_osediff_checkpoint
+
+        path = str(resolve_file(spec))
+        if path.endswith('.safetensors'):
+            self.load_trainable(path)
+        else:
+            load_osediff_checkpoint(self, path)
 
     def load_trainable(self, state: Union[str, Dict[str, Tensor]], strict: bool = True) -> None:
         """Load tensors written by :meth:`save_trainable` (a path or a state dict)."""

@@ -73,10 +73,12 @@ EVALUATOR = _child('evaluator', MMENGINE_EVALUATOR, 'portraitisr.evaluation')
 VISUALIZERS = _child('visualizer', MMENGINE_VISUALIZERS, 'portraitisr.engine')
 VISBACKENDS = _child('vis_backend', MMENGINE_VISBACKENDS, 'portraitisr.engine')
 
-# Domain registries: the swappable parts of a model, built by the algorithms. Later issues add
-# face detectors, aligners, identity extractors and restorers here.
+# Domain registries: the swappable parts of a model, built by the algorithms.
 BACKBONES = Registry('backbone', locations=['portraitisr.models.backbones'])
 TEXT_ENCODERS = Registry('text encoder', locations=['portraitisr.models.text_encoders'])
 PROMPTERS = Registry('prompter', locations=['portraitisr.models.prompters'])
 LOSSES = Registry('loss', locations=['portraitisr.models.losses'])
 DEGRADATIONS = Registry('degradation', locations=['portraitisr.datasets.degradations'])
+FACE_DETECTORS = Registry('face detector', locations=['portraitisr.models.face_detectors'])
+FACE_ALIGNERS = Registry('face aligner', locations=['portraitisr.models.aligners'])
+IDENTITY_EXTRACTORS = Registry('identity extractor', locations=['portraitisr.models.identity'])

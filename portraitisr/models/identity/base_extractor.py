@@ -1,0 +1,157 @@
+"""The identity-extractor contract: aligned face crops in, L2-normalised embeddings out.
+
+Every extractor:
+
+* takes ``faces``: ``B x 3 x H x W`` RGB float in [0, 1], aligned to the ArcFace 112 template (any size: each
+  extractor resizes to its own ``input_size`` and does its own colour order and normalisation);
+* returns ``B x embedding_dim`` float32, L2-normalised along dim 1;
+* is frozen (``requires_grad_(False)``) and stays in eval mode even when ``.train()`` is called, so BatchNorm
+  statistics and dropout never change inside a training loop; gradients still flow to the *input* (an identity
+  loss back-propagates through it to the restored image);
+* loads ``weights=`` through :func:`portraitisr.apis.weight_resolver.resolve_file` (a path, a file name looked up
+  in ``PORTRAITISR_HOME`` and the caches, a URL, or a dict); a missing file raises ``WeightsNotFoundError`` naming it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ['BaseIdentityExtractor', 'similarity', 'load_extractor_weights']
+
+# Containers in which training frameworks nest the state dict of the network.
+_NESTED_KEYS = ('state_dict', 'params_ema', 'params', 'model', 'net')
+
+
+def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of two ``B x D`` (or ``D``) embedding batches, row by row (``B``)."""
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+def _unwrap(checkpoint: Mapping[str, Any], expected: set[str]) -> dict:
+    """Find the dict of tensors inside a checkpoint (``{'state_dict': ...}``, ``{'params_ema': ...}``, ...)."""
+    current: Mapping[str, Any] = checkpoint
+    for _ in range(3):
+        if any(isinstance(v, torch.Tensor) for v in current.values()):
+            break
+        nested = next((current[k] for k in _NESTED_KEYS if isinstance(current.get(k), Mapping)), None)
+        if nested is None:
+            break
+        current = nested
+    return {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
+
+
+def _strip_prefix(state: dict, expected: set[str], prefixes: Sequence[str]) -> dict:
+    """Remove the first prefix (``module.``, ``model.``, ...) under which the checkpoint's keys match best."""
+    best, best_hits = state, len(expected & set(state))
+    for prefix in prefixes:
+        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        hits = len(expected & set(stripped))
+        if hits > best_hits:
+            best, best_hits = stripped, hits
+    return best
+
+
+def load_extractor_weights(module: nn.Module, weights: Any, *,
+                           prefixes: Sequence[str] = ('module.', 'model.', 'net.', 'model.net.', 'backbone.'),
+                           ignore_extra: Sequence[str] = ()) -> str:
+    """Resolve ``weights``, load the checkpoint safely and copy it into ``module`` with ``strict=True``.
+
+    The checkpoint may nest the tensors (``state_dict`` / ``params_ema`` / ...) and prefix the keys (DataParallel's
+    ``module.``, Lightning's ``model.``, wrappers' ``net.``); the prefix under which most keys match is removed.
+    Keys that start with one of ``ignore_extra`` (e.g. a training head) are dropped. BatchNorm
+    ``num_batches_tracked`` buffers absent from old checkpoints are filled with zeros: they do not affect eval.
+
+    Returns:
+        The path of the loaded file, as a string.
+    """
+    from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
+
+    path = resolve_file(weights)
+    expected = set(module.state_dict())
+    state = _unwrap(load_state_dict(path), expected)
+    state = _strip_prefix(state, expected, prefixes)
+    state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in ignore_extra)}
+    for key in expected - set(state):
+        if key.endswith('num_batches_tracked'):
+            state[key] = torch.zeros((), dtype=torch.long)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise RuntimeError(f'{path} does not fit {type(module).__name__}: {error}') from error
+    return str(path)
+
+
+class BaseIdentityExtractor(nn.Module):
+    """Frozen, eval-locked face-recognition network: ``forward(faces) -> B x embedding_dim`` unit vectors.
+
+    Subclasses set ``input_size`` and ``embedding_dim``, implement :meth:`preprocess` (resize + colour +
+    normalisation, differentiable) and :meth:`embed` (the network), and call :meth:`_finish_init` at the end of
+    ``__init__`` (loads ``weights``, freezes, switches to eval).
+
+    Args:
+        antialias: antialias when resizing down to ``input_size`` (``F.interpolate(..., antialias=True)``).
+            Reference evaluation scripts often resize without it; set ``False`` to reproduce them.
+    """
+
+    #: side of the square network input, pixels
+    input_size: int = 112
+    #: length of the embedding
+    embedding_dim: int = 512
+
+    def __init__(self, antialias: bool = True) -> None:
+        super().__init__()
+        self.antialias = bool(antialias)
+        self.weights_path: Optional[str] = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _finish_init(self, weights: Any = None, **load_kwargs: Any) -> None:
+        if weights is not None:
+            self.weights_path = load_extractor_weights(self, weights, **load_kwargs)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> 'BaseIdentityExtractor':
+        """Stays in eval mode whatever ``mode`` is: the extractor is a fixed measuring instrument."""
+        return super().train(False)
+
+    # ----------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def check_faces(faces: torch.Tensor) -> None:
+        if not isinstance(faces, torch.Tensor) or faces.dim() != 4 or faces.shape[1] != 3:
+            shape = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
+            raise ValueError(f'faces must be a B x 3 x H x W RGB tensor in [0, 1], got {shape}')
+
+    def resize(self, x: torch.Tensor, size: Optional[int] = None) -> torch.Tensor:
+        """Bilinear resize (``align_corners=False``) to ``size`` (default ``input_size``); no-op at that size."""
+        size = size or self.input_size
+        if x.shape[-2:] == (size, size):
+            return x
+        down = x.shape[-2] > size or x.shape[-1] > size
+        return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False,
+                             antialias=self.antialias and down)
+
+    def preprocess(self, faces: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, faces: torch.Tensor) -> torch.Tensor:
+        self.check_faces(faces)
+        param = next(self.parameters(), None)
+        if param is not None:
+            faces = faces.to(param.dtype)
+        features = self.embed(self.preprocess(faces))
+        return F.normalize(features.float(), dim=1)
+
+    @staticmethod
+    def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of two embedding batches, row by row."""
+        return similarity(a, b)
+
+    def extra_repr(self) -> str:
+        return f'input_size={self.input_size}, embedding_dim={self.embedding_dim}'

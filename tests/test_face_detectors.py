@@ -240,6 +240,52 @@ def test_tiling_merges_faces_across_tile_edges():
     _check_face_geometry(dets)
 
 
+class _SquareDetector(BaseFaceDetector):
+    """A fake backend: every white (255) blob of at least ``min_side`` pixels in the image it is given is a face."""
+
+    def __init__(self, min_side=12, **kwargs):
+        super().__init__(conf_threshold=0.0, **kwargs)
+        self.min_side = min_side
+        self.calls = []
+
+    def _detect_batch(self, images):
+        out = []
+        for image in images:
+            self.calls.append(image.shape[:2])
+            mask = (image[..., 0] == 255).astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+            boxes = [[x, y, x + w, y + h] for x, y, w, h, _ in stats[1:] if min(w, h) >= self.min_side]
+            boxes = np.array(boxes, np.float32).reshape(-1, 4)
+            cx, cy, bw = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2, boxes[:, 2] - boxes[:, 0]
+            lm = np.stack([np.stack([cx - bw / 4, cy - bw / 8], 1), np.stack([cx + bw / 4, cy - bw / 8], 1),
+                           np.stack([cx, cy], 1), np.stack([cx - bw / 5, cy + bw / 4], 1),
+                           np.stack([cx + bw / 5, cy + bw / 4], 1)], 1)
+            out.append(FaceDetections(boxes, bw / 1000, lm))
+        return out
+
+
+def test_tiling_logic_with_a_fake_backend():
+    """Faces up to the overlap come from the tiles (full resolution, cut copies dropped, duplicates merged); a face
+    larger than a tile comes from the shrunk whole-image pass; memory stays at tile size."""
+    canvas = np.zeros((600, 3000, 3), np.uint8)
+    small = [(500, 100, 40), (1010, 300, 60), (2960, 550, 40)]  # (x, y, side); x 1010 crosses tile edges
+    for x, y, side in small:
+        canvas[y:y + side, x:x + side] = 255
+    canvas[50:550, 1500:2100] = 255  # 600 x 500: larger than a 400 tile
+    det = _SquareDetector(tile_size=400, tile_overlap=80)
+    dets = det.detect(canvas)[0]
+    assert max(h * w for h, w in det.calls) <= 400 * 400  # bounded: no pass sees more pixels than a tile
+    assert len(dets) == 4, dets.boxes
+    boxes = dets.boxes[np.argsort(dets.boxes[:, 0])]
+    for box, (x, y, side) in zip(boxes[[0, 1, 3]], small):
+        np.testing.assert_allclose(box, [x, y, x + side, y + side])  # exact: found at full resolution
+    np.testing.assert_allclose(boxes[2], [1500, 50, 2100, 550], atol=6)  # from the shrunk pass
+    # Without tiling (a big tile size) the same faces, in one call.
+    plain = _SquareDetector(tile_size=4096, tile_overlap=80)
+    ref = plain.detect(canvas)[0]
+    assert len(plain.calls) == 1 and len(ref) == 4
+
+
 # ------------------------------------------------------------------------------------------------ RetinaFace
 def _bn(prefix):
     return [f'{prefix}.{name}' for name in ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')]
@@ -404,7 +450,7 @@ def test_retinaface_runs_batched_and_well_formed():
     # float input, wide image, tiled (small tile size to keep it fast)
     tiled = RetinaFaceDetector('mobilenet0.25', pretrained=False, conf_threshold=0.5, tile_size=256,
                                tile_overlap=64)
-    _check_well_formed(tiled.detect(np.random.default_rng(0).random((100, 1500, 3), dtype=np.float32))[0])
+    _check_well_formed(tiled.detect(np.random.default_rng(0).random((100, 700, 3), dtype=np.float32))[0])
 
 
 # ------------------------------------------------------------------------------------------------ registry

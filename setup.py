@@ -31,13 +31,17 @@ INSTALL_REQUIRES = [
     'tqdm',
     # ships CLIP's BPE vocabulary: a real SD tokenizer for the offline debug configs
     'open_clip_torch',
+    # the offline face detector / landmarks / identity model of last resort (real weights on PyPI)
+    'dlib-bin',
+    'face_recognition_models',
 ]
 
 EXTRAS_REQUIRE = {
     # Real photos that ship with packages (skimage astronaut/camera/lfw, matplotlib's
     # grace_hopper.jpg) used by the debug configs and tests.
     'samples': ['scikit-image', 'matplotlib'],
-    'dev': ['pytest', 'scikit-image', 'matplotlib'],
+    # facexlib: the reference for the face-alignment parity tests
+    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib'],
 }
 
 setup(

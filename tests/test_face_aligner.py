@@ -240,6 +240,22 @@ def test_align_gradcheck_wrt_landmarks_lstsq():
     assert torch.autograd.gradcheck(lambda lm: aligner.align(image, lm), (landmarks,), atol=1e-5)
 
 
+def test_paste_gradcheck_wrt_face_and_background():
+    aligner = small_aligner()
+    rng = np.random.default_rng(5)
+    matrices = aligner.estimate(torch.from_numpy(FFHQ_512 / 512 * 10 * 1.3 + np.array([3.2, 2.4]))[None])
+    face = torch.from_numpy(rng.random((1, 3, 10, 10))).requires_grad_()
+    background = torch.from_numpy(rng.random((1, 3, 20, 19))).requires_grad_()
+    parse = torch.from_numpy(rng.random((1, 1, 10, 10))).requires_grad_()
+    for upscale in (1, 2):
+        bg = background if upscale == 1 else background.repeat_interleave(2, -1).repeat_interleave(2, -2)
+        assert torch.autograd.gradcheck(lambda f, b: aligner.paste(b, f, matrices, upscale_factor=upscale),
+                                        (face, bg), fast_mode=True)
+    # Parse-mask path (blurred at 512 x 512, too slow for a numerical gradcheck): gradients reach face and mask.
+    aligner.paste(background, face, matrices, mask=parse).sum().backward()
+    assert face.grad.abs().sum() > 0 and parse.grad.abs().sum() > 0
+
+
 def test_templates_and_crop_ratio():
     points, size = get_template('ffhq512', 256)
     np.testing.assert_allclose(points, FFHQ_512 / 2)
@@ -406,6 +422,9 @@ def test_detect_and_align_with_fake_detector():
     assert top.image_index.tolist() == [0, 1]
     assert torch.allclose(top.landmarks[0], batch.landmarks[1]) and top.scores[0] == pytest.approx(0.99)
     assert torch.allclose(top.landmarks[1], batch.landmarks[2])
+
+    moved = batch.to(torch.float64)
+    assert moved.faces.dtype == torch.float64 and moved.image_index.dtype == torch.long
 
     none = detect_and_align(images, FakeDetector([(np.zeros((0, 5, 2)), []), (np.zeros((0, 5, 2)), [])]), aligner)
     assert len(none) == 0

@@ -262,24 +262,30 @@ class FaceAligner(nn.Module):
             face_size: ``(h, w)`` of the faces; defaults to the crop size.
         """
         matrices = self._matrices(matrices)
-        h, w = face_size if face_size is not None else self.crop_size
-        inv = paste_matrices(matrices.to(torch.float64), upscale_factor)
+        face_size = tuple(face_size) if face_size is not None else self.crop_size
         dtype = matrices.dtype if matrices.dtype.is_floating_point else torch.float32
+        inv = paste_matrices(matrices.to(torch.float64), upscale_factor).to(dtype)
         soft, eroded = [], []
-        k = int(2 * upscale_factor)
         for i in range(matrices.shape[0]):
-            ones = torch.ones(1, 1, h, w, dtype=dtype, device=matrices.device)
-            mask = warp_affine(ones, inv[i:i + 1].to(dtype), dsize=tuple(out_size), mode='bilinear',
-                               padding_mode='zeros', align_corners=True)
-            mask = cv2_erode(mask, k, k)
-            w_edge = int(float(mask.detach().sum()) ** 0.5) // 20
-            soft.append(cv2_gaussian_blur(cv2_erode(mask, 2 * w_edge, 2 * w_edge), 2 * w_edge + 1))
-            eroded.append(mask)
+            soft_i, eroded_i = self._square_mask_one(inv[i:i + 1], face_size, tuple(out_size), upscale_factor)
+            soft.append(soft_i)
+            eroded.append(eroded_i)
         if not soft:
             empty = torch.zeros(0, 1, *out_size, dtype=dtype, device=matrices.device)
             return (empty, empty) if return_eroded else empty
         soft, eroded = torch.cat(soft), torch.cat(eroded)
         return (soft, eroded) if return_eroded else soft
+
+    @staticmethod
+    def _square_mask_one(inv: torch.Tensor, face_size, out_size, upscale_factor):
+        """(soft mask, first erosion) of one face, ``1 x 1 x H' x W'``, from its face -> image matrix."""
+        ones = torch.ones(1, 1, *face_size, dtype=inv.dtype, device=inv.device)
+        mask = warp_affine(ones, inv, dsize=out_size, mode='bilinear', padding_mode='zeros', align_corners=True)
+        k = int(2 * upscale_factor)
+        mask = cv2_erode(mask, k, k)
+        w_edge = int(float(mask.detach().sum()) ** 0.5) // 20
+        soft = cv2_gaussian_blur(cv2_erode(mask, 2 * w_edge, 2 * w_edge), 2 * w_edge + 1)
+        return soft, mask
 
     @staticmethod
     def parse_soft_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -326,20 +332,21 @@ class FaceAligner(nn.Module):
         matrices = matrices.to(device=background.device)
         inv = paste_matrices(matrices.to(torch.float64), upscale_factor).to(dtype)
         faces = faces.to(dtype)
-        warped = warp_affine(faces, inv, dsize=out_size, mode='bilinear', padding_mode='zeros', align_corners=True)
-        if mask is None:
-            soft, eroded = self.square_mask(matrices.to(dtype), out_size, upscale_factor, face_size,
-                                            return_eroded=True)
-            pasted = eroded * warped
-        else:
-            parse = self.parse_soft_mask(mask.to(dtype))
-            soft = warp_affine(parse, inv, dsize=out_size, mode='bilinear', padding_mode='zeros', align_corners=True)
-            pasted = warped
+        parse = None if mask is None else self.parse_soft_mask(mask.to(dtype))
         c = faces.shape[1]
         images = list(background.unbind(0))
-        for i in range(n):
+        for i in range(n):  # one face at a time: memory stays at one full-size warp per face
+            warped = warp_affine(faces[i:i + 1], inv[i:i + 1], dsize=out_size, mode='bilinear', padding_mode='zeros',
+                                 align_corners=True)[0]
+            if parse is None:
+                soft, eroded = self._square_mask_one(inv[i:i + 1], face_size, out_size, upscale_factor)
+                soft, pasted = soft[0], eroded[0] * warped
+            else:
+                soft = warp_affine(parse[i:i + 1], inv[i:i + 1], dsize=out_size, mode='bilinear',
+                                   padding_mode='zeros', align_corners=True)[0]
+                pasted = warped
             b = int(index[i])
             current = images[b]
-            blended = soft[i] * pasted[i] + (1 - soft[i]) * current[:c]
+            blended = soft * pasted + (1 - soft) * current[:c]
             images[b] = torch.cat([blended, current[c:]], 0) if current.shape[0] > c else blended
         return torch.stack(images, 0)

@@ -22,7 +22,7 @@ INSTALL_REQUIRES = [
     'transformers>=4.38',
     'safetensors',
     'lpips>=0.1.4',
-    'kornia>=0.7',
+    'kornia>=0.9',
     'opencv-python-headless',
     'omegaconf',
     'numpy',

@@ -16,6 +16,7 @@ Faces are sorted by score, highest first. Boxes and landmarks are not clipped to
 from __future__ import annotations
 
 import math
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -191,7 +192,7 @@ def _as_image_list(images: ImageInput) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------------------------------------------- detector
-class BaseFaceDetector(nn.Module):
+class BaseFaceDetector(nn.Module, metaclass=ABCMeta):
     """Base class of face detectors.
 
     Args:
@@ -226,13 +227,13 @@ class BaseFaceDetector(nn.Module):
         self.merge_iou = float(merge_iou)
 
     # ------------------------------------------------------------------ backend hook
+    @abstractmethod
     def _detect_batch(self, images: list[np.ndarray]) -> list[FaceDetections]:
         """Detect in RGB uint8 ``H x W x 3`` arrays that all have the same size.
 
         Returns, per image, the faces scoring above ``self.conf_threshold``, after the backend's own NMS, in that
         image's pixel coordinates.
         """
-        raise NotImplementedError
 
     def forward(self, images: ImageInput) -> list[FaceDetections]:
         return self.detect(images)

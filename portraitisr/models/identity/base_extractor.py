@@ -13,6 +13,7 @@ Every extractor:
 """
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -85,7 +86,7 @@ def load_extractor_weights(module: nn.Module, weights: Any, *,
     return str(path)
 
 
-class BaseIdentityExtractor(nn.Module):
+class BaseIdentityExtractor(nn.Module, metaclass=ABCMeta):
     """Frozen, eval-locked face-recognition network: ``forward(faces) -> B x embedding_dim`` unit vectors.
 
     Subclasses set ``input_size`` and ``embedding_dim``, implement :meth:`preprocess` (resize + colour +
@@ -134,11 +135,13 @@ class BaseIdentityExtractor(nn.Module):
         return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False,
                              antialias=self.antialias and down)
 
-    def preprocess(self, faces: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def preprocess(self, faces: torch.Tensor) -> torch.Tensor:
+        """RGB faces in [0, 1] -> this network's input (size, colour order, normalisation)."""
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed input -> raw ``B x D`` embedding (normalised by ``forward``)."""
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         self.check_faces(faces)

@@ -172,24 +172,30 @@ class DlibResNet(BaseIdentityExtractor):
         return np.asarray(self._recognizer.compute_face_descriptor(image, shape, self.num_jitters, self.padding),
                           dtype=np.float32)
 
-    def descriptors(self, faces: torch.Tensor) -> torch.Tensor:
-        """Raw dlib descriptors (``B x 128`` float32, not normalised) of ArcFace-aligned RGB [0, 1] crops."""
-        self.check_faces(faces)
+    def preprocess(self, faces: torch.Tensor) -> torch.Tensor:
+        """Refuse differentiable inputs; resize the crops to ``work_size`` (the landmark predictor's scale)."""
         self._refuse_grad(faces)
         with torch.no_grad():
             x = faces.detach().float()
             if x.shape[-2:] != (self.work_size, self.work_size):
                 x = F.interpolate(x, size=(self.work_size, self.work_size), mode='bilinear', align_corners=False,
                                   antialias=x.shape[-1] > self.work_size)
+        return x
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw dlib descriptors (``B x 128`` float32) of preprocessed crops."""
         out = []
         for face in x:
             image = self.to_uint8(face)
             out.append(self._describe(image, self.aligned_shape(image)))
-        return torch.from_numpy(np.stack(out)).to(faces.device)
+        return torch.from_numpy(np.stack(out)).to(x.device)
 
-    def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        """L2-normalised dlib descriptors of ArcFace-aligned crops (``B x 128``); not differentiable."""
-        return F.normalize(self.descriptors(faces), dim=1)
+    def descriptors(self, faces: torch.Tensor) -> torch.Tensor:
+        """Raw dlib descriptors (``B x 128`` float32, not normalised) of ArcFace-aligned RGB [0, 1] crops."""
+        self.check_faces(faces)
+        return self.embed(self.preprocess(faces))
+
+    # ``forward`` (the base class's) gives the L2-normalised descriptors; not differentiable.
 
     # ----------------------------------------------------------------------------------------------------------
     # Whole photos

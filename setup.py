@@ -53,6 +53,8 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['portraitisr', 'portraitisr.*']),
+    # sample://portraits, the debug manifest over the package photos
+    package_data={'portraitisr.datasets': ['manifests/*.jsonl']},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     classifiers=[

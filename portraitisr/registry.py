@@ -8,6 +8,7 @@ for something, which keeps ``import portraitisr`` free of heavy dependencies.
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
 from mmengine.registry import DATASETS as MMENGINE_DATASETS
 from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
+from mmengine.registry import FUNCTIONS as MMENGINE_FUNCTIONS
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOG_PROCESSORS as MMENGINE_LOG_PROCESSORS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
@@ -66,6 +67,8 @@ PARAM_SCHEDULERS = _child('parameter scheduler', MMENGINE_PARAM_SCHEDULERS, 'por
 DATASETS = _child('dataset', MMENGINE_DATASETS, 'portraitisr.datasets')
 DATA_SAMPLERS = _child('data sampler', MMENGINE_DATA_SAMPLERS, 'portraitisr.datasets')
 TRANSFORMS = _child('transform', MMENGINE_TRANSFORMS, 'portraitisr.datasets')
+# collate functions (``train_dataloader.collate_fn``)
+FUNCTIONS = _child('function', MMENGINE_FUNCTIONS, 'portraitisr.datasets')
 MODELS = _child('model', MMENGINE_MODELS, 'portraitisr.models')
 MODEL_WRAPPERS = _child('model_wrapper', MMENGINE_MODEL_WRAPPERS, 'portraitisr.models')
 METRICS = _child('metric', MMENGINE_METRICS, 'portraitisr.evaluation')

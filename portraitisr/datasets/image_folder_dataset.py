@@ -1,7 +1,7 @@
 """Image-folder datasets: HQ images for online degradation, or paired LQ/GT folders for testing."""
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -64,6 +64,35 @@ def rotate90_augment(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def crop_flip_geometry(image: np.ndarray, crop_size: Optional[int], flip: bool,
+                       crop_mode: str = 'random') -> Tuple[np.ndarray, int, int, bool]:
+    """:func:`crop_and_flip` that also says where the crop came from.
+
+    Returns:
+        ``(image, top, left, flipped)``: the cropped (and maybe flipped) image, the crop's offset in
+        the (padded) input, and whether it was flipped, so that point annotations can follow
+        (``x -> x - left``, then ``x -> W - 1 - x`` when flipped; see :func:`flip_landmarks`).
+    """
+    top = left = 0
+    if crop_size is not None:
+        h, w = image.shape[:2]
+        pad_h, pad_w = max(0, crop_size - h), max(0, crop_size - w)
+        if pad_h or pad_w:
+            # bottom/right padding only: coordinates in the input stay valid
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode='reflect')
+            h, w = image.shape[:2]
+        if crop_mode == 'random':
+            top = np.random.randint(0, h - crop_size + 1)
+            left = np.random.randint(0, w - crop_size + 1)
+        else:
+            top, left = (h - crop_size) // 2, (w - crop_size) // 2
+        image = image[top:top + crop_size, left:left + crop_size]
+    flipped = bool(flip and np.random.rand() < 0.5)
+    if flipped:
+        image = image[:, ::-1]
+    return image, int(top), int(left), flipped
+
+
 def crop_and_flip(image: np.ndarray, crop_size: Optional[int], flip: bool,
                   crop_mode: str = 'random') -> np.ndarray:
     """Reflect-pad to ``crop_size`` if smaller (as BasicSR), crop (random or centre), random
@@ -73,21 +102,27 @@ def crop_and_flip(image: np.ndarray, crop_size: Optional[int], flip: bool,
     worker, and an iteration-based resume replays the dataloader, so crops are reproducible
     across resumes. A centre crop without flip draws nothing (validation sets).
     """
-    if crop_size is not None:
-        h, w = image.shape[:2]
-        pad_h, pad_w = max(0, crop_size - h), max(0, crop_size - w)
-        if pad_h or pad_w:
-            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode='reflect')
-            h, w = image.shape[:2]
-        if crop_mode == 'random':
-            top = np.random.randint(0, h - crop_size + 1)
-            left = np.random.randint(0, w - crop_size + 1)
-        else:
-            top, left = (h - crop_size) // 2, (w - crop_size) // 2
-        image = image[top:top + crop_size, left:left + crop_size]
-    if flip and np.random.rand() < 0.5:
-        image = image[:, ::-1]
-    return image
+    return crop_flip_geometry(image, crop_size, flip, crop_mode)[0]
+
+
+#: Index permutation that keeps 5-point landmarks image-left-first after a horizontal flip:
+#: the eyes swap, the nose stays, the mouth corners swap.
+FLIP_PERMUTATION = (1, 0, 2, 4, 3)
+
+
+def flip_landmarks(points: np.ndarray, width: int) -> np.ndarray:
+    """Mirror ``5 x 2`` (x, y) pixel-centre landmarks of an image ``width`` wide (``x -> W - 1 - x``)
+    and reorder them (:data:`FLIP_PERMUTATION`) so they stay left eye, right eye, nose, left mouth,
+    right mouth with "left" the image's left."""
+    out = np.array(points, dtype=np.float32, copy=True)
+    out[:, 0] = width - 1 - out[:, 0]
+    return out[list(FLIP_PERMUTATION)]
+
+
+def flip_box(box: np.ndarray, width: int) -> np.ndarray:
+    """Mirror an ``x1, y1, x2, y2`` box given in pixel-edge coordinates (``x2`` exclusive)."""
+    x1, y1, x2, y2 = [float(v) for v in box]
+    return np.array([width - x2, y1, width - x1, y2], dtype=np.float32)
 
 
 def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
@@ -110,6 +145,11 @@ class ImageFolderDataset(Dataset):
         repeat: how many times the list is repeated per epoch (tiny sets).
         tags / tags_file: per-image tags (see :func:`load_tags`), put in the metainfo for
             :class:`~portraitisr.models.TagPrompter`.
+        aligned_face_template: the 5-point template every image is already aligned to (e.g.
+            ``'ffhq512'`` for FFHQ). Items then carry ``metainfo['face_landmarks']``: the template
+            scaled to the (resized) image and moved by the crop and flip, ``5 x 2`` float32 pixels
+            of the GT, so face losses work on aligned-face datasets mixed with portrait datasets.
+            Not combinable with ``rotate90`` (a transposed face has no image-left eye order).
 
     Each item: ``{'gt': 3 x H x W float in [0, 1], 'metainfo': {'path', 'index', ...}}``.
     """
@@ -126,7 +166,8 @@ class ImageFolderDataset(Dataset):
                  recursive: bool = True,
                  repeat: int = 1,
                  tags: Optional[TagMap] = None,
-                 tags_file: Optional[str] = None) -> None:
+                 tags_file: Optional[str] = None,
+                 aligned_face_template: Optional[str] = None) -> None:
         super().__init__()
         paths: List[str] = list(images or [])
         if file_list is not None:
@@ -148,6 +189,17 @@ class ImageFolderDataset(Dataset):
         self.crop_size, self.crop_mode, self.flip, self.repeat = crop_size, crop_mode, flip, repeat
         self.rotate90, self.resize = rotate90, resize
         self.tags = load_tags(tags, tags_file)
+        self.template_points: Optional[np.ndarray] = None
+        if aligned_face_template is not None:
+            if rotate90:
+                raise ValueError('aligned_face_template cannot be combined with rotate90: a vertically '
+                                 'flipped or transposed face has no image-left-first landmark order')
+            from portraitisr.models.aligners.templates import get_template
+
+            points, (template_h, template_w) = get_template(aligned_face_template)
+            # normalised to the template's square, so any image size scales it like get_template
+            self.template_points = (points / np.array([template_w, template_h])).astype(np.float32)
+        self.aligned_face_template = aligned_face_template
         self.metainfo = dict(dataset_type='image_folder', num_images=len(paths))
 
     def __len__(self) -> int:
@@ -158,10 +210,19 @@ class ImageFolderDataset(Dataset):
         image = read_rgb(path)
         if self.resize is not None:
             image = resize_square(image, self.resize)
-        image = crop_and_flip(image, self.crop_size, self.flip, self.crop_mode)
+        landmarks = None
+        if self.template_points is not None:
+            # same scaling rule as get_template (points * size / base) on each axis
+            landmarks = self.template_points * np.array([image.shape[1], image.shape[0]], np.float32)
+        image, top, left, flipped = crop_flip_geometry(image, self.crop_size, self.flip, self.crop_mode)
         if self.rotate90:
             image = rotate90_augment(image)
         metainfo = dict(path=path, index=index, name=os.path.basename(path.rstrip('/')))
+        if landmarks is not None:
+            landmarks = landmarks - np.array([left, top], np.float32)
+            if flipped:
+                landmarks = flip_landmarks(landmarks, image.shape[1])
+            metainfo['face_landmarks'] = torch.from_numpy(np.ascontiguousarray(landmarks, np.float32))
         if metainfo['name'] in self.tags:
             metainfo['tags'] = list(self.tags[metainfo['name']])
         return dict(gt=to_chw_tensor(image), metainfo=metainfo)

@@ -1,4 +1,4 @@
-"""Checkpoints that hold only trained tensors (LoRA + conv_in), not the frozen SD weights."""
+"""Checkpoints that hold only trained tensors (LoRA, conv_in, discriminators), not the frozen SD weights."""
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
@@ -14,9 +14,28 @@ def _strip_wrappers(key: str) -> str:
     return key.replace('.module.', '.')
 
 
+def _trains_directly(module) -> bool:
+    return any(p.requires_grad for p in module.parameters(recurse=False))
+
+
 def trainable_names(model) -> set:
-    """Names of the trainable parameters, without distributed-wrapper prefixes."""
-    return {_strip_wrappers(n) for n, p in _unwrap(model).named_parameters() if p.requires_grad}
+    """Names of the trainable parameters and of the buffers that training updates, without
+    distributed-wrapper prefixes.
+
+    Those buffers belong to a module with trainable parameters of its own, or to a child of one:
+    BatchNorm running statistics, and spectral normalisation's power-iteration vectors (held by the
+    parametrization, a child of the ``ParametrizationList`` that owns the trained weight). Without
+    them a resumed discriminator would not continue exactly.
+    """
+    root = _unwrap(model)
+    names = {_strip_wrappers(n) for n, p in root.named_parameters() if p.requires_grad}
+    modules = dict(root.named_modules())
+    for name, _ in root.named_buffers():
+        owner = name.rpartition('.')[0]
+        parent = owner.rpartition('.')[0]
+        if _trains_directly(modules[owner]) or (owner and _trains_directly(modules[parent])):
+            names.add(_strip_wrappers(name))
+    return names
 
 
 @HOOKS.register_module()

@@ -1,4 +1,4 @@
-"""End to end through tools/: tiny OSEDiff training, exact resume, testing, two CPU ranks."""
+"""End to end through tools/: tiny OSEDiff and HeadsUp training, exact resume, testing, two CPU ranks."""
 import os
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import torch
 from .conftest import REPO_ROOT, require_pypi_weights
 
 TINY = 'configs/debug/osediff_tiny.py'
+HEADSUP_TINY = 'configs/debug/headsup_tiny.py'
 
 
 def _run(args, timeout=600):
@@ -19,8 +20,8 @@ def _run(args, timeout=600):
     return result
 
 
-def _train(work_dir, *options):
-    return _run([sys.executable, 'tools/train.py', TINY, '--work-dir', str(work_dir),
+def _train(work_dir, *options, config=TINY):
+    return _run([sys.executable, 'tools/train.py', config, '--work-dir', str(work_dir),
                  '--cfg-options', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
                  *options])
 
@@ -37,18 +38,52 @@ def straight_run(tmp_path_factory):
     return work_dir
 
 
-def test_resume_continues_exactly(straight_run, tmp_path):
-    _train(tmp_path, 'train_cfg.max_iters=2')
-    assert (tmp_path / 'iter_2.pth').is_file()
-    result = _train(tmp_path, 'train_cfg.max_iters=4', '--resume')
+def _assert_resume_is_exact(straight_dir, resumed_dir, config=TINY):
+    _train(resumed_dir, 'train_cfg.max_iters=2', config=config)
+    assert (resumed_dir / 'iter_2.pth').is_file()
+    result = _train(resumed_dir, 'train_cfg.max_iters=4', '--resume', config=config)
     assert 'resumed' in (result.stdout + result.stderr).lower()
-    straight = _load(straight_run / 'iter_4.pth')['state_dict']
-    resumed = _load(tmp_path / 'iter_4.pth')['state_dict']
+    straight = _load(straight_dir / 'iter_4.pth')['state_dict']
+    resumed = _load(resumed_dir / 'iter_4.pth')['state_dict']
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
-    first = _load(tmp_path / 'iter_2.pth')['state_dict']
+    first = _load(resumed_dir / 'iter_2.pth')['state_dict']
     assert any(not torch.equal(first[k], straight[k]) for k in straight), 'weights did not train'
+    return straight
+
+
+def test_resume_continues_exactly(straight_run, tmp_path):
+    _assert_resume_is_exact(straight_run, tmp_path)
+
+
+@pytest.fixture(scope='module')
+def headsup_run(tmp_path_factory):
+    require_pypi_weights('vgg16.ckpt')
+    work_dir = tmp_path_factory.mktemp('headsup_straight')
+    _train(work_dir, 'train_cfg.max_iters=4', config=HEADSUP_TINY)
+    return work_dir
+
+
+def test_headsup_resume_continues_exactly(headsup_run, tmp_path):
+    straight = _assert_resume_is_exact(headsup_run, tmp_path, config=HEADSUP_TINY)
+    # the discriminator trains, and its spectral-norm vectors are checkpointed for the resume
+    assert any(k.startswith('discriminator.') and k.endswith('._u') for k in straight)
+    assert set(_load(headsup_run / 'iter_4.pth')['optimizer']) == {'backbone', 'regularizer', 'discriminator'}
+
+
+def test_headsup_tests_with_and_without_references(headsup_run, tmp_path):
+    checkpoint = str(headsup_run / 'iter_4.pth')
+    scores = {}
+    for use_ref in ('True', 'False'):
+        save_dir = tmp_path / f'ref_{use_ref}'
+        result = _run([sys.executable, 'tools/test.py', HEADSUP_TINY, checkpoint, '--work-dir',
+                       str(tmp_path / 'work'), '--save-dir', str(save_dir), '--cfg-options',
+                       f'model.use_reference_at_test={use_ref}'])
+        scores[use_ref] = [line for line in (result.stdout + result.stderr).splitlines() if 'PSNR:' in line][-1]
+        assert sorted(os.listdir(save_dir)) == ['astronaut.png', 'camera.png', 'grace_hopper.png']
+    # four steps leave the new conv_in channels almost at zero, but not exactly: references count
+    assert scores['True'] != scores['False']
 
 
 def test_checkpoints_hold_only_trainable_tensors(straight_run):

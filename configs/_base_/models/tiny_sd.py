@@ -55,3 +55,5 @@ tiny_backbone = dict(
     frozen_dtype='float32',
 )
 tiny_text_encoder = dict(type='CLIPTextEncoder', text_encoder_cfg=tiny_text_encoder_cfg)
+# HeadsUp's 9-channel conv_in: LQ latent + reference latent + face mask (new channels zero).
+tiny_headsup_backbone = dict(tiny_backbone, in_channels=9)

@@ -1,7 +1,8 @@
 from .color_fix import adain_color_fix
+from .headsup import HeadsUp
 from .one_step_restorer import OneStepRestorer
 from .osediff import OSEDIFF_NEGATIVE_PROMPT, OSEDiff
 from .vsd_regularizer import VSDRegularizer, vsd_loss
 
-__all__ = ['OneStepRestorer', 'OSEDiff', 'OSEDIFF_NEGATIVE_PROMPT', 'VSDRegularizer', 'vsd_loss',
+__all__ = ['OneStepRestorer', 'OSEDiff', 'HeadsUp', 'OSEDIFF_NEGATIVE_PROMPT', 'VSDRegularizer', 'vsd_loss',
            'adain_color_fix']

@@ -72,10 +72,21 @@ class OneStepRestorer(BaseModel):
         pad_h, pad_w = (-h) % factor, (-w) % factor
         padded = F.pad(lq, (0, pad_w, 0, pad_h), mode='reflect') if pad_h or pad_w else lq
         embeds = self.prompt_embeddings(lq, metainfo)
+        conditions = self.prepare_conditions(padded, **conditions)
         sr = self.backbone(padded, embeds, **conditions)[..., :h, :w]
         if self.color_fix is not None:
             sr = COLOR_FIXES[self.color_fix](sr, lq)
         return sr
+
+    def prepare_conditions(self, padded_lq: Tensor, **conditions) -> dict:
+        """Turn user-level conditions into backbone keyword arguments for ``padded_lq`` (the LQ
+        reflect-padded to a multiple of the VAE factor); subclasses with conditions override it."""
+        return conditions
+
+    def restore_batch(self, data: dict) -> Tensor:
+        """Restore a preprocessed evaluation batch (``inputs``, ``metainfo`` and whatever
+        conditions the data preprocessor adds)."""
+        return self.restore(data['inputs'], data['metainfo'])
 
     def _eval_rng(self):
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -85,7 +96,7 @@ class OneStepRestorer(BaseModel):
     def _predict(self, data: dict) -> List[dict]:
         with self._eval_rng():
             torch.manual_seed(self.eval_seed)
-            sr = self.restore(data['inputs'], data['metainfo'])
+            sr = self.restore_batch(data)
         outputs = []
         for i, info in enumerate(data['metainfo']):
             output = dict(pred=sr[i].float().cpu(), lq=data['inputs'][i].float().cpu(),

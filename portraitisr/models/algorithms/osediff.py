@@ -89,12 +89,18 @@ class OSEDiff(OneStepRestorer):
             losses = self.reconstruction_losses(sr, gt, latents, embeds)
             loss, log_vars = self.parse_losses(losses)
         generator_wrapper.update_params(loss)
-
-        if self.regularizer is not None:
-            regularizer_wrapper = optim_wrapper['regularizer']
-            with regularizer_wrapper.optim_context(self.regularizer):
-                reg_loss = self.regularizer_weight * self.regularizer(latents.detach(), embeds,
-                                                                      mode='diffusion')
-            regularizer_wrapper.update_params(reg_loss)
-            log_vars['loss_regularizer'] = reg_loss.detach()
+        log_vars.update(self.regularizer_step(latents, embeds, optim_wrapper))
         return log_vars
+
+    def regularizer_step(self, latents: Tensor, embeds: Tensor,
+                         optim_wrapper: OptimWrapperDict) -> Dict[str, Tensor]:
+        """One step of the VSD regulariser's diffusion loss on the generator's (detached)
+        latents; nothing without a regulariser."""
+        if self.regularizer is None:
+            return {}
+        regularizer_wrapper = optim_wrapper['regularizer']
+        with regularizer_wrapper.optim_context(self.regularizer):
+            reg_loss = self.regularizer_weight * self.regularizer(latents.detach(), embeds,
+                                                                  mode='diffusion')
+        regularizer_wrapper.update_params(reg_loss)
+        return dict(loss_regularizer=reg_loss.detach())

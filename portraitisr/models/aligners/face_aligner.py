@@ -246,6 +246,42 @@ class FaceAligner(nn.Module):
             raise ValueError(f'image_index out of range for {batch} images: {index.tolist()}')
         return index
 
+    def region_mask(self, matrices, out_size: Tuple[int, int], image_index=None, batch_size: Optional[int] = None,
+                    scale: float = 1) -> torch.Tensor:
+        """Binary mask of the aligned crops' footprints in the images: ``B x 1 x H' x W'`` float in {0, 1}.
+
+        A pixel is 1 when its centre maps inside the crop of one of its image's faces (the union over faces);
+        HeadsUp's face mask ``M`` (paper section 2.3). ``out_size`` may be a scaled grid, e.g. the latent
+        resolution with ``scale = 1/8``: grid pixel ``(u, v)`` has its centre at image pixel
+        ``((u + 0.5) / scale - 0.5, (v + 0.5) / scale - 0.5)``.
+
+        Args:
+            matrices: ``N x 2 x 3`` image -> crop matrices (or ``N x 5 x 2`` landmarks).
+            out_size: ``(H', W')`` of the mask.
+            image_index: ``(N,)`` image of each face; ``None`` means face ``i`` is in image ``i``.
+            batch_size: number of images ``B`` (default ``N``, or ``max(image_index) + 1``).
+            scale: size of the mask grid relative to the image the matrices refer to.
+        """
+        matrices = self._matrices(matrices)
+        n = matrices.shape[0]
+        if batch_size is None:
+            batch_size = n if image_index is None else (int(torch.as_tensor(image_index).max()) + 1 if n else 0)
+        index = self._image_index(image_index, n, batch_size, matrices.device)
+        height, width = out_size
+        mask = torch.zeros(batch_size, 1, height, width, dtype=torch.float32, device=matrices.device)
+        if n == 0:
+            return mask
+        m = matrices.detach().to(torch.float64)
+        ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64, device=m.device),
+                                torch.arange(width, dtype=torch.float64, device=m.device), indexing='ij')
+        xs, ys = (xs + 0.5) / scale - 0.5, (ys + 0.5) / scale - 0.5
+        cx = m[:, 0, 0, None, None] * xs + m[:, 0, 1, None, None] * ys + m[:, 0, 2, None, None]
+        cy = m[:, 1, 0, None, None] * xs + m[:, 1, 1, None, None] * ys + m[:, 1, 2, None, None]
+        crop_h, crop_w = self.crop_size
+        inside = (cx >= 0) & (cx <= crop_w - 1) & (cy >= 0) & (cy <= crop_h - 1)
+        mask[:, 0].index_add_(0, index, inside.float())  # faces of one image add up; clamp to the union
+        return mask.clamp_(max=1)
+
     # ------------------------------------------------------------------ paste-back
     def square_mask(self, matrices: torch.Tensor, out_size: Tuple[int, int], upscale_factor: float = 1,
                     face_size: Optional[Tuple[int, int]] = None, return_eroded: bool = False):

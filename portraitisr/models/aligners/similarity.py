@@ -45,7 +45,9 @@ def estimate_similarity_lmeds(src: ArrayLike, dst: ArrayLike) -> np.ndarray:
     for i, (s, d) in enumerate(zip(src_np, dst_np)):
         matrix = cv2.estimateAffinePartial2D(np.ascontiguousarray(s), np.ascontiguousarray(d), method=cv2.LMEDS)[0]
         if matrix is None:
-            matrix = estimate_similarity_lstsq(torch.from_numpy(s)[None], torch.from_numpy(d)[None])[0].numpy()
+            # degenerate points (cv2 gives up): the least-squares solve still answers
+            src_t, dst_t = torch.from_numpy(s.copy())[None], torch.from_numpy(d.copy())[None]
+            matrix = estimate_similarity_lstsq(src_t, dst_t)[0].numpy()
         out[i] = matrix
     return out
 

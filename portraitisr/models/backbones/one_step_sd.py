@@ -219,13 +219,35 @@ class OneStepSD(nn.Module):
         """``z_H = (z_L - sqrt(1 - abar) * eps) / sqrt(abar)`` (float32)."""
         return (lq_latents.float() - self.sqrt_one_minus_alpha_bar * eps.float()) / self.sqrt_alpha_bar
 
+    def reference_latents(self, ref: Optional[Tensor], has_ref: Optional[Tensor],
+                          lq_latents: Tensor) -> Tensor:
+        """``z_r = E~(x_r)`` with the LoRA encoder; zeros for images without a reference
+        (``has_ref`` False), which are not encoded at all (``x_r = 0`` of paper section 2.1)."""
+        b, _, h, w = lq_latents.shape
+        latents = lq_latents.new_zeros(b, 4, h, w)
+        if ref is None:
+            return latents
+        if ref.shape[-2:] != (h * self.vae_downscale, w * self.vae_downscale):
+            raise ValueError(f'reference {tuple(ref.shape[-2:])} does not match the LQ size '
+                             f'{(h * self.vae_downscale, w * self.vae_downscale)}: give the '
+                             'reference at the LQ size (HeadsUp.reference_condition does this)')
+        if has_ref is None:
+            return self.encode(ref).to(latents.dtype)
+        keep = has_ref.to(device=lq_latents.device, dtype=torch.bool).reshape(-1)
+        if bool(keep.all()):
+            return self.encode(ref).to(latents.dtype)
+        if bool(keep.any()):
+            latents = latents.index_put((keep.nonzero()[:, 0], ), self.encode(ref[keep]).to(latents.dtype))
+        return latents
+
     def unet_input(self, lq_latents: Tensor, ref: Optional[Tensor], face_mask: Optional[Tensor],
-                   condition: Optional[Tensor]) -> Tensor:
+                   condition: Optional[Tensor], has_ref: Optional[Tensor] = None) -> Tensor:
         """Concatenate the UNet's extra input channels after the LQ latent.
 
         With 9 input channels (HeadsUp) they are the reference-face latent and the face mask
-        resized to latent resolution; a missing reference gives zeros for both (HeadsUp's
-        reference dropout, paper section 2.3). Other widths take an explicit ``condition``.
+        resized to latent resolution; a missing reference (``ref`` None, or ``has_ref`` False for
+        an image) gives zeros for both (HeadsUp's reference dropout, paper section 2.3 and
+        appendix B). Other widths take an explicit ``condition``.
         """
         extra = self.in_channels - lq_latents.shape[1]
         if extra == 0:
@@ -237,13 +259,12 @@ class OneStepSD(nn.Module):
             parts = [condition]
         elif extra == 5:
             b, _, h, w = lq_latents.shape
-            ref_latents = (self.encode(ref) if ref is not None else lq_latents.new_zeros(b, 4, h, w))
-            if ref_latents.shape[-2:] != (h, w):
-                raise ValueError(f'reference latent {tuple(ref_latents.shape[-2:])} does not match '
-                                 f'the LQ latent {(h, w)}: give the reference at the LQ size')
+            ref_latents = self.reference_latents(ref, has_ref, lq_latents)
             mask = (F.interpolate(face_mask.float(), size=(h, w), mode='bilinear',
                                   align_corners=False) if face_mask is not None else
                     lq_latents.new_zeros(b, 1, h, w))
+            if has_ref is not None:
+                mask = mask * has_ref.to(device=mask.device, dtype=mask.dtype).reshape(-1, 1, 1, 1)
             parts = [ref_latents.to(lq_latents.dtype), mask.to(lq_latents.dtype)]
         else:
             raise ValueError(f'conv_in has {self.in_channels} channels: pass `condition` with '
@@ -260,6 +281,7 @@ class OneStepSD(nn.Module):
                 ref: Optional[Tensor] = None,
                 face_mask: Optional[Tensor] = None,
                 condition: Optional[Tensor] = None,
+                has_ref: Optional[Tensor] = None,
                 return_latents: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         """Restore in one step.
 
@@ -269,6 +291,8 @@ class OneStepSD(nn.Module):
             ref: optional reference face ``B x 3 x H x W`` in [0, 1] (9-channel backbones).
             face_mask: optional ``B x 1 x H x W`` in [0, 1] (9-channel backbones).
             condition: explicit extra UNet input channels at latent resolution.
+            has_ref: optional ``(B,)`` bool: images whose reference (and mask) count; the others
+                get zeros as if no reference were given.
             return_latents: also return ``z_H`` (the VSD loss needs it).
 
         Returns:
@@ -279,7 +303,7 @@ class OneStepSD(nn.Module):
                              f'{self.vae_downscale} (the VAE downscale factor)')
         with frozen_dtype_autocast(self.frozen_dtype, lq.device):
             lq_latents = self.encode(lq)
-            unet_in = self.unet_input(lq_latents, ref, face_mask, condition)
+            unet_in = self.unet_input(lq_latents, ref, face_mask, condition, has_ref)
             timesteps = torch.full((lq.shape[0], ), self.timestep, device=lq.device, dtype=torch.long)
             eps = self.unet(unet_in, timesteps, encoder_hidden_states=prompt_embeds).sample
             hq_latents = self.one_step(lq_latents, eps)

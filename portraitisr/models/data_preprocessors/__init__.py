@@ -1,3 +1,4 @@
+from .portrait_data_preprocessor import PortraitDataPreprocessor
 from .sr_data_preprocessor import SRDataPreprocessor
 
-__all__ = ['SRDataPreprocessor']
+__all__ = ['PortraitDataPreprocessor', 'SRDataPreprocessor']

@@ -1,0 +1,3 @@
+# Table 4, row 3: the identity loss (Eq. 4-5) alone, no face fidelity loss, no reference.
+_base_ = ['../headsup_sd21.py']
+model = dict(face_fidelity_loss=None, ref_dropout=1.0, use_reference_at_test=False)

@@ -1,0 +1,4 @@
+# Table 4, row 4: both face losses, trained and tested without references (x_r = 0, M = 0).
+# Row 5 (with references) is configs/headsup/headsup_sd21.py.
+_base_ = ['../headsup_sd21.py']
+model = dict(ref_dropout=1.0, use_reference_at_test=False)

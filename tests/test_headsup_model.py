@@ -175,3 +175,16 @@ def test_headsup_refuses_a_four_channel_backbone(headsup_cfg):
     cfg['backbone'] = dict(cfg['backbone'], in_channels=4)
     with pytest.raises(ValueError, match='in_channels=9'):
         MODELS.build(cfg)
+
+
+def test_ablation_without_discriminator_drops_its_optimizer(headsup_cfg):
+    cfg = headsup_cfg.model.copy()
+    cfg.update(discriminator=None, adversarial_loss=None)
+    model = MODELS.build(cfg)
+    optim_cfg = dict(headsup_cfg.optim_wrapper, discriminator=None)
+    optim_cfg.pop('constructor')
+    wrappers = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
+        type='TrainableParamsOptimWrapperConstructor', optim_wrapper_cfg=optim_cfg))(model)
+    assert set(wrappers.keys()) == {'backbone', 'regularizer'}
+    with pytest.raises(ValueError, match='go together'):
+        MODELS.build(dict(headsup_cfg.model, adversarial_loss=None))

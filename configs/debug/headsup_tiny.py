@@ -17,13 +17,7 @@ face_size = 64  # side of the aligned face crops the face losses see (512 in the
 model = dict(
     type='HeadsUp',
     backbone={{_base_.tiny_headsup_backbone}},
-    regularizer=dict(
-        type='VSDRegularizer',
-        unet_cfg={{_base_.tiny_unet_cfg}},
-        scheduler_cfg={{_base_.sd21_scheduler_cfg}},
-        lora_rank=4,
-        lora_alpha=8,
-        cfg_scale=7.5),
+    regularizer={{_base_.tiny_regularizer}},
     text_encoder={{_base_.tiny_text_encoder}},
     prompter=dict(type='FixedPrompter', prompt='a high-quality portrait photo'),
     lpips_loss=dict(type='LPIPSLoss', net='vgg', loss_weight=2.0),

@@ -55,5 +55,13 @@ tiny_backbone = dict(
     frozen_dtype='float32',
 )
 tiny_text_encoder = dict(type='CLIPTextEncoder', text_encoder_cfg=tiny_text_encoder_cfg)
+# OSEDiff's VSD regulariser on the tiny UNet (rank 4, alpha 8, CFG 7.5 as the SD 2.1 configs).
+tiny_regularizer = dict(
+    type='VSDRegularizer',
+    unet_cfg=tiny_unet_cfg,
+    scheduler_cfg=sd21_scheduler_cfg,
+    lora_rank=4,
+    lora_alpha=8,
+    cfg_scale=7.5)
 # HeadsUp's 9-channel conv_in: LQ latent + reference latent + face mask (new channels zero).
 tiny_headsup_backbone = dict(tiny_backbone, in_channels=9)

@@ -22,12 +22,15 @@ class TrainableParamsOptimWrapperConstructor:
 
     Each key names a child of the model (``model.backbone``...). Frozen SD weights never reach an
     optimizer, and a trainable parameter that no key covers is an error rather than a silently
-    untrained weight.
+    untrained weight. A key set to None is dropped, so a derived config that removes a child
+    (``model = dict(discriminator=None)``) removes its optimizer with
+    ``optim_wrapper = dict(discriminator=None)``.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None) -> None:
         if paramwise_cfg:
             raise ValueError('paramwise_cfg is not supported: give each child its own wrapper')
+        optim_wrapper_cfg = {k: v for k, v in dict(optim_wrapper_cfg or {}).items() if v is not None}
         if not optim_wrapper_cfg or not all(isinstance(v, dict) for v in optim_wrapper_cfg.values()):
             raise ValueError('optim_wrapper must map child-module names to optimizer-wrapper '
                              f'configs, got keys {list(optim_wrapper_cfg)}')

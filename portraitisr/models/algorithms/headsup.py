@@ -269,14 +269,16 @@ class HeadsUp(OSEDiff):
         return (aligner or self.face_aligner).align(images, matrices, image_index)
 
     def face_losses(self, sr: Tensor, gt: Tensor, landmarks: Tensor, has_face: Tensor,
-                    ref: Optional[Tensor], has_ref: Tensor) -> Tuple[Dict[str, Tensor], Tensor, Tensor]:
+                    ref: Optional[Tensor], has_ref: Tensor,
+                    matrices: Optional[Tensor] = None) -> Tuple[Dict[str, Tensor], Tensor, Tensor]:
         """The face terms of Eq. 2 on the faces located by the GT ``landmarks``.
 
         Returns ``(losses, pred_faces, gt_faces)``; the faces (``Omega`` crops) feed the
         discriminator step.
         """
         index = has_face.nonzero()[:, 0]
-        matrices = self.face_aligner.estimate(landmarks[index].float())
+        # image -> Omega-crop matrices of the faces (from :meth:`face_matrices` when the caller has them)
+        matrices = (self.face_matrices(landmarks, has_face) if matrices is None else matrices)[index]
         pred_faces = self.align_faces(sr, matrices, index)
         gt_faces = self.align_faces(gt, matrices, index)
         losses: Dict[str, Tensor] = {}
@@ -323,7 +325,7 @@ class HeadsUp(OSEDiff):
         ref = data['ref']
         # a reference needs its face located in the image (for the mask), and survives dropout
         has_ref = self.drop_references(data['has_ref'] & has_face)
-        matrices = self.face_matrices(landmarks, has_ref)
+        matrices = self.face_matrices(landmarks, has_face)  # once per step: the mask and the face losses
         ref_image, face_mask = self.reference_condition(lq.shape[-2:], ref, has_ref, matrices)
 
         prompt_images = gt if self.prompter.use_gt_in_training else lq
@@ -333,7 +335,8 @@ class HeadsUp(OSEDiff):
             sr, latents = self.backbone(lq, embeds, ref=ref_image, face_mask=face_mask, has_ref=has_ref,
                                         return_latents=True)
             losses = self.reconstruction_losses(sr, gt, latents, embeds)
-            face_terms, pred_faces, gt_faces = self.face_losses(sr, gt, landmarks, has_face, ref, has_ref)
+            face_terms, pred_faces, gt_faces = self.face_losses(sr, gt, landmarks, has_face, ref, has_ref,
+                                                                matrices)
             losses.update(face_terms)
             loss, log_vars = self.parse_losses(losses)
         generator_wrapper.update_params(loss)

@@ -126,10 +126,9 @@ def pretrain_tiny_prior(manifest: str, out_dir: str, steps: int, unet_steps: int
 EXPERIMENT_CONFIG = """_base_ = [{base!r}]
 # identity and adversarial terms and references off: the runs differ only in the face fidelity loss
 model = dict(identity_loss=None, identity_aligner=None, discriminator=None, adversarial_loss=None,
-             ref_dropout=1.0, use_reference_at_test=False{fidelity},
+             ref_dropout=1.0, use_reference_at_test=False{fidelity}{vsd},
              backbone=dict(pretrained={prior!r}))
-optim_wrapper = dict(backbone=dict(optimizer=dict(lr={lr})), regularizer=dict(optimizer=dict(lr={lr})),
-                     discriminator=None)
+optim_wrapper = dict(backbone=dict(optimizer=dict(lr={lr})), {regularizer_optim}discriminator=None)
 randomness = dict(seed={seed})
 train_cfg = dict(max_iters={steps}, val_interval={steps})
 default_hooks = dict(checkpoint=dict(interval={steps}))
@@ -143,16 +142,45 @@ test_evaluator = val_evaluator
 
 
 def train(work_dir: str, train_manifest: str, test_manifest: str, prior: str, steps: int, seed: int, lr: float,
-          face_fidelity: bool) -> Dict[str, float]:
+          face_fidelity: bool, vsd_weight: float) -> Dict[str, float]:
     os.makedirs(work_dir, exist_ok=True)
     config = osp.join(work_dir, 'experiment_config.py')
+    # without VSD the regulariser (and its optimiser) is dropped rather than trained for nothing
+    vsd = f', vsd_weight={vsd_weight}' if vsd_weight > 0 else ', regularizer=None'
+    regularizer_optim = f'regularizer=dict(optimizer=dict(lr={lr})), ' if vsd_weight > 0 else 'regularizer=None, '
     Path(config).write_text(EXPERIMENT_CONFIG.format(
         base=CONFIG, prior=prior, seed=seed, steps=steps, lr=lr, train=train_manifest, test=test_manifest,
-        fidelity='' if face_fidelity else ', face_fidelity_loss=None'))
+        fidelity='' if face_fidelity else ', face_fidelity_loss=None', vsd=vsd,
+        regularizer_optim=regularizer_optim))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
     subprocess.run([sys.executable, osp.join(REPO, 'tools', 'train.py'), config, '--work-dir', work_dir],
                    check=True, env=env, stdout=subprocess.DEVNULL)
     return final_metrics(work_dir)
+
+
+def lq_baseline(config: str) -> Dict[str, float]:
+    """PSNR and FacePSNR of the bicubic-upscaled LQ on the held-out photos: the same LQs (degradation, seeds) and
+    metrics as the runs' validation, without any model. A restorer should score above it."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from portraitisr.registry import DATASETS, FUNCTIONS, METRICS, MODELS
+
+    init_default_scope('portraitisr')
+    cfg = Config.fromfile(config)
+    dataset = DATASETS.build(cfg.val_dataloader.dataset)
+    collate = FUNCTIONS.get(cfg.val_dataloader.collate_fn.type)
+    preprocessor = MODELS.build(cfg.model.data_preprocessor)
+    metrics = [METRICS.build(m) for m in cfg.val_evaluator]
+    for index in range(len(dataset)):
+        data = preprocessor(collate([dataset[index]]), False)  # inputs: the LQ, bicubic-upscaled to the GT size
+        samples = [dict(pred=data['inputs'][0], gt=data['gt'][0], metainfo=data['metainfo'][0])]
+        for metric in metrics:
+            metric.process(None, samples)
+    scores = {}
+    for metric in metrics:
+        scores.update(metric.compute_metrics(metric.results))
+    return scores
 
 
 def main() -> None:
@@ -163,6 +191,9 @@ def main() -> None:
     parser.add_argument('--lr', type=float, default=1e-3, help='AdamW learning rate of both runs')
     parser.add_argument('--vae-steps', type=int, default=1000, help='autoencoder steps of the tiny VAE prior')
     parser.add_argument('--unet-steps', type=int, default=500, help='one-step identity steps of the tiny UNet prior')
+    parser.add_argument('--vsd-weight', type=float, default=0.0,
+                        help='VSD weight of both runs; 0 (default) drops the regulariser, whose tiny random '
+                        'weights would only add noise to a comparison of the face term')
     parser.add_argument('--holdout', type=int, default=3, help='hold out every N-th photo with a face')
     parser.add_argument('--work-dir', default='work_dirs/face_fidelity_experiment')
     args = parser.parse_args()
@@ -171,7 +202,8 @@ def main() -> None:
 
     photos = list(SAMPLE_PHOTOS)
     if args.photos:
-        photos += sorted(str(p) for p in list_images(args.photos, recursive=True))
+        # absolute: manifest paths are relative to the manifest, which lives in the work dir
+        photos += sorted(osp.abspath(p) for p in list_images(args.photos, recursive=True))
     lines = find_faces(photos)
     held_out = lines[args.holdout - 1::args.holdout]
     training = [line for line in lines if line not in held_out]
@@ -192,12 +224,14 @@ def main() -> None:
         for face_fidelity in (False, True):
             name = f'seed{seed}_' + ('fid' if face_fidelity else 'baseline')
             runs[face_fidelity] = train(osp.join(args.work_dir, name), train_manifest, test_manifest, prior,
-                                        args.steps, seed, args.lr, face_fidelity)
+                                        args.steps, seed, args.lr, face_fidelity, args.vsd_weight)
         delta_face = runs[True]['FacePSNR'] - runs[False]['FacePSNR']
         delta_whole = runs[True]['PSNR'] - runs[False]['PSNR']
         rows.append((seed, runs[False], runs[True], delta_face, delta_whole))
 
-    print(f'\n{args.steps} steps at lr {args.lr}, {len(training)} training and {len(held_out)} held-out photos')
+    lq = lq_baseline(osp.join(args.work_dir, f'seed{args.seeds[0]}_baseline', 'experiment_config.py'))
+    print(f'\n{args.steps} steps at lr {args.lr}, VSD weight {args.vsd_weight}, {len(training)} training and '
+          f'{len(held_out)} held-out photos; bicubic LQ: PSNR {lq["PSNR"]:.3f}, FacePSNR {lq["FacePSNR"]:.3f}')
     print('| seed | PSNR base | PSNR +fid | FacePSNR base | FacePSNR +fid | delta face | delta whole |')
     print('|---|---|---|---|---|---|---|')
     for seed, base, fid, delta_face, delta_whole in rows:

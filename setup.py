@@ -40,8 +40,10 @@ EXTRAS_REQUIRE = {
     # Real photos that ship with packages (skimage astronaut/camera/lfw, matplotlib's
     # grace_hopper.jpg) used by the debug configs and tests.
     'samples': ['scikit-image', 'matplotlib'],
-    # facexlib: the reference for the face-alignment parity tests
-    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib'],
+    # pyiqa computes DISTS, NIQE, MUSIQ, CLIPIQA, MANIQA and FID; non-commercial licence, so optional
+    'metrics': ['pyiqa'],
+    # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests
+    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa'],
 }
 
 setup(

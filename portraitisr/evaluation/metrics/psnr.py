@@ -3,13 +3,12 @@
 OSEDiff's ``test_metrics.py`` uses pyiqa ``psnr`` with ``test_y_channel=True,
 color_space='ycbcr'`` on images read with OpenCV as RGB in [0, 1] (shared/fixtures/README.md).
 """
-from typing import List, Optional, Sequence
+from typing import Optional
 
-import torch
-from mmengine.evaluator import BaseMetric
 from torch import Tensor
 
 from portraitisr.registry import METRICS
+from .base_metric import ImageMetric
 
 # ITU-R BT.601 "studio swing" luma for RGB in [0, 1]: Y in [16, 235] / 255.
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
@@ -21,46 +20,44 @@ def rgb_to_y(images: Tensor) -> Tensor:
     return ((images * weights).sum(dim=1, keepdim=True) + 16.0) / 255.0
 
 
+def crop_borders(images: Tensor, crop_border: int) -> Tensor:
+    """Cut ``crop_border`` pixels from each side of ``... x H x W`` (the SR convention of BasicSR/pyiqa)."""
+    if crop_border <= 0:
+        return images
+    if 2 * crop_border >= min(images.shape[-2:]):
+        raise ValueError(f'crop_border {crop_border} leaves nothing of a {tuple(images.shape[-2:])} image')
+    return images[..., crop_border:-crop_border, crop_border:-crop_border]
+
+
 def psnr(pred: Tensor, target: Tensor, test_y_channel: bool = True, crop_border: int = 0) -> Tensor:
     """Per-image PSNR in dB of ``B x 3 x H x W`` images in [0, 1] (data range 1), float64."""
-    pred, target = pred.double(), target.double()
-    if crop_border:
-        pred = pred[..., crop_border:-crop_border, crop_border:-crop_border]
-        target = target[..., crop_border:-crop_border, crop_border:-crop_border]
+    if pred.shape != target.shape:
+        raise ValueError(f'PSNR compares images of one size, got {tuple(pred.shape)} and {tuple(target.shape)}')
+    pred, target = crop_borders(pred.double(), crop_border), crop_borders(target.double(), crop_border)
     if test_y_channel:
         pred, target = rgb_to_y(pred), rgb_to_y(target)
     mse = ((pred - target)**2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-20))
+    return 10 * (1.0 / mse.clamp_min(1e-20)).log10()
 
 
 @METRICS.register_module()
-class PSNR(BaseMetric):
-    """Mean PSNR over a test set.
+class PSNR(ImageMetric):
+    """PSNR in dB, higher is better.
 
     Args:
-        test_y_channel: Y of YCbCr (OSEDiff, default) or RGB.
+        test_y_channel: Y of YCbCr (OSEDiff, default; reported as ``PSNR``) or RGB (``PSNR_RGB``).
         crop_border: pixels cut from each border before comparing.
-        quantize: round predictions to 8-bit levels first, as if saved as PNG (the published
-            numbers are computed on saved images).
+        quantize: round predictions to 8-bit levels first, as if saved as PNG.
         prefix: metric-name prefix (e.g. the test-set name).
     """
 
-    default_prefix = ''
+    lower_better = False
 
     def __init__(self, test_y_channel: bool = True, crop_border: int = 0, quantize: bool = True,
                  prefix: Optional[str] = None, collect_device: str = 'cpu') -> None:
-        super().__init__(collect_device=collect_device, prefix=prefix)
-        self.test_y_channel, self.crop_border, self.quantize = test_y_channel, crop_border, quantize
+        super().__init__(quantize=quantize, prefix=prefix, collect_device=collect_device)
+        self.test_y_channel, self.crop_border = test_y_channel, crop_border
+        self.metric_name = 'PSNR' if test_y_channel else 'PSNR_RGB'
 
-    def process(self, data_batch, data_samples: Sequence[dict]) -> None:
-        for sample in data_samples:
-            if sample.get('gt') is None:
-                raise KeyError('PSNR needs ground truth: give the test dataset a `gt_root`')
-            pred = sample['pred'][None].float()
-            if self.quantize:
-                pred = torch.round(pred.clamp(0, 1) * 255) / 255
-            value = psnr(pred, sample['gt'][None], self.test_y_channel, self.crop_border)
-            self.results.append(float(value))
-
-    def compute_metrics(self, results: List[float]) -> dict:
-        return dict(PSNR=sum(results) / max(len(results), 1))
+    def score(self, pred: Tensor, gt: Optional[Tensor] = None, sample: Optional[dict] = None) -> Tensor:
+        return psnr(pred, gt, self.test_y_channel, self.crop_border)

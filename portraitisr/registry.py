@@ -85,3 +85,5 @@ DEGRADATIONS = Registry('degradation', locations=['portraitisr.datasets.degradat
 FACE_DETECTORS = Registry('face detector', locations=['portraitisr.models.face_detectors'])
 FACE_ALIGNERS = Registry('face aligner', locations=['portraitisr.models.aligners'])
 IDENTITY_EXTRACTORS = Registry('identity extractor', locations=['portraitisr.models.identity'])
+# image -> image restorers that blending baselines combine (general SR, face restorers)
+RESTORERS = Registry('restorer', locations=['portraitisr.models.restorers'])

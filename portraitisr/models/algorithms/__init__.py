@@ -1,3 +1,4 @@
+from .blending_restorer import BlendingDataPreprocessor, BlendingRestorer
 from .color_fix import adain_color_fix
 from .headsup import HeadsUp
 from .one_step_restorer import OneStepRestorer
@@ -5,4 +6,4 @@ from .osediff import OSEDIFF_NEGATIVE_PROMPT, OSEDiff
 from .vsd_regularizer import VSDRegularizer, vsd_loss
 
 __all__ = ['OneStepRestorer', 'OSEDiff', 'HeadsUp', 'OSEDIFF_NEGATIVE_PROMPT', 'VSDRegularizer', 'vsd_loss',
-           'adain_color_fix']
+           'adain_color_fix', 'BlendingDataPreprocessor', 'BlendingRestorer']

@@ -10,6 +10,19 @@ from portraitisr.registry import BACKBONES, MODELS, PROMPTERS, TEXT_ENCODERS
 from .color_fix import COLOR_FIXES
 
 
+def pack_outputs(sr: Tensor, data: dict, extra_metainfo: Optional[List[dict]] = None) -> List[dict]:
+    """The runner's per-image outputs of an evaluation batch: ``dict(pred, lq, gt, metainfo)`` with CPU float32
+    ``3 x H x W`` tensors (``gt`` only when the batch has one); ``extra_metainfo[i]`` is merged into image i's."""
+    outputs = []
+    for i, info in enumerate(data['metainfo']):
+        metainfo = dict(info, **extra_metainfo[i]) if extra_metainfo is not None else info
+        output = dict(pred=sr[i].float().cpu(), lq=data['inputs'][i].float().cpu(), metainfo=metainfo)
+        if data.get('gt') is not None:
+            output['gt'] = data['gt'][i].float().cpu()
+        outputs.append(output)
+    return outputs
+
+
 class OneStepRestorer(BaseModel):
     """Base of OSEDiff and HeadsUp: a :class:`OneStepSD` backbone, a prompter and a text encoder.
 
@@ -97,14 +110,7 @@ class OneStepRestorer(BaseModel):
         with self._eval_rng():
             torch.manual_seed(self.eval_seed)
             sr = self.restore_batch(data)
-        outputs = []
-        for i, info in enumerate(data['metainfo']):
-            output = dict(pred=sr[i].float().cpu(), lq=data['inputs'][i].float().cpu(),
-                          metainfo=info)
-            if data.get('gt') is not None:
-                output['gt'] = data['gt'][i].float().cpu()
-            outputs.append(output)
-        return outputs
+        return pack_outputs(sr, data)
 
     def val_step(self, data: Union[dict, tuple, list]) -> List[dict]:
         return self._predict(self.data_preprocessor(data, False))

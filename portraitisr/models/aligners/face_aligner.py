@@ -303,7 +303,7 @@ class FaceAligner(nn.Module):
         inv = paste_matrices(matrices.to(torch.float64), upscale_factor).to(dtype)
         soft, eroded = [], []
         for i in range(matrices.shape[0]):
-            soft_i, eroded_i = self._square_mask_one(inv[i:i + 1], face_size, tuple(out_size), upscale_factor)
+            soft_i, eroded_i = self.square_mask_of_face(inv[i:i + 1], face_size, tuple(out_size), upscale_factor)
             soft.append(soft_i)
             eroded.append(eroded_i)
         if not soft:
@@ -313,8 +313,10 @@ class FaceAligner(nn.Module):
         return (soft, eroded) if return_eroded else soft
 
     @staticmethod
-    def _square_mask_one(inv: torch.Tensor, face_size, out_size, upscale_factor):
-        """(soft mask, first erosion) of one face, ``1 x 1 x H' x W'``, from its face -> image matrix."""
+    def square_mask_of_face(inv: torch.Tensor, face_size: Tuple[int, int], out_size: Tuple[int, int],
+                            upscale_factor: float) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(soft mask, first hard-edged erosion) of one face, each ``1 x 1 x H' x W'`` in [0, 1], from its
+        ``1 x 2 x 3`` face -> image matrix (facexlib ``paste_faces_to_input_image``, ``use_parse=False``)."""
         ones = torch.ones(1, 1, *face_size, dtype=inv.dtype, device=inv.device)
         mask = warp_affine(ones, inv, dsize=out_size, mode='bilinear', padding_mode='zeros', align_corners=True)
         k = int(2 * upscale_factor)
@@ -375,7 +377,7 @@ class FaceAligner(nn.Module):
             warped = warp_affine(faces[i:i + 1], inv[i:i + 1], dsize=out_size, mode='bilinear', padding_mode='zeros',
                                  align_corners=True)[0]
             if parse is None:
-                soft, eroded = self._square_mask_one(inv[i:i + 1], face_size, out_size, upscale_factor)
+                soft, eroded = self.square_mask_of_face(inv[i:i + 1], face_size, out_size, upscale_factor)
                 soft, pasted = soft[0], eroded[0] * warped
             else:
                 soft = warp_affine(parse[i:i + 1], inv[i:i + 1], dsize=out_size, mode='bilinear',

@@ -1,4 +1,5 @@
 """End to end through tools/: tiny OSEDiff and HeadsUp training, exact resume, testing, two CPU ranks."""
+import csv
 import os
 import subprocess
 import sys
@@ -102,6 +103,32 @@ def test_test_tool_restores_and_scores(straight_run, tmp_path):
     assert 'PSNR' in result.stdout + result.stderr
     saved = sorted(os.listdir(tmp_path / 'images'))
     assert saved == ['astronaut.png', 'camera.png', 'grace_hopper.png']
+    table = (tmp_path / 'tables' / 'osediff_tiny.md').read_text(encoding='utf-8')
+    assert '| Dataset | Method | PSNR↑ | SSIM↑ |' in table
+    assert '| test | osediff_tiny | ' in table
+
+
+def test_test_tool_writes_one_table_row_per_test_set(straight_run, tmp_path):
+    """A config's ``test_sets``: every set is restored and scored; rows land in their tables' layouts."""
+    config = tmp_path / 'two_sets.py'
+    config.write_text(f"""_base_ = [{str(REPO_ROOT / TINY)!r}]
+method_name = 'tiny'
+test_sets = [
+    dict(name='SetA', table='general', dataloader=_base_.test_dataloader,
+         evaluator=[dict(type='PSNR', prefix='SetA'), dict(type='SSIM', prefix='SetA')]),
+    dict(name='SetB', table='portrait', dataloader=_base_.test_dataloader, evaluator=[dict(type='PSNR')]),
+]
+""")
+    _run([sys.executable, 'tools/test.py', str(config), str(straight_run / 'iter_4.pth'), '--work-dir',
+          str(tmp_path)])
+    with open(tmp_path / 'tables' / 'tiny_general.csv', newline='') as f:
+        general = list(csv.DictReader(f))
+    with open(tmp_path / 'tables' / 'tiny_portrait.csv', newline='') as f:
+        portrait = list(csv.DictReader(f))
+    assert [(r['dataset'], r['method']) for r in general] == [('SetA', 'tiny')]
+    assert float(general[0]['PSNR']) > 5 and 0 < float(general[0]['SSIM']) <= 1
+    assert general[0]['MANIQA'] == ''  # not computed: left empty, not invented
+    assert [r['dataset'] for r in portrait] == ['SetB'] and float(portrait[0]['PSNR']) == float(general[0]['PSNR'])
 
 
 def _assert_two_ranks_agree(config, tmp_path, port):

@@ -7,8 +7,11 @@
 _base_ = [
     '../_base_/default_runtime.py', '../_base_/models/sd21.py',
     '../_base_/schedules/osediff_adamw.py', '../_base_/datasets/headsup_train.py',
-    '../_base_/datasets/portraitsr4k_test.py'
+    '../_base_/datasets/portraitsr4k_test.py', '../_base_/datasets/general_isr_test.py',
+    '../_base_/datasets/celeba_test.py'
 ]
+# tools/test.py scores these and writes Tables 1-3 (paper 000, section 4) to <work_dir>/tables/
+test_sets = _base_.portrait_test_sets + _base_.general_test_sets + _base_.celeba_test_sets
 
 model = dict(
     type='HeadsUp',

@@ -4,8 +4,9 @@
 _base_ = [
     '../_base_/default_runtime.py', '../_base_/models/sd21.py',
     '../_base_/schedules/osediff_adamw.py', '../_base_/datasets/osediff_train.py',
-    '../_base_/datasets/realsr_drealsr_test.py'
+    '../_base_/datasets/realsr_drealsr_test.py', '../_base_/datasets/general_isr_test.py'
 ]
+test_sets = _base_.general_test_sets  # Table 3 (paper 000): DIV2K-val, RealSR, DRealSR
 
 model = dict(
     type='OSEDiff',

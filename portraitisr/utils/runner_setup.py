@@ -73,3 +73,26 @@ def build_runner(cfg: Config):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def run_test_sets(runner, test_sets: Optional[list] = None) -> list:
+    """Test ``runner``'s model on every entry of ``test_sets`` (a config's list of
+    ``dict(name=..., table=..., dataloader=..., evaluator=...)``), loading the checkpoint once; without
+    ``test_sets``, on the config's ``test_dataloader``.
+
+    Returns:
+        ``[(name, table, metrics)]`` in order.
+    """
+    from mmengine.runner import TestLoop
+
+    if not test_sets:
+        cfg = runner.cfg
+        return [(cfg.get('test_set_name', 'test'), cfg.get('test_table', 'general'), runner.test())]
+    results = []
+    for test_set in test_sets:
+        missing = {'name', 'dataloader', 'evaluator'} - set(test_set)
+        if missing:
+            raise KeyError(f'test_sets entry {test_set.get("name", "?")!r} lacks {", ".join(sorted(missing))}')
+        runner._test_loop = TestLoop(runner, test_set['dataloader'], test_set['evaluator'])
+        results.append((test_set['name'], test_set.get('table', 'general'), runner.test()))
+    return results

@@ -3,3 +3,5 @@
 _base_ = ['../headsup_sd21.py']
 model = dict(face_fidelity_loss=None, identity_loss=None, ref_dropout=1.0,
              use_reference_at_test=False)
+# Table 4 is scored on PortraitSR-4K-Te only
+test_sets = _base_.portrait_test_sets

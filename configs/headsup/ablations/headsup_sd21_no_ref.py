@@ -2,3 +2,5 @@
 # Row 5 (with references) is configs/headsup/headsup_sd21.py.
 _base_ = ['../headsup_sd21.py']
 model = dict(ref_dropout=1.0, use_reference_at_test=False)
+# Table 4 is scored on PortraitSR-4K-Te only
+test_sets = _base_.portrait_test_sets

@@ -87,3 +87,5 @@ FACE_ALIGNERS = Registry('face aligner', locations=['portraitisr.models.aligners
 IDENTITY_EXTRACTORS = Registry('identity extractor', locations=['portraitisr.models.identity'])
 # image -> image restorers that blending baselines combine (general SR, face restorers)
 RESTORERS = Registry('restorer', locations=['portraitisr.models.restorers'])
+# quality / aesthetic scorers that filter candidate photos when building a dataset
+IMAGE_SCORERS = Registry('image scorer', locations=['portraitisr.datasets.builder'])

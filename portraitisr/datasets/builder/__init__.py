@@ -1,0 +1,18 @@
+"""PortraitSR-4K builder: from a folder of photos to portrait / reference manifests (HeadsUp section 3, appendix C).
+
+Stage 1, :func:`scan_images`, writes one JSON record per photo (faces, crops, identity embeddings). Stage 2,
+:func:`build_manifests`, pairs faces of one identity within a train/test split by image and writes the manifests;
+:func:`write_report` summarises both. ``scorers`` holds the ``IMAGE_SCORERS`` plug-ins of the quality filter;
+importing this package registers them.
+"""
+from . import scorers
+from .pairs import PairConfig, build_manifests, find_pairs, read_records, split_images
+from .report import write_report
+from .scan import (RECORD_KEYS, RECORDS_FILE, ImageScanner, ScanConfig, header_size, image_id_of, load_records,
+                   scan_images, size_reject_reason)
+from .scorers import MetricScorer, SharpnessScorer, passes_threshold, shrink_to_max_side
+
+__all__ = ['scorers', 'RECORD_KEYS', 'RECORDS_FILE', 'ImageScanner', 'ScanConfig', 'header_size', 'image_id_of',
+           'load_records', 'scan_images', 'size_reject_reason', 'MetricScorer', 'SharpnessScorer',
+           'passes_threshold', 'shrink_to_max_side', 'PairConfig', 'build_manifests', 'find_pairs', 'read_records',
+           'split_images', 'write_report']

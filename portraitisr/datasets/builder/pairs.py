@@ -1,0 +1,373 @@
+"""PortraitSR-4K builder, stage 2: identity pairs, the train/test split and the HeadsUp manifests.
+
+Stage 1 (the scan) writes ``<out_dir>/records.jsonl``, one JSON object per scanned photo, with the kept faces, their
+aligned crops and their identity embeddings (``embeddings/<id>.npy``, ``N x D`` float32, L2-normalised, row ``k``
+is ``faces[k]``). This stage reads those records and writes ``train.jsonl`` and ``test.jsonl`` in the manifest
+schema that :class:`~portraitisr.datasets.PortraitTripletDataset` reads (``docs/portrait_data.md``).
+
+HeadsUp (section 3 and appendix C) keeps the face pairs whose identity similarity is above 0.65, splits the 30k
+photos into 27k train and 3k test images, builds pairs within each split only, keeps every pair for training and,
+in the test split, at most one reference per face: the most similar one.
+
+Choices made here:
+
+* The split is drawn per image from a seeded hash of its ``image_id``, not by shuffling a list. An image's split
+  therefore never changes when images are added or when a crashed run is resumed. The test share is
+  ``test_ratio`` in expectation (0.1 gives about 27k / 3k), not exactly.
+* Two faces of the same image (same ``image_id``) are never paired: a reference must come from another photo.
+* Similarities are computed in blocks of ``block_size`` rows and columns, so memory stays
+  ``O(block_size ** 2 + pairs)`` for any number of faces.
+* Everything is sorted (images by path, pairs by index, references by similarity then path), so the same records, in
+  any order, give byte-identical manifests.
+"""
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from portraitisr.datasets.portrait_triplet_dataset import manifest_line
+
+PathLike = Union[str, os.PathLike]
+
+#: The splits, in the order they are built and reported.
+SPLITS = ('train', 'test')
+
+#: Decimal places kept for similarities in the manifests (float32 carries about 7 significant digits).
+SIMILARITY_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class PairConfig:
+    """How pairs, splits and references are made.
+
+    Args:
+        similarity_threshold: keep a pair when the cosine similarity of the two embeddings is strictly above this
+            (HeadsUp: 0.65 with CVLFace).
+        test_ratio: expected share of images in the test split (HeadsUp: 3k of 30k).
+        seed: seed of the split hash. Changing it gives another split.
+        max_references: most references per train face (the most similar ones); ``None`` keeps all of them.
+        test_max_references: most references per test face; HeadsUp keeps only the most similar one.
+        block_size: rows and columns per block of the similarity matrix (memory ``block_size ** 2`` floats).
+        reference_kind: ``'crop'`` writes a reference as its aligned crop ``{"crop": PATH}``; ``'image'`` as
+            ``{"image": PATH, "landmarks": [...]}``, aligned when the sample is read. A face without a crop is
+            always written the ``'image'`` way.
+    """
+
+    similarity_threshold: float = 0.65
+    test_ratio: float = 0.1
+    seed: int = 0
+    max_references: Optional[int] = None
+    test_max_references: int = 1
+    block_size: int = 4096
+    reference_kind: str = 'crop'
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.test_ratio <= 1.0:
+            raise ValueError(f'test_ratio must be in [0, 1], got {self.test_ratio}')
+        if not -1.0 <= self.similarity_threshold <= 1.0:
+            raise ValueError(f'similarity_threshold must be in [-1, 1], got {self.similarity_threshold}')
+        if self.block_size < 1:
+            raise ValueError(f'block_size must be positive, got {self.block_size}')
+        if self.max_references is not None and self.max_references < 1:
+            raise ValueError(f'max_references must be positive or None, got {self.max_references}')
+        if self.test_max_references < 1:
+            raise ValueError(f'test_max_references must be positive, got {self.test_max_references}')
+        if self.reference_kind not in ('crop', 'image'):
+            raise ValueError(f"reference_kind must be 'crop' or 'image', got {self.reference_kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------- records
+def read_records_with_stats(path: PathLike) -> Tuple[Dict[str, dict], Dict[str, int]]:
+    """Like :func:`read_records`, and also counts what was read: ``lines``, ``duplicates``, ``bad_lines``."""
+    records: Dict[str, dict] = {}
+    stats = dict(lines=0, duplicates=0, bad_lines=0, truncated_last_line=0)
+    with open(path, 'rb') as f:
+        lines = f.read().split(b'\n')
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for number, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        stats['lines'] += 1
+        try:
+            record = json.loads(raw.decode('utf-8'))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get('image'), str):
+            if number == last:  # a write cut short by a crash: expected, dropped quietly
+                stats['truncated_last_line'] += 1
+            else:
+                stats['bad_lines'] += 1
+                warnings.warn(f'{path}:{number + 1}: not a record, skipped: {raw[:80]!r}')
+            continue
+        if record['image'] in records:
+            stats['duplicates'] += 1
+            del records[record['image']]  # the last one wins, and sits where it was written
+        records[record['image']] = record
+    return records, stats
+
+
+def read_records(path: PathLike) -> Dict[str, dict]:
+    """Stage 1's ``records.jsonl`` -> ``{image: record}``.
+
+    An image written twice (a run resumed after a crash) keeps its last record. A truncated last line is dropped;
+    any other line that is not a JSON object with an ``"image"`` is skipped with a warning.
+    """
+    return read_records_with_stats(path)[0]
+
+
+# ---------------------------------------------------------------------------------------------- split
+def split_of(image_id: str, test_ratio: float, seed: int = 0) -> str:
+    """``'train'`` or ``'test'`` for one image, from a seeded hash of its id (stable, order-free)."""
+    digest = hashlib.sha256(f'{seed}:{image_id}'.encode('utf-8')).digest()
+    draw = int.from_bytes(digest[:8], 'big') / 2.0**64  # uniform in [0, 1)
+    return 'test' if draw < test_ratio else 'train'
+
+
+def split_images(image_ids: Iterable[str], test_ratio: float = 0.1, seed: int = 0) -> Dict[str, str]:
+    """``{image_id: 'train' | 'test'}``, each image drawn independently from a seeded hash of its id.
+
+    The same id always lands in the same split for a given ``seed``, whatever the other ids and their order, so
+    reruns, resumed runs and grown collections keep their split. The test share is ``test_ratio`` in expectation.
+    """
+    return {image_id: split_of(image_id, test_ratio, seed) for image_id in image_ids}
+
+
+# ---------------------------------------------------------------------------------------------- pairs
+#: Screening margin: a float32 block keeps candidates above ``threshold - margin``; float64 decides.
+_SCREEN_MARGIN = 1e-4
+#: Candidates measured again in float64 at a time (bounds the gathered rows' memory).
+_RECHECK_CHUNK = 16384
+
+
+def _normalise(embeddings: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings / np.where(norms > 0, norms, 1.0)
+
+
+def find_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: float = 0.65,
+               block_size: int = 4096) -> List[Tuple[int, int, float]]:
+    """Faces of different images whose cosine similarity is above ``threshold``.
+
+    Args:
+        embeddings: ``M x D`` identity embeddings (normalised again here, so cosine = dot product).
+        image_index: ``M`` ids of the image each face belongs to; faces with the same id are never paired.
+        threshold: keep ``similarity > threshold`` (strictly).
+        block_size: the matrix is computed ``block_size x block_size`` at a time, upper triangle only; memory
+            never grows with ``M ** 2``.
+
+    Each block is screened in float32 (fast BLAS); the candidates are then measured again in float64, one dot
+    product per pair, so the result does not depend on ``block_size`` or on how BLAS splits the product.
+
+    Returns:
+        ``(i, j, similarity)`` with ``i < j``, sorted by ``(i, j)``.
+    """
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    image_index = np.asarray(image_index)
+    if embeddings.ndim != 2 or image_index.shape != (len(embeddings),):
+        raise ValueError(f'embeddings must be M x D and image_index M, got {embeddings.shape} and '
+                         f'{image_index.shape}')
+    if block_size < 1:
+        raise ValueError(f'block_size must be positive, got {block_size}')
+    exact = _normalise(embeddings)
+    screen = exact.astype(np.float32)
+    count = len(embeddings)
+    rows_out: List[np.ndarray] = []
+    cols_out: List[np.ndarray] = []
+    sims_out: List[np.ndarray] = []
+    for r0 in range(0, count, block_size):
+        r1 = min(r0 + block_size, count)
+        rows, cols, sims = [], [], []
+        for c0 in range(r0, count, block_size):
+            c1 = min(c0 + block_size, count)
+            block = screen[r0:r1] @ screen[c0:c1].T
+            keep = block > threshold - _SCREEN_MARGIN
+            keep &= image_index[r0:r1, None] != image_index[None, c0:c1]
+            if c0 == r0:  # the diagonal block: upper triangle only
+                keep &= np.triu(np.ones(keep.shape, dtype=bool), k=1)
+            i, j = np.nonzero(keep)
+            i, j = i + r0, j + c0
+            similarity = np.concatenate([np.einsum('kd,kd->k', exact[i[k:k + _RECHECK_CHUNK]],
+                                                   exact[j[k:k + _RECHECK_CHUNK]])
+                                         for k in range(0, len(i), _RECHECK_CHUNK)] or [np.zeros(0)])
+            above = similarity > threshold
+            rows.append(i[above])
+            cols.append(j[above])
+            sims.append(similarity[above])
+        i, j, s = np.concatenate(rows), np.concatenate(cols), np.concatenate(sims)
+        order = np.lexsort((j, i))
+        rows_out.append(i[order])
+        cols_out.append(j[order])
+        sims_out.append(s[order])
+    if not rows_out:
+        return []
+    i, j, s = np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(sims_out)
+    return [(int(a), int(b), float(c)) for a, b, c in zip(i.tolist(), j.tolist(), s.tolist())]
+
+
+# ---------------------------------------------------------------------------------------------- manifests
+def manifest_path(path: str, input_root: PathLike, out_dir: PathLike) -> str:
+    """An image path relative to the input root -> the path written in a manifest of ``out_dir``.
+
+    Relative to ``out_dir`` (the manifest's folder, the dataset's default ``data_root``), with ``/`` separators;
+    absolute when no relative path exists (another drive on Windows).
+    """
+    full = os.path.abspath(os.path.join(os.fspath(input_root), path))
+    try:
+        relative = os.path.relpath(full, os.path.abspath(os.fspath(out_dir)))
+    except ValueError:
+        return Path(full).as_posix()
+    return relative.replace(os.sep, '/')
+
+
+def write_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=str(path.parent))
+    try:
+        with os.fdopen(handle, 'w', encoding='utf-8', newline='\n') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+@dataclass
+class _Face:
+    """One face of an ok record, with what a manifest and a reference need."""
+
+    image: int  # index into the sorted images
+    index: int  # row in the record's faces
+    split: str
+    record: dict  # the record's face entry
+    image_path: str  # manifest path of its image
+
+
+def _load_embeddings(out_dir: Path, record: dict) -> Optional[np.ndarray]:
+    """The record's ``N x D`` embeddings, or ``None`` (with a warning) when missing or not matching its faces."""
+    name = record.get('embeddings')
+    faces = record.get('faces') or []
+    if not name:
+        warnings.warn(f'{record["image"]}: status ok with {len(faces)} faces but no embeddings; skipped')
+        return None
+    try:
+        array = np.load(out_dir / name)
+    except (OSError, ValueError) as error:
+        warnings.warn(f'{record["image"]}: cannot read {name} ({error}); skipped')
+        return None
+    if array.ndim != 2 or len(array) != len(faces) or not np.isfinite(array).all():
+        warnings.warn(f'{record["image"]}: {name} has shape {array.shape} (or non-finite values) for '
+                      f'{len(faces)} faces; skipped')
+        return None
+    return array.astype(np.float32, copy=False)
+
+
+def _reference(face: _Face, similarity: float, kind: str) -> dict:
+    if kind == 'crop' and face.record.get('crop'):
+        return {'crop': face.record['crop'], 'similarity': similarity}
+    return {'image': face.image_path, 'landmarks': face.record['landmarks'], 'similarity': similarity}
+
+
+def _reference_key(face: _Face, kind: str) -> Tuple[str, str, int]:
+    """Tie-break of equal similarities: the path written in the manifest, then the face's row."""
+    crop = face.record.get('crop') if kind == 'crop' else None
+    return (crop or face.image_path, face.image_path, face.index)
+
+
+def _manifest_face(face: dict, references: List[dict]) -> dict:
+    out = {key: face[key] for key in ('box', 'landmarks', 'score', 'crop', 'eye_distance') if key in face}
+    out['references'] = references
+    return out
+
+
+def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optional[PathLike] = None,
+                    config: Optional[PairConfig] = None) -> dict:
+    """Stage 2: ``records.jsonl`` -> ``<out_dir>/train.jsonl`` and ``<out_dir>/test.jsonl``.
+
+    Args:
+        out_dir: stage 1's output folder (crops and embeddings are relative to it); the manifests go there too.
+        input_root: the folder the records' ``image`` paths are relative to (stage 1's input).
+        records_path: the records, by default ``<out_dir>/records.jsonl``.
+        config: thresholds, split and reference options.
+
+    Only ``status == "ok"`` records with at least one face are used. Both faces of a pair get the other as a
+    reference, sorted by similarity (highest first, ties by path). Each manifest is sorted by image path and
+    written atomically. Same records in any order give byte-identical files.
+
+    Returns:
+        A summary: image, face, pair and reference counts per split, skipped images, what the records file held,
+        and ``pair_similarities`` (``{split: [similarity, ...]}``, for the report).
+    """
+    config = config or PairConfig()
+    out_dir = Path(out_dir)
+    records, read_stats = read_records_with_stats(records_path or out_dir / 'records.jsonl')
+
+    faces: List[_Face] = []
+    embeddings: List[np.ndarray] = []
+    images: List[dict] = []  # kept records, sorted by image path
+    skipped = 0
+    for path in sorted(records):
+        record = records[path]
+        if record.get('status') != 'ok' or not record.get('faces'):
+            continue
+        array = _load_embeddings(out_dir, record)
+        if array is None:
+            skipped += 1
+            continue
+        split = split_of(str(record.get('image_id') or path), config.test_ratio, config.seed)
+        image_path = manifest_path(path, input_root, out_dir)
+        for k, face in enumerate(record['faces']):
+            faces.append(_Face(len(images), k, split, face, image_path))
+        embeddings.append(array)
+        images.append(dict(record=record, split=split, path=image_path))
+    dims = {array.shape[1] for array in embeddings}
+    if len(dims) > 1:
+        raise ValueError(f'embeddings of different sizes {sorted(dims)} in {out_dir}: mixed identity models?')
+    matrix = np.concatenate(embeddings) if embeddings else np.zeros((0, 1), np.float32)
+    # images with the same image_id (the same photo under two paths) count as one image for pairing
+    group_of: Dict[str, int] = {}
+    groups = np.array([group_of.setdefault(str(images[f.image]['record'].get('image_id') or images[f.image]['path']),
+                                           len(group_of)) for f in faces], dtype=np.int64)
+
+    references: List[List[Tuple[float, Tuple[str, str, int], int]]] = [[] for _ in faces]
+    summary: dict = dict(records=len(records), **{f'records_{k}': v for k, v in read_stats.items()},
+                         images_skipped=skipped, similarity_threshold=config.similarity_threshold,
+                         test_ratio=config.test_ratio, seed=config.seed, pair_similarities={})
+    for split in SPLITS:
+        members = np.array([n for n, f in enumerate(faces) if f.split == split], dtype=np.int64)
+        pairs = find_pairs(matrix[members], groups[members], config.similarity_threshold, config.block_size) \
+            if len(members) else []
+        sims = []
+        for i, j, similarity in pairs:
+            a, b = int(members[i]), int(members[j])
+            similarity = round(similarity, SIMILARITY_DECIMALS)
+            sims.append(similarity)
+            references[a].append((similarity, _reference_key(faces[b], config.reference_kind), b))
+            references[b].append((similarity, _reference_key(faces[a], config.reference_kind), a))
+        limit = config.test_max_references if split == 'test' else config.max_references
+        lines: List[List[dict]] = [[] for _ in images]
+        written = faces_with_reference = 0
+        for n in members.tolist():
+            chosen = sorted(references[n], key=lambda r: (-r[0], r[1]))[:limit]
+            refs = [_reference(faces[m], similarity, config.reference_kind) for similarity, _, m in chosen]
+            written += len(refs)
+            faces_with_reference += bool(refs)
+            lines[faces[n].image].append(_manifest_face(faces[n].record, refs))
+        text = ''.join(manifest_line(image['path'], lines[n], height=image['record'].get('height'),
+                                     width=image['record'].get('width')) + '\n'
+                       for n, image in enumerate(images) if image['split'] == split)
+        write_atomic(out_dir / f'{split}.jsonl', text)
+        summary.update({f'{split}_images': sum(image['split'] == split for image in images),
+                        f'{split}_faces': int(len(members)), f'{split}_pairs': len(pairs),
+                        f'{split}_references': written, f'{split}_faces_with_reference': faces_with_reference})
+        summary['pair_similarities'][split] = sims
+    return summary

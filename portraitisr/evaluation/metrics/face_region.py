@@ -41,6 +41,16 @@ def sample_landmarks(sample: Optional[dict]) -> Optional[np.ndarray]:
     return None
 
 
+def find_landmarks(sample: Optional[dict], image: Optional[Tensor], detector=None) -> Optional[np.ndarray]:
+    """``N x 5 x 2`` landmarks of a sample: from its metainfo, else found by ``detector`` on ``image``
+    (``1 x 3 x H x W`` in [0, 1]); ``None`` when neither gives a face."""
+    landmarks = sample_landmarks(sample)
+    if landmarks is None and detector is not None and image is not None:
+        detections = detector.detect(image[0].detach().float().clamp(0, 1).cpu())[0]
+        landmarks = detections.landmarks.astype(np.float64) if len(detections) else None
+    return landmarks
+
+
 class _FaceMetricBase(ImageMetric):
     """Finds the faces of a sample and aligns them; subclasses score the aligned crops."""
 
@@ -51,17 +61,10 @@ class _FaceMetricBase(ImageMetric):
         self.detector = FACE_DETECTORS.build(detector) if detector is not None else None
         self.face_count = 0
 
-    def face_landmarks(self, gt: Tensor, sample: Optional[dict]) -> np.ndarray:
-        """``N x 5 x 2`` landmarks of the one image in ``gt`` (``1 x 3 x H x W``)."""
-        landmarks = sample_landmarks(sample)
-        if landmarks is None and self.detector is not None:
-            landmarks = self.detector.detect(gt[0])[0].landmarks.astype(np.float64)
-        return landmarks if landmarks is not None else np.zeros((0, 5, 2))
-
     def score(self, pred: Tensor, gt: Optional[Tensor] = None, sample: Optional[dict] = None) -> Tensor:
         """Mean over the faces of the one image in ``pred``/``gt`` (``1 x 3 x H x W``); empty without a face."""
-        landmarks = self.face_landmarks(gt, sample)
-        if len(landmarks) == 0:
+        landmarks = find_landmarks(sample, gt, self.detector)
+        if landmarks is None:
             return torch.zeros(0, dtype=torch.float64)
         matrices = self.aligner.estimate(torch.as_tensor(landmarks, dtype=torch.float64))
         count = len(landmarks)

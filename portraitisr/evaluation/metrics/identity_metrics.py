@@ -35,7 +35,7 @@ from torch import Tensor
 
 from portraitisr.registry import FACE_ALIGNERS, FACE_DETECTORS, IDENTITY_EXTRACTORS, METRICS
 from .base_metric import ImageMetric
-from .face_region import sample_landmarks
+from .face_region import find_landmarks, sample_landmarks
 
 __all__ = ['IDScore', 'IDA_DAEFR', 'IDA_VQFR', 'cosine64', 'angle_radians', 'angle_degrees', 'vqfr_mean',
            'VQFR_IDENTICAL_DEGREES', 'vqfr_preprocess']
@@ -114,12 +114,7 @@ class _FaceIdentityMetric(ImageMetric):
 
     def landmarks(self, gt: Tensor, sample: Optional[dict]) -> Optional[np.ndarray]:
         """``N x 5 x 2`` GT landmarks (image pixels) from the metainfo, else from the detector, else None."""
-        metainfo = (sample or {}).get('metainfo', sample or {})
-        found = sample_landmarks(metainfo)
-        if found is None and self.detector is not None:
-            detections = self.detector.detect(gt[0].detach().float().clamp(0, 1).cpu())[0]
-            found = detections.landmarks.astype(np.float64) if len(detections) else None
-        return found
+        return find_landmarks(sample, gt, self.detector)
 
     def aligned_pairs(self, pred: Tensor, gt: Tensor, landmarks: np.ndarray) -> tuple[Tensor, Tensor]:
         """``N x 3 x h x w`` pred and GT faces, both warped with the matrices of the GT landmarks."""

@@ -32,9 +32,9 @@ from kornia.filters import filter2d_separable
 from scipy import ndimage
 from torch import Tensor
 
-from portraitisr.registry import FACE_ALIGNERS, METRICS
+from portraitisr.registry import FACE_ALIGNERS, FACE_DETECTORS, METRICS
 from .base_metric import ImageMetric
-from .face_region import sample_landmarks
+from .face_region import find_landmarks
 
 __all__ = ['seam_score', 'gaussian_derivative_kernels', 'signed_distance', 'SeamScore']
 
@@ -182,11 +182,14 @@ class SeamScore(ImageMetric):
     The mask is ``sample['metainfo']['paste_mask']`` when present (a blending restorer's real paste alpha), else
     facexlib's paste-back mask rebuilt from the face landmarks (``faces_landmarks`` / ``face_landmarks``): the face
     footprint of the FFHQ-512 template, eroded and feathered as ``paste_faces_to_input_image`` does
-    (:meth:`FaceAligner.square_mask`; the union over faces). Images with neither are skipped.
+    (:meth:`FaceAligner.square_mask`; the union over faces). Without either, a configured ``detector`` finds the
+    faces on the prediction (scored images, e.g. in ``tools/eval_folders.py``, carry no metainfo); images with no
+    face are skipped.
 
     Args:
         sigma / offset / band_width / normal_sigma / channels / statistic: see :func:`seam_score`.
         aligner: ``FACE_ALIGNERS`` config of the paste geometry (default: FFHQ template at 512, facexlib's).
+        detector: optional ``FACE_DETECTORS`` config, used when a sample has neither a paste mask nor landmarks.
         quantize / prefix: as :class:`ImageMetric`.
     """
 
@@ -196,12 +199,13 @@ class SeamScore(ImageMetric):
 
     def __init__(self, sigma: float = 1.5, offset: Optional[float] = None, band_width: float = 1.0,
                  normal_sigma: Optional[float] = None, channels: str = 'rgb', statistic: str = 'median',
-                 aligner: Optional[dict] = None, quantize: bool = True, prefix: Optional[str] = None,
-                 collect_device: str = 'cpu') -> None:
+                 aligner: Optional[dict] = None, detector: Optional[dict] = None, quantize: bool = True,
+                 prefix: Optional[str] = None, collect_device: str = 'cpu') -> None:
         super().__init__(quantize=quantize, prefix=prefix, collect_device=collect_device)
         self.kwargs = dict(sigma=sigma, offset=offset, band_width=band_width, normal_sigma=normal_sigma,
                            channels=channels, statistic=statistic)
         self.aligner = FACE_ALIGNERS.build(aligner or dict(type='FaceAligner', template='ffhq512'))
+        self.detector = FACE_DETECTORS.build(detector) if detector is not None else None
 
     def paste_mask(self, size: Sequence[int], landmarks: np.ndarray) -> Tensor:
         """``1 x 1 x H x W`` union of facexlib paste masks of the ``N x 5 x 2`` faces in an ``H x W`` image."""
@@ -209,12 +213,14 @@ class SeamScore(ImageMetric):
         soft = self.aligner.square_mask(matrices, tuple(size))
         return soft.amax(0, keepdim=True).clamp(0, 1)
 
-    def mask_for(self, sample: Optional[dict], size: Sequence[int]) -> Optional[Tensor]:
-        """The sample's paste mask (``1 x 1 x H x W``), or None when it has neither a mask nor a face."""
+    def mask_for(self, sample: Optional[dict], size: Sequence[int],
+                 image: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The sample's paste mask (``1 x 1 x H x W``), or None when it has neither a mask nor a face (faces
+        are looked for on ``image`` when a detector is configured)."""
         metainfo = (sample or {}).get('metainfo', sample or {})
         if metainfo.get('paste_mask') is not None:
             return _as_mask(metainfo['paste_mask'], tuple(size))
-        landmarks = sample_landmarks(metainfo)
+        landmarks = find_landmarks(metainfo, image, self.detector)
         if landmarks is None:
             return None
         return self.paste_mask(size, landmarks)
@@ -222,7 +228,7 @@ class SeamScore(ImageMetric):
     def score(self, pred: Tensor, gt: Optional[Tensor] = None, sample: Optional[dict] = None) -> Tensor:
         if pred.shape[0] != 1:
             raise ValueError('SeamScore scores one image at a time (its mask comes from that sample)')
-        mask = self.mask_for(sample, pred.shape[-2:])
+        mask = self.mask_for(sample, pred.shape[-2:], pred)
         if mask is None:
             return pred.new_zeros(0, dtype=torch.float64)
         value = seam_score(pred, mask.to(pred.device), **self.kwargs)

@@ -7,8 +7,8 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 
-from portraitisr.datasets.builder.pairs import (PairConfig, build_manifests, find_pairs, read_records, split_images,
-                                                split_of)
+from portraitisr.datasets.builder.pairs import PairConfig, build_manifests, find_pairs, split_images, split_of
+from portraitisr.datasets.builder.records import load_records, read_records
 from portraitisr.datasets.builder.report import write_report
 from portraitisr.datasets.portrait_triplet_dataset import PortraitTripletDataset, load_manifest
 from portraitisr.utils.image_io import write_image
@@ -228,6 +228,18 @@ def test_duplicate_and_truncated_records(tmp_path, built):
     summary = build_manifests(out_dir, input_root, records_path=path, config=config)
     assert summary['train_images'] + summary['test_images'] == len(records) - 1
     assert summary['records_duplicates'] == 1
+
+
+def test_repair_rewrites_what_the_pairing_stage_reads(tmp_path, built):
+    """The scan's resume (``load_records(repair=True)``) and the pairing stage read the file the same way."""
+    records = built['records']
+    path = write_records(tmp_path / 'records.jsonl', [records[2]] + records[:4], tail=json.dumps(records[5])[:30])
+    expected = read_records(path)
+    repaired = load_records(path, repair=True)
+    assert [r['image'] for r in repaired] == list(expected) == [r['image'] for r in records[:4]]
+    assert path.read_text().endswith('\n') and len(path.read_text().splitlines()) == 4
+    assert read_records(path) == expected
+    assert load_records(tmp_path / 'missing.jsonl') == []
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 from portraitisr.datasets.builder import PairConfig, ScanConfig, build_manifests, scan_images, write_report  # noqa
-from portraitisr.datasets.builder.pairs import read_records  # noqa: E402
+from portraitisr.datasets.builder.records import read_records  # noqa: E402
 
 DETECTORS = {
     'dlib': dict(type='DlibFaceDetector', model='hog'),

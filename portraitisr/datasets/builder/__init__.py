@@ -6,13 +6,13 @@ Stage 1, :func:`scan_images`, writes one JSON record per photo (faces, crops, id
 importing this package registers them.
 """
 from . import scorers
-from .pairs import PairConfig, build_manifests, find_pairs, read_records, split_images
+from .pairs import PairConfig, build_manifests, find_pairs, split_images
+from .records import RECORD_KEYS, RECORDS_FILE, RecordWriter, load_records, read_records, read_records_with_stats
 from .report import write_report
-from .scan import (RECORD_KEYS, RECORDS_FILE, ImageScanner, ScanConfig, header_size, image_id_of, load_records,
-                   scan_images, size_reject_reason)
+from .scan import ImageScanner, ScanConfig, header_size, image_id_of, scan_images, size_reject_reason
 from .scorers import MetricScorer, SharpnessScorer, passes_threshold, shrink_to_max_side
 
 __all__ = ['scorers', 'RECORD_KEYS', 'RECORDS_FILE', 'ImageScanner', 'ScanConfig', 'header_size', 'image_id_of',
            'load_records', 'scan_images', 'size_reject_reason', 'MetricScorer', 'SharpnessScorer',
            'passes_threshold', 'shrink_to_max_side', 'PairConfig', 'build_manifests', 'find_pairs', 'read_records',
-           'split_images', 'write_report']
+           'split_images', 'write_report', 'RecordWriter', 'read_records_with_stats']

@@ -21,7 +21,6 @@ Choices made here:
   any order, give byte-identical manifests.
 """
 import hashlib
-import json
 import os
 import tempfile
 import warnings
@@ -32,6 +31,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from portraitisr.datasets.portrait_triplet_dataset import manifest_line
+
+from .records import RECORDS_FILE, read_records_with_stats
 
 PathLike = Union[str, os.PathLike]
 
@@ -80,45 +81,6 @@ class PairConfig:
             raise ValueError(f'test_max_references must be positive, got {self.test_max_references}')
         if self.reference_kind not in ('crop', 'image'):
             raise ValueError(f"reference_kind must be 'crop' or 'image', got {self.reference_kind!r}")
-
-
-# ---------------------------------------------------------------------------------------------- records
-def read_records_with_stats(path: PathLike) -> Tuple[Dict[str, dict], Dict[str, int]]:
-    """Like :func:`read_records`, and also counts what was read: ``lines``, ``duplicates``, ``bad_lines``."""
-    records: Dict[str, dict] = {}
-    stats = dict(lines=0, duplicates=0, bad_lines=0, truncated_last_line=0)
-    with open(path, 'rb') as f:
-        lines = f.read().split(b'\n')
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-    for number, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        stats['lines'] += 1
-        try:
-            record = json.loads(raw.decode('utf-8'))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            record = None
-        if not isinstance(record, dict) or not isinstance(record.get('image'), str):
-            if number == last:  # a write cut short by a crash: expected, dropped quietly
-                stats['truncated_last_line'] += 1
-            else:
-                stats['bad_lines'] += 1
-                warnings.warn(f'{path}:{number + 1}: not a record, skipped: {raw[:80]!r}')
-            continue
-        if record['image'] in records:
-            stats['duplicates'] += 1
-            del records[record['image']]  # the last one wins, and sits where it was written
-        records[record['image']] = record
-    return records, stats
-
-
-def read_records(path: PathLike) -> Dict[str, dict]:
-    """Stage 1's ``records.jsonl`` -> ``{image: record}``.
-
-    An image written twice (a run resumed after a crash) keeps its last record. A truncated last line is dropped;
-    any other line that is not a JSON object with an ``"image"`` is skipped with a warning.
-    """
-    return read_records_with_stats(path)[0]
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -309,7 +271,7 @@ def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optio
     """
     config = config or PairConfig()
     out_dir = Path(out_dir)
-    records, read_stats = read_records_with_stats(records_path or out_dir / 'records.jsonl')
+    records, read_stats = read_records_with_stats(records_path or out_dir / RECORDS_FILE)
 
     faces: List[_Face] = []
     embeddings: List[np.ndarray] = []

@@ -131,7 +131,7 @@ def write_report(out_dir: PathLike, records: Union[Mapping[str, dict], Iterable[
 
     Args:
         out_dir: the builder's output folder.
-        records: stage 1's records (``{image: record}`` from :func:`~.pairs.read_records`, or a list).
+        records: stage 1's records (``{image: record}`` from :func:`~.records.read_records`, or a list).
         summary: what :func:`~.pairs.build_manifests` returned.
 
     Returns:

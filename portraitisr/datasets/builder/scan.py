@@ -19,7 +19,6 @@ ends with the same records), deterministic, streams the images (one decoded phot
 in several processes, with the parent as the only writer of ``records.jsonl``.
 """
 import hashlib
-import json
 import multiprocessing
 import os
 import threading
@@ -33,14 +32,13 @@ from mmengine.logging import print_log
 
 from portraitisr.models.face_detectors.base_detector import FaceDetections
 
+from .records import RECORDS_FILE, RecordWriter, load_records
+
 PathLike = Union[str, os.PathLike]
 
-RECORDS_FILE = 'records.jsonl'
 FACES_DIR = 'faces'
 EMBEDDINGS_DIR = 'embeddings'
 #: keys of every record, in the order they are written
-RECORD_KEYS = ('image', 'image_id', 'status', 'reason', 'width', 'height', 'score', 'faces', 'embeddings',
-               'dropped_small_faces')
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -235,65 +233,6 @@ class ImageScanner:
         emb_name = f'{EMBEDDINGS_DIR}/{image_id}.npy'
         _save_npy_atomic(self.out_dir / emb_name, embeddings)
         record.update(faces=faces, embeddings=emb_name)
-
-
-# ---------------------------------------------------------------------------------------------------- records file
-def load_records(path: PathLike, repair: bool = False) -> list[dict]:
-    """The records of a ``records.jsonl``; a truncated or unparsable line (a killed writer) is dropped.
-
-    Args:
-        path: the file; a missing file gives ``[]``.
-        repair: rewrite the file (atomically) without the dropped lines, so that appends start on a clean line.
-    """
-    path = Path(path)
-    if not path.exists():
-        return []
-    records, dropped = [], 0
-    raw = path.read_bytes()
-    for line in raw.split(b'\n'):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            dropped += 1
-            continue
-        if isinstance(rec, dict) and 'image' in rec:
-            records.append(rec)
-        else:
-            dropped += 1
-    if repair and (dropped or (raw and not raw.endswith(b'\n'))):
-        print_log(f'{path}: dropped {dropped} incomplete record line(s)', logger='current', level=30)
-        tmp = path.with_name(f'.{path.name}.tmp')
-        with open(tmp, 'w', encoding='utf-8') as f:
-            for rec in records:
-                f.write(json.dumps(rec) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    return records
-
-
-class RecordWriter:
-    """Appends records to ``records.jsonl``, one line each, flushed and fsynced (the only writer of the file)."""
-
-    def __init__(self, path: PathLike) -> None:
-        self.path = Path(path)
-        self._file = open(self.path, 'a', encoding='utf-8')
-
-    def write(self, record: dict) -> None:
-        self._file.write(json.dumps({key: record[key] for key in RECORD_KEYS}) + '\n')
-        self._file.flush()
-        os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> 'RecordWriter':
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------------------------------------------- workers

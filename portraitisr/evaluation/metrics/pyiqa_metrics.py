@@ -54,7 +54,7 @@ from .base_metric import ImageMetric
 
 __all__ = [
     'NIQE', 'DISTS', 'MUSIQ', 'CLIPIQA', 'MANIQA', 'PyiqaMetric', 'WeightFile', 'import_pyiqa', 'pyiqa_url',
-    'resolve_weight', 'load_niqe_params', 'temporary_torch_hub', 'load_checkpoint_into'
+    'resolve_weight', 'load_niqe_params', 'cuda_float32_luma', 'temporary_torch_hub', 'load_checkpoint_into'
 ]
 
 PYIQA_LICENSE_NOTE = ('pyiqa is licensed for non-commercial use only (PolyForm-Noncommercial-1.0.0; earlier '
@@ -357,15 +357,77 @@ def _resolve_niqe(spec: Optional[WeightSpec], allow_download: Optional[bool]) ->
                 looked=npz_error.looked + mat_error.looked, url=NIQE_MAT.url) from mat_error
 
 
+# ------------------------------------------------------------------------------------------------ NIQE
+# Why NIQE needs its own Y computation (measured on the 40 OSEDiff benchmark images; see tests/test_metrics_parity.py):
+# NIQE rounds Y x 255 to integers, and the 96 x 96 block statistics that follow are so sensitive that a single
+# rounding flip can move the score by 1e-2 (Canon_001_LR4: 1.8e-2 between pyiqa on CPU and OSEDiff's log). Published
+# numbers (OSEDiff's test_metrics.py pins pyiqa 0.1.10, which gives the same NIQE as 0.1.16 to 2e-5 on these images)
+# were computed on a CUDA GPU, where two float32 steps round differently from the CPU:
+# 1. ``uint8_tensor.float() / 255.0`` on CUDA is ``x * (1 / 255.0f)``: PyTorch's ``div_true_kernel_cuda``
+#    (aten/src/ATen/native/cuda/BinaryDivTrueKernel.cu) multiplies by the float32 reciprocal when the divisor is a
+#    CPU scalar; the CPU divides exactly. 126 of the 256 levels differ in the last bit.
+# 2. pyiqa's ``rgb2yiq`` is a float32 matmul. On the GPU the 3-term dot product comes out as fused multiply-adds in
+#    R, G, B order, ``fma(B, 0.114, fma(G, 0.587, R * 0.299))`` (inferred from the logged numbers: of the orders and
+#    roundings tried, only this one reproduces them); the CPU GEMM rounds every product and sum separately.
+# With both, all 40 logged NIQE values are reproduced within 4e-4 (median 5e-6); with only one of the two, 35 of 40
+# are within 2e-3. The remaining <= 4e-4 is presumably GPU float64 reduction order (not emulated).
+_YIQ_LUMA = (0.299, 0.587, 0.114)  # first row of pyiqa's rgb2yiq matrix, a float32 tensor there
+
+
+def _fma_float32(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """``a * b + c`` rounded once to float32, as a CUDA fused multiply-add (float32 inputs, any shape/device).
+
+    The product of two float32 is exact in float64; the float64 sum is rounded, so a second rounding to float32
+    could be wrong only when that sum lands exactly on a float32 midpoint. There the exact error of the sum
+    (Knuth's TwoSum) says which neighbour the single rounding would have chosen.
+    """
+    product = a.double() * b.double()
+    addend = c.double()
+    total = product + addend
+    virtual = total - product
+    error = (product - (total - virtual)) + (addend - virtual)  # total + error == product + addend, exactly
+    above = torch.nextafter(total, torch.full_like(total, float('inf'))).float()
+    below = torch.nextafter(total, torch.full_like(total, float('-inf'))).float()
+    result = total.float()
+    on_midpoint = above != below
+    result = torch.where(on_midpoint & (error > 0), above, result)
+    return torch.where(on_midpoint & (error < 0), below, result)
+
+
+def cuda_float32_luma(rgb: Tensor) -> Tensor:
+    """Y of YIQ x 255, rounded to integers, bit for bit as pyiqa's NIQE computes it on a CUDA GPU from 8-bit images.
+
+    ``rgb``: ``B x 3 x H x W`` in [0, 1]. Inputs on the 8-bit grid are first re-made the way a GPU script makes
+    them (``codes * (1 / 255.0f)``, see the note above); other inputs (16-bit) are used as float32 as they are.
+    Returns ``B x 1 x H x W`` float64 integers in [0, 255].
+    """
+    scaled = rgb.double() * 255
+    codes = scaled.round()
+    if bool(((scaled - codes).abs() < 1e-3).all()):
+        rgb = codes.float() * (torch.tensor(1.0) / 255.0).to(rgb.device)  # float32 reciprocal, as on CUDA
+    else:
+        rgb = rgb.float()
+    weights = torch.tensor(_YIQ_LUMA, dtype=torch.float32, device=rgb.device)
+    red, green, blue = rgb.unbind(1)
+    luma = _fma_float32(blue, weights[2], _fma_float32(green, weights[1], red * weights[0]))
+    return (luma * 255).round()[:, None].double()  # float32 x 255 and round half to even, as pyiqa's to_y_channel
+
+
 @METRICS.register_module()
 class NIQE(ImageMetric):
     """NIQE (lower is better), pyiqa ``niqe``: Y of YIQ x 255 rounded, no border crop, pyiqa's computation
-    (``pyiqa.archs.niqe_arch.calculate_niqe``) with the standard pristine model.
+    (``pyiqa.archs.niqe_arch``) with the standard pristine model.
+
+    By default the Y channel is computed as pyiqa computes it on a CUDA GPU (:func:`cuda_float32_luma`), which is
+    how published tables were made; the rounded Y is then the same on any device. ``emulate_cuda=False`` gives pyiqa's
+    ``calculate_niqe`` on the tensor as given (on the CPU: up to 1.8e-2 away from GPU numbers on some images).
 
     Args:
         weights: the pristine model; default ``niqe_pris_params.npz`` (basicsr), else pyiqa's
             ``niqe_modelparameters.mat`` (downloadable when allowed). Any ``.npz`` / ``.mat`` of that layout.
         crop_border, test_y_channel, color_space: pyiqa's options (defaults as pyiqa / OSEDiff).
+        emulate_cuda: reproduce the GPU's float32 Y (only for ``color_space='yiq'``, pyiqa's default; other
+            colour spaces always use pyiqa's own conversion).
     """
 
     metric_name = 'NIQE'
@@ -374,7 +436,8 @@ class NIQE(ImageMetric):
 
     def __init__(self, weights: Optional[WeightSpec] = None, allow_download: Optional[bool] = None,
                  crop_border: int = 0, test_y_channel: bool = True, color_space: str = 'yiq',
-                 quantize: bool = True, prefix: Optional[str] = None, collect_device: str = 'cpu') -> None:
+                 emulate_cuda: bool = True, quantize: bool = True, prefix: Optional[str] = None,
+                 collect_device: str = 'cpu') -> None:
         super().__init__(quantize=quantize, prefix=prefix, collect_device=collect_device)
         import_pyiqa()
         self.params_path = _resolve_niqe(weights, allow_download)
@@ -382,12 +445,24 @@ class NIQE(ImageMetric):
         self.crop_border = crop_border
         self.test_y_channel = test_y_channel
         self.color_space = color_space
+        self.emulate_cuda = emulate_cuda and color_space.lower() == 'yiq'
 
     @torch.no_grad()
     def score(self, pred: Tensor, gt: Optional[Tensor] = None, sample: Optional[dict] = None) -> Tensor:
-        """``pred``: ``B x 3 x H x W`` RGB in [0, 1] (float32, as pyiqa reads images) -> ``B`` float64."""
-        from pyiqa.archs.niqe_arch import calculate_niqe
+        """``pred``: ``B x 3 x H x W`` RGB in [0, 1] -> ``B`` float64."""
+        if not self.emulate_cuda:
+            from pyiqa.archs.niqe_arch import calculate_niqe
 
-        value = calculate_niqe(pred.float(), self.crop_border, self.test_y_channel, self.color_space,
-                               self.mu, self.cov)
-        return value.reshape(pred.shape[0], -1)[:, 0].to(torch.float64)
+            value = calculate_niqe(pred.float(), self.crop_border, self.test_y_channel, self.color_space,
+                                   self.mu, self.cov)
+            return value.reshape(pred.shape[0], -1)[:, 0].to(torch.float64)
+        from pyiqa.archs.niqe_arch import niqe
+
+        luma = cuda_float32_luma(pred)
+        if self.crop_border != 0:
+            border = self.crop_border
+            luma = luma[..., border:-border, border:-border]
+        batch = luma.shape[0]
+        mu = self.mu.to(luma).repeat(batch, 1)
+        cov = self.cov.to(luma).repeat(batch, 1, 1)
+        return niqe(luma, mu, cov).reshape(batch, -1)[:, 0].to(torch.float64)

@@ -10,6 +10,7 @@ the frozen VAE decoder. The one-step update is the DDPM posterior mean at ``t = 
 which equals ``DDPMScheduler.step(eps, t, z_L).prev_sample`` after ``set_timesteps(1)``.
 """
 import contextlib
+import copy
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import BACKBONES
+from .latent_tiling import LatentTiling, tiled_unet, tiled_vae_decode, tiled_vae_encode
 from .lora_targets import UNET_ADAPTERS, VAE_ADAPTER, unet_lora_targets, vae_encoder_lora_targets
 
 _DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16,
@@ -98,6 +100,27 @@ def add_osediff_unet_lora(unet: nn.Module, rank: int = 4, alpha: float = 8.0) ->
                              adapter_name=adapter_name)
     unet.set_adapter(list(UNET_ADAPTERS))  # ``add_adapter`` activates only the newest one
     return targets
+
+
+def merge_and_unload_lora(model: nn.Module) -> None:
+    """Fold every LoRA delta into its base weights and remove the peft layers (diffusers' ``fuse_lora`` then
+    ``unload_lora``): one plain conv / linear per layer instead of base + A + B.
+
+    Done in the weights' own dtype (call it on float32 weights, then cast: merging after a bf16 cast would round
+    the small LoRA delta away). The model has no LoRA afterwards: use it on an inference copy only
+    (:meth:`OneStepSD.inference_copy`).
+    """
+    if getattr(model, 'peft_config', None):
+        model.fuse_lora()
+        model.unload_lora()
+
+
+def use_sdpa_attention(model: nn.Module) -> None:
+    """PyTorch scaled-dot-product attention (flash / memory-efficient kernels on GPU) in every attention layer."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    if hasattr(model, 'set_attn_processor') and getattr(model, 'attn_processors', None):
+        model.set_attn_processor(AttnProcessor2_0())
 
 
 @BACKBONES.register_module()
@@ -187,6 +210,10 @@ class OneStepSD(nn.Module):
             self.unet.enable_gradient_checkpointing()
             self.vae.enable_gradient_checkpointing()
         self._lora_merged = False
+        # Inference-only settings (see ``inference_copy`` and ``tiled``); training leaves them at their defaults.
+        self.tiling: Optional[LatentTiling] = None
+        self.channels_last = False
+        self.inference_only = False
         if trained_weights is not None:
             self.load_trained_weights(trained_weights)
 
@@ -205,15 +232,41 @@ class OneStepSD(nn.Module):
 
     # ------------------------------------------------------------------ maths
     def encode(self, images: Tensor) -> Tensor:
-        """Images ``B x 3 x H x W`` in [0, 1] -> scaled latents ``B x 4 x H/8 x W/8``."""
-        posterior = self.vae.encode(images * 2 - 1).latent_dist
+        """Images ``B x 3 x H x W`` in [0, 1] -> scaled latents ``B x 4 x H/8 x W/8`` (tiled with ``self.tiling``)."""
+        images = self._memory_format(images * 2 - 1)
+        if self.tiling is not None:
+            from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+            t = self.tiling
+            moments = tiled_vae_encode(self.vae, images, t.encode_tile, t.encode_overlap,
+                                       t.margin(t.encode_overlap))
+            posterior = DiagonalGaussianDistribution(moments)
+        else:
+            posterior = self.vae.encode(images).latent_dist
         latents = posterior.sample() if self.sample_posterior else posterior.mode()
         return latents * self.scaling_factor
 
     def decode(self, latents: Tensor) -> Tensor:
-        """Scaled latents -> images in [0, 1] (clamped in [-1, 1] first, as OSEDiff)."""
-        images = self.vae.decode(latents / self.scaling_factor).sample
+        """Scaled latents -> images in [0, 1] (clamped in [-1, 1] first, as OSEDiff); tiled with ``self.tiling``."""
+        latents = self._memory_format(latents / self.scaling_factor)
+        if self.tiling is not None:
+            t = self.tiling
+            images = tiled_vae_decode(self.vae, latents, t.decode_tile, t.decode_overlap, t.margin(t.decode_overlap))
+        else:
+            images = self.vae.decode(latents).sample
         return (images.float().clamp(-1, 1) + 1) / 2
+
+    def predict_eps(self, unet_in: Tensor, timesteps: Tensor, prompt_embeds: Tensor) -> Tensor:
+        """``eps_theta`` of the UNet input ``B x C x h x w`` (tiled with ``self.tiling``)."""
+        unet_in = self._memory_format(unet_in)
+        if self.tiling is not None:
+            t = self.tiling
+            return tiled_unet(self.unet, unet_in, timesteps, prompt_embeds, t.unet_tile, t.unet_overlap,
+                              t.margin(t.unet_overlap))
+        return self.unet(unet_in, timesteps, encoder_hidden_states=prompt_embeds).sample
+
+    def _memory_format(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def one_step(self, lq_latents: Tensor, eps: Tensor) -> Tensor:
         """``z_H = (z_L - sqrt(1 - abar) * eps) / sqrt(abar)`` (float32)."""
@@ -305,14 +358,16 @@ class OneStepSD(nn.Module):
             lq_latents = self.encode(lq)
             unet_in = self.unet_input(lq_latents, ref, face_mask, condition, has_ref)
             timesteps = torch.full((lq.shape[0], ), self.timestep, device=lq.device, dtype=torch.long)
-            eps = self.unet(unet_in, timesteps, encoder_hidden_states=prompt_embeds).sample
+            eps = self.predict_eps(unet_in, timesteps, prompt_embeds)
             hq_latents = self.one_step(lq_latents, eps)
             sr = self.decode(hq_latents)
         return (sr, hq_latents) if return_latents else sr
 
     # ------------------------------------------------------------------ LoRA merge
     def merge_lora(self) -> None:
-        """Fold every LoRA delta into its base weight (faster inference, same outputs)."""
+        """Fold every LoRA delta into its base weight (faster inference, same outputs), in place and undoable
+        (:meth:`unmerge_lora`); :meth:`inference_copy` is the fast path that leaves this backbone alone."""
+        self._check_trainable()
         if not self._lora_merged:
             self.unet.fuse_lora()
             if self.vae_lora_targets:
@@ -338,6 +393,82 @@ class OneStepSD(nn.Module):
             if not was_merged:
                 self.unmerge_lora()
 
+    # ------------------------------------------------------------------ fast inference
+    @contextlib.contextmanager
+    def tiled(self, tiling: Optional[LatentTiling]):
+        """Run the VAE and the UNet on overlapping tiles inside the block (None: untiled); see
+        :mod:`.latent_tiling`. Restores the previous setting afterwards."""
+        previous = self.tiling
+        self.tiling = tiling
+        try:
+            yield self
+        finally:
+            self.tiling = previous
+
+    @torch.no_grad()
+    def inference_copy(self,
+                       dtype: Union[str, torch.dtype] = 'bfloat16',
+                       channels_last: Optional[bool] = None,
+                       compile: bool = False,
+                       device: Optional[Union[str, torch.device]] = None) -> 'OneStepSD':
+        """A separate, frozen copy of this backbone for fast inference (the DESIGN.md section 7 recipe).
+
+        * LoRA merged into the base weights and the peft layers removed (one plain conv / linear per layer
+          instead of base + A + B); merged in float32, then cast to ``dtype``;
+        * every weight in ``dtype`` (bf16 by default: SD 2.1 is trained in it and needs no loss scaling);
+        * PyTorch SDPA attention, channels-last activations (default: on CUDA only; on CPU the oneDNN
+          convolutions are not faster channels-last for these shapes), optional ``torch.compile`` of the UNet
+          and of the VAE encoder and decoder.
+
+        This backbone is left untouched, so training can go on and :meth:`save_trainable` never sees merged
+        weights; the copy refuses to save or load trainable tensors (``inference_only``). Build a new copy
+        after the weights change. The copy is made on ``device`` (default: this backbone's), with float32
+        weights only transiently, one network at a time.
+
+        Returns:
+            an ``OneStepSD`` in eval mode whose ``forward`` has the same contract (``sr`` float32 in [0, 1]).
+        """
+        dtype = parse_dtype(dtype)
+        device = torch.device(device) if device is not None else self.sqrt_alpha_bar.device
+        fast = copy.copy(self)  # shallow: share scheduler and settings, then replace the modules below
+        fast._modules = dict(self._modules)
+        fast._buffers = dict(self._buffers)
+        fast._parameters = dict(self._parameters)
+        for name in ('unet', 'vae'):
+            net = copy.deepcopy(getattr(self, name)).float()  # merge in float32
+            merge_and_unload_lora(net)
+            net.requires_grad_(False).eval()
+            use_sdpa_attention(net)
+            # nn.Module.to, not ModelMixin.to: the latter warns about casting a from_pretrained model, which is
+            # what we mean to do here (every weight in ``dtype``)
+            setattr(fast, name, nn.Module.to(net, device=device, dtype=dtype))
+        fast.to(device)
+        fast.frozen_dtype = dtype
+        fast._lora_merged = False
+        fast.inference_only = True
+        fast.tiling = None
+        fast.channels_last = device.type == 'cuda' if channels_last is None else bool(channels_last)
+        if fast.channels_last:
+            fast.unet.to(memory_format=torch.channels_last)
+            fast.vae.to(memory_format=torch.channels_last)
+        if compile:
+            # Compile the modules the forward calls, not ``forward`` itself: tiling and the one-step maths stay
+            # plain Python (dynamic tile counts would otherwise recompile).
+            fast.unet = torch.compile(fast.unet)
+            fast.vae.encoder = torch.compile(fast.vae.encoder)
+            fast.vae.decoder = torch.compile(fast.vae.decoder)
+        return fast.eval()
+
+    def train(self, mode: bool = True) -> 'OneStepSD':
+        if mode and self.inference_only:
+            raise RuntimeError('This is a merged inference copy (OneStepSD.inference_copy): train the original')
+        return super().train(mode)
+
+    def _check_trainable(self) -> None:
+        if self.inference_only:
+            raise RuntimeError('This is a merged inference copy (OneStepSD.inference_copy): it has no separate '
+                               'LoRA tensors; save or load them on the original backbone')
+
     # ------------------------------------------------------------------ checkpoints
     def trainable_state_dict(self) -> Dict[str, Tensor]:
         """Only the trained tensors (LoRA + ``conv_in``), keyed as in ``state_dict()``."""
@@ -347,6 +478,7 @@ class OneStepSD(nn.Module):
         """Write the trainable tensors as safetensors (a few MB instead of the whole SD model)."""
         from safetensors.torch import save_file
 
+        self._check_trainable()
         if self._lora_merged:
             raise RuntimeError('LoRA is merged into the base weights: unmerge before saving')
         tensors = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
@@ -368,6 +500,7 @@ class OneStepSD(nn.Module):
 
     def load_trainable(self, state: Union[str, Dict[str, Tensor]], strict: bool = True) -> None:
         """Load tensors written by :meth:`save_trainable` (a path or a state dict)."""
+        self._check_trainable()
         if isinstance(state, str):
             from portraitisr.apis.weight_resolver import load_state_dict
             state = load_state_dict(state)

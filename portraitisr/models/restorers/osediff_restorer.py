@@ -45,10 +45,17 @@ class OSEDiffRestorer(BaseImageRestorer):
             latent space).
         tile_overlap: overlap of neighbouring tiles, input pixels.
         seed: seed of the VAE posterior sample, fixed per call so results are reproducible.
+        inference_dtype: run a merged-LoRA copy of the backbone in this dtype (``'bfloat16'``; see
+            :meth:`OneStepRestorer.enable_fast_inference`), built on the device of the first image; None keeps the
+            unmerged float32 backbone.
+        latent_tiling: :class:`~portraitisr.models.backbones.latent_tiling.LatentTiling` fields (a dict; ``{}`` for
+            the defaults) to tile the VAE and the UNet in latent space (blended, for 4K outputs); None: untiled.
+            An alternative to ``tile``, which restores pixel tiles independently.
     """
 
     def __init__(self, model: dict, checkpoint: Optional[Any] = None, pretrained: bool = True, scale: int = 4,
-                 face_size: Optional[int] = None, tile: int = 0, tile_overlap: int = 32, seed: int = 0) -> None:
+                 face_size: Optional[int] = None, tile: int = 0, tile_overlap: int = 32, seed: int = 0,
+                 inference_dtype: Optional[str] = None, latent_tiling: Optional[dict] = None) -> None:
         super().__init__()
         if scale < 1:
             raise ValueError(f'scale must be >= 1, got {scale}')
@@ -82,6 +89,9 @@ class OSEDiffRestorer(BaseImageRestorer):
             raise ValueError('checkpoint was given with pretrained=False; drop one of them')
         self.requires_grad_(False)
         super().train(False)
+        if latent_tiling is not None:
+            self.model.set_tiling(dict(latent_tiling))
+        self.inference_dtype = inference_dtype
 
     def _restore_tile(self, image: Tensor) -> Tensor:
         """``B x 3 x h x w`` in [0, 1] -> ``B x 3 x (scale h) x (scale w)``: bicubic enlargement + one step."""
@@ -91,6 +101,8 @@ class OSEDiffRestorer(BaseImageRestorer):
 
     def restore(self, image: Tensor) -> Tensor:
         """``B x 3 x H x W`` RGB in [0, 1] -> ``B x 3 x (scale H) x (scale W)`` RGB, about [0, 1]."""
+        if self.inference_dtype is not None and self.model.__dict__.get('_fast_backbone') is None:
+            self.model.enable_fast_inference(self.inference_dtype, device=image.device)
         devices = [torch.cuda.current_device()] if image.is_cuda else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed)
@@ -100,4 +112,5 @@ class OSEDiffRestorer(BaseImageRestorer):
             return self._restore_tile(image)
 
     def extra_repr(self) -> str:
-        return f'scale={self.scale}, face_size={self.face_size}, tile={self.tile}'
+        return (f'scale={self.scale}, face_size={self.face_size}, tile={self.tile}, '
+                f'inference_dtype={self.inference_dtype}')

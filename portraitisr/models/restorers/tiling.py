@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-__all__ = ['tiled_forward', 'tile_starts']
+__all__ = ['tiled_forward', 'tile_starts', 'ramp_weights']
 
 #: Below this many tiles no progress bar is shown even when ``progress=True``.
 PROGRESS_MIN_TILES = 8
@@ -39,12 +39,13 @@ def tile_starts(length: int, tile: int, overlap: int, align: int = 1) -> list[in
     return starts
 
 
-def _ramp_weights(start: int, size: int, length: int, overlap: int, margin: int, scale: int,
-                  device: torch.device) -> Tensor:
+def ramp_weights(start: int, size: int, length: int, overlap: int, margin: int, scale: int,
+                 device: torch.device) -> Tensor:
     """1-D blending weights (``scale * size`` output pixels) of a tile at ``start`` on an axis of ``length``.
 
     Sides on the image border keep weight 1 (no neighbour there). An inner side has weight 0 for the first
     ``margin`` input pixels and rises linearly to 1 over the next ``overlap - 2 * margin`` input pixels.
+    Shared with the latent-space tiling of the one-step SD backbone (``models/backbones/latent_tiling.py``).
     """
     # Output pixel centres in input-pixel units, relative to the tile start.
     u = (torch.arange(size * scale, device=device, dtype=torch.float32) + 0.5) / scale
@@ -99,8 +100,8 @@ def tiled_forward(fn: Callable[[Tensor], Tensor], image: Tensor, scale: int, til
     ys = tile_starts(height, tile_h, overlap, align)
     xs = tile_starts(width, tile_w, overlap, align)
     device = image.device
-    wy = [_ramp_weights(y, tile_h, height, overlap, margin, scale, device) for y in ys]
-    wx = [_ramp_weights(x, tile_w, width, overlap, margin, scale, device) for x in xs]
+    wy = [ramp_weights(y, tile_h, height, overlap, margin, scale, device) for y in ys]
+    wx = [ramp_weights(x, tile_w, width, overlap, margin, scale, device) for x in xs]
 
     out: Optional[Tensor] = None
     total = torch.zeros(1, 1, scale * height, scale * width, device=device)

@@ -85,6 +85,8 @@ DEGRADATIONS = Registry('degradation', locations=['portraitisr.datasets.degradat
 FACE_DETECTORS = Registry('face detector', locations=['portraitisr.models.face_detectors'])
 FACE_ALIGNERS = Registry('face aligner', locations=['portraitisr.models.aligners'])
 IDENTITY_EXTRACTORS = Registry('identity extractor', locations=['portraitisr.models.identity'])
+# aligned face -> per-pixel class probabilities (ParseNet, BiSeNet), e.g. PortraitSR's parsing targets
+FACE_PARSERS = Registry('face parser', locations=['portraitisr.models.face_parsers'])
 # image -> image restorers that blending baselines combine (general SR, face restorers)
 RESTORERS = Registry('restorer', locations=['portraitisr.models.restorers'])
 # quality / aesthetic scorers that filter candidate photos when building a dataset

@@ -1,3 +1,4 @@
+from .aligned_face_dataset import AlignedFaceDataset
 from .collate import portrait_collate
 from .image_folder_dataset import ImageFolderDataset, PairedImageFolderDataset
 from .mixture import MixedDataset
@@ -6,6 +7,6 @@ from .portrait_triplet_dataset import (ManifestError, PortraitDataError, Portrai
 from .sample_images import SAMPLE_IMAGES, load_sample_image
 from .samplers import MixtureSampler
 
-__all__ = ['ImageFolderDataset', 'PairedImageFolderDataset', 'SAMPLE_IMAGES', 'load_sample_image',
+__all__ = ['AlignedFaceDataset', 'ImageFolderDataset', 'PairedImageFolderDataset', 'SAMPLE_IMAGES', 'load_sample_image',
            'PortraitTripletDataset', 'ManifestError', 'PortraitDataError', 'load_manifest', 'manifest_line',
            'MixedDataset', 'MixtureSampler', 'portrait_collate']

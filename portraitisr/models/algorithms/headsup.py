@@ -196,10 +196,17 @@ class HeadsUp(OSEDiff):
         return self._face_detector
 
     def detect_landmarks(self, images: Tensor) -> Tuple[Tensor, Tensor]:
-        """Landmarks of the largest face of each image: ``(B x 5 x 2, (B,) bool has_face)``."""
+        """Landmarks of the largest face of each image: ``(B x 5 x 2, (B,) bool has_face)``.
+
+        Runs in a forked CPU random state: the detector is built lazily on first use, and its construction must
+        not shift the draws of the VAE posterior that follow (a first restore with a reference would otherwise
+        differ from every later one).
+        """
         landmarks = torch.zeros(images.shape[0], 5, 2, device=images.device)
         has_face = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        for i, found in enumerate(self.face_detector().detect(images.detach().float().cpu())):
+        with torch.random.fork_rng(devices=[]):
+            detections = self.face_detector().detect(images.detach().float().cpu())
+        for i, found in enumerate(detections):
             if len(found):
                 areas = (found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1])
                 landmarks[i] = torch.from_numpy(found.landmarks[int(areas.argmax())]).to(images.device)

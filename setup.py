@@ -42,8 +42,12 @@ EXTRAS_REQUIRE = {
     'samples': ['scikit-image', 'matplotlib'],
     # pyiqa computes DISTS, NIQE, MUSIQ, CLIPIQA, MANIQA and FID; non-commercial licence, so optional
     'metrics': ['pyiqa'],
-    # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests
-    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa'],
+    # the documentation site (`mkdocs build --strict`; 1.6 validates anchors)
+    'docs': ['mkdocs>=1.6', 'mkdocs-include-markdown-plugin>=6.0'],
+    # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; mkdocs for
+    # the docs-build test
+    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'mkdocs>=1.6',
+            'mkdocs-include-markdown-plugin>=6.0'],
 }
 
 setup(
@@ -55,8 +59,10 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['portraitisr', 'portraitisr.*']),
-    # sample://portraits, the debug manifest over the package photos
-    package_data={'portraitisr.datasets': ['manifests/*.jsonl']},
+    # sample://portraits, the debug manifest over the package photos; the model-zoo index
+    package_data={'portraitisr.datasets': ['manifests/*.jsonl'], 'portraitisr': ['model_zoo/index.json']},
+    # `portraitisr restore | download | models`; `python -m portraitisr` runs the same
+    entry_points={'console_scripts': ['portraitisr=portraitisr.cli:main']},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     classifiers=[

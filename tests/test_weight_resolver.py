@@ -4,13 +4,10 @@ Nothing here reaches the internet: an autouse fixture makes any connection outsi
 download tests use a threaded ``http.server`` on 127.0.0.1 that speaks HTTP Range like a real file host.
 """
 import hashlib
-import http.server
 import os
-import re
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -25,89 +22,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
+# The loopback Range server (fixture ``file_server``), ``no_internet`` and ``weight_env`` are shared with
+# tests/test_model_zoo.py through this plugin module.
+pytest_plugins = ('tests.helpers.file_server',)
+
+
 @pytest.fixture(autouse=True)
-def no_internet(monkeypatch):
-    """Fail loudly if anything tries to connect beyond the loopback interface."""
-    real_connect = socket.socket.connect
-
-    def guarded_connect(self, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if isinstance(host, str) and host not in ('127.0.0.1', 'localhost', '::1') and self.family in (
-                socket.AF_INET, socket.AF_INET6):
-            raise AssertionError(f'test tried to reach the network: {address}')
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, 'connect', guarded_connect)
+def offline(no_internet):
+    """Every test here runs with connections beyond loopback refused."""
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """Point every cache the resolver knows at empty folders under tmp_path."""
-    dirs = {
-        'home': tmp_path / 'portraitisr_home',
-        'torch_home': tmp_path / 'torch_home',
-        'hf_cache': tmp_path / 'hf_cache',
-    }
-    monkeypatch.setenv('PORTRAITISR_HOME', str(dirs['home']))
-    monkeypatch.setenv('TORCH_HOME', str(dirs['torch_home']))
-    monkeypatch.setenv('HF_HUB_CACHE', str(dirs['hf_cache']))
-    monkeypatch.delenv('PORTRAITISR_ALLOW_DOWNLOAD', raising=False)
-    return dirs
-
-
-class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files of ``server.root``; honours ``Range: bytes=N-`` unless ``server.honour_range`` is False."""
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        server = self.server
-        rng = self.headers.get('Range')
-        server.requests.append((self.path, rng))
-        path = server.root / self.path.lstrip('/')
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = 0
-        if rng and server.honour_range:
-            start = int(re.fullmatch(r'bytes=(\d+)-', rng).group(1))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header('Content-Range', f'bytes */{len(data)}')
-                self.send_header('Content-Length', '0')
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header('Content-Range', f'bytes {start}-{len(data) - 1}/{len(data)}')
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        server.bytes_sent += len(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def file_server(tmp_path):
-    root = tmp_path / 'served'
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), _RangeHandler)
-    server.root, server.requests, server.bytes_sent, server.honour_range = root, [], 0, True
-    server.url = f'http://127.0.0.1:{server.server_address[1]}'
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
+def env(weight_env):
+    return weight_env
 
 
 def _serve(server, name, data):
-    (server.root / name).write_bytes(data)
-    return f'{server.url}/{name}', hashlib.sha256(data).hexdigest()
+    return server.serve(name, data)
 
 
 def _payload(size=300_000, seed=0):

@@ -1,0 +1,248 @@
+"""The model zoo: a machine-readable index of the public checkpoints the library uses, and their downloads.
+
+The index (``portraitisr/model_zoo/index.json``, shipped as package data) has two tables:
+
+* ``weights``: one entry per downloadable thing, either a single file (``filename``, ``url``, ``sha256`` or
+  null when no published hash could be found, ``licence``, ``source``) or a diffusers folder (``hub_id``,
+  ``required`` files);
+* ``models``: one entry per runnable config (``config`` relative to the repository, ``checkpoint`` naming a
+  weights entry or null, ``checkpoint_option`` the config key that takes it, ``released``, ``requires`` the
+  weights entries the config loads, ``licence``, ``paper`` numbers with the table they come from).
+
+Every download goes through :mod:`portraitisr.apis.weight_resolver` (resume, sha256 check, atomic rename, lock),
+and nothing here touches the network unless :func:`download` is called. :func:`check_available` turns missing
+files into one :class:`~portraitisr.apis.weight_resolver.WeightsNotFoundError` that names every missing file and
+the command that fetches it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .weight_resolver import WeightsNotFoundError, portraitisr_home, resolve_file, resolve_pretrained_dir
+
+__all__ = ['INDEX_PATH', 'WeightsEntry', 'ModelEntry', 'ModelZoo', 'load_index', 'list_models', 'get_model',
+           'check_available', 'download', 'config_path']
+
+INDEX_PATH = Path(__file__).resolve().parents[1] / 'model_zoo' / 'index.json'
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+_NAME_RE = re.compile(r'^[a-z0-9][a-z0-9_.\-]*$')
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One downloadable file (``filename`` + ``url``) or diffusers folder (``hub_id``)."""
+
+    name: str
+    description: str
+    licence: str
+    source: str
+    filename: Optional[str] = None
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    hub_id: Optional[str] = None
+    required: tuple = ()
+
+    @property
+    def is_folder(self) -> bool:
+        return self.hub_id is not None
+
+    @property
+    def verified(self) -> bool:
+        """Whether downloads are checked against a published sha256 (always False for hub folders, which the
+        Hugging Face client verifies file by file itself)."""
+        return self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A runnable model: a config plus the weights it needs."""
+
+    name: str
+    description: str
+    config: str
+    licence: str
+    released: bool
+    requires: tuple
+    checkpoint: Optional[str] = None
+    checkpoint_option: Optional[str] = None
+    how_to_get: Optional[str] = None
+    paper: Optional[dict] = field(default=None, compare=False)
+
+
+def _fail(where: str, problem: str) -> ValueError:
+    return ValueError(f'model zoo index, {where}: {problem}')
+
+
+def _weights_entry(name: str, raw: dict) -> WeightsEntry:
+    where = f'weights[{name!r}]'
+    if not _NAME_RE.match(name):
+        raise _fail(where, 'names are lower-case letters, digits, "_", "-" and "."')
+    for key in ('description', 'licence', 'source'):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise _fail(where, f'needs a non-empty {key!r}')
+    if raw.get('hub_id'):
+        if raw.get('url') or raw.get('filename'):
+            raise _fail(where, 'a hub folder has hub_id and required, not url/filename')
+        return WeightsEntry(name, raw['description'], raw['licence'], raw['source'], hub_id=raw['hub_id'],
+                            required=tuple(raw.get('required', ())))
+    url, filename, sha256 = raw.get('url'), raw.get('filename'), raw.get('sha256', 'missing')
+    if not (isinstance(url, str) and url.startswith('https://')):
+        raise _fail(where, f'url must be an https URL, got {url!r}')
+    if not isinstance(filename, str) or '/' in filename or not filename:
+        raise _fail(where, f'filename must be a plain file name, got {filename!r}')
+    if sha256 == 'missing':
+        raise _fail(where, 'sha256 must be given: a 64-hex digest from a public source, or null (unverified)')
+    if sha256 is not None:
+        if not (isinstance(sha256, str) and _SHA256_RE.match(sha256)):
+            raise _fail(where, f'sha256 must be 64 lower-case hex digits or null, got {sha256!r}')
+        if not raw.get('sha256_source'):
+            raise _fail(where, 'a sha256 needs a sha256_source saying where it was published')
+    return WeightsEntry(name, raw['description'], raw['licence'], raw['source'], filename=filename, url=url,
+                        sha256=sha256)
+
+
+def _model_entry(name: str, raw: dict, weights: dict[str, WeightsEntry]) -> ModelEntry:
+    where = f'models[{name!r}]'
+    if not _NAME_RE.match(name):
+        raise _fail(where, 'names are lower-case letters, digits, "_", "-" and "."')
+    for key in ('description', 'config', 'licence'):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise _fail(where, f'needs a non-empty {key!r}')
+    if not isinstance(raw.get('released'), bool):
+        raise _fail(where, 'needs released: true/false')
+    requires = tuple(raw.get('requires', ()))
+    unknown = [w for w in requires + ((raw['checkpoint'],) if raw.get('checkpoint') else ()) if w not in weights]
+    if unknown:
+        raise _fail(where, f'names weights that are not in the index: {unknown}')
+    if raw.get('checkpoint') and not raw.get('checkpoint_option'):
+        raise _fail(where, 'a checkpoint needs checkpoint_option (the config key that takes its path)')
+    if not raw['released'] and not raw.get('how_to_get'):
+        raise _fail(where, 'an unreleased model needs how_to_get (how to train it meanwhile)')
+    paper = raw.get('paper')
+    if paper is not None and not (isinstance(paper, dict) and paper.get('source')):
+        raise _fail(where, 'paper numbers need a source (paper and table)')
+    return ModelEntry(name, raw['description'], raw['config'], raw['licence'], raw['released'], requires,
+                      checkpoint=raw.get('checkpoint'), checkpoint_option=raw.get('checkpoint_option'),
+                      how_to_get=raw.get('how_to_get'), paper=paper)
+
+
+@dataclass
+class ModelZoo:
+    """A validated index: ``weights`` and ``models`` by name."""
+
+    weights: dict[str, WeightsEntry]
+    models: dict[str, ModelEntry]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> 'ModelZoo':
+        """Validate a parsed index; raises ``ValueError`` naming the entry and the problem."""
+        if raw.get('format') != 'portraitisr.model_zoo/1':
+            raise _fail('format', f'expected "portraitisr.model_zoo/1", got {raw.get("format")!r}')
+        weights = {name: _weights_entry(name, entry) for name, entry in raw.get('weights', {}).items()}
+        models = {name: _model_entry(name, entry, weights) for name, entry in raw.get('models', {}).items()}
+        return cls(weights, models)
+
+
+def load_index(path: Optional[Path] = None) -> ModelZoo:
+    """Read and validate the index (default: the one shipped with the package)."""
+    with open(path or INDEX_PATH, encoding='utf-8') as f:
+        return ModelZoo.from_dict(json.load(f))
+
+
+def list_models(zoo: Optional[ModelZoo] = None) -> list[ModelEntry]:
+    """Model entries, sorted by name."""
+    zoo = zoo or load_index()
+    return [zoo.models[name] for name in sorted(zoo.models)]
+
+
+def get_model(name: str, zoo: Optional[ModelZoo] = None) -> ModelEntry:
+    """The entry called ``name``; ``KeyError`` listing the known names otherwise."""
+    zoo = zoo or load_index()
+    if name not in zoo.models:
+        raise KeyError(f'{name!r} is not in the model zoo; known models: {", ".join(sorted(zoo.models))} '
+                       '(`portraitisr models` lists them)')
+    return zoo.models[name]
+
+
+def config_path(entry: ModelEntry) -> Path:
+    """The config file of ``entry``: relative to the current folder, else to the source checkout."""
+    for base in (Path.cwd(), REPO_ROOT):
+        candidate = base / entry.config
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f'config {entry.config} of model {entry.name!r} not found in {Path.cwd()} or '
+                            f'{REPO_ROOT}; run from a portraitisr checkout or pass --config')
+
+
+def _weight_names(entry: ModelEntry) -> list[str]:
+    names = list(entry.requires)
+    if entry.checkpoint and entry.checkpoint not in names:
+        names.append(entry.checkpoint)
+    return names
+
+
+def _locate(weights: WeightsEntry, allow_download: bool, progress: bool = True) -> Path:
+    """The local file/folder of one weights entry; downloads only with ``allow_download``."""
+    if weights.is_folder:
+        return resolve_pretrained_dir(weights.hub_id, required=weights.required, allow_download=allow_download)
+    # Entries without a published sha256 still download; download_file then warns with the digest it got.
+    return resolve_file(weights.filename, url=weights.url, sha256=weights.sha256, allow_download=allow_download,
+                        progress=progress)
+
+
+def check_available(name: str, zoo: Optional[ModelZoo] = None, need_checkpoint: bool = True) -> dict[str, Path]:
+    """Local paths of every weights entry model ``name`` needs, without touching the network.
+
+    ``need_checkpoint=False`` accepts an unreleased model (the caller brings its own trained checkpoint).
+
+    Raises:
+        WeightsNotFoundError: one message naming every missing file, where it was looked for, and how to get
+            it (``portraitisr download NAME``, or how to train an unreleased model).
+    """
+    zoo = zoo or load_index()
+    entry = get_model(name, zoo)
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    for weight_name in _weight_names(entry):
+        weights = zoo.weights[weight_name]
+        try:
+            found[weight_name] = _locate(weights, allow_download=False)
+        except WeightsNotFoundError as error:
+            # The entry names no explicit path, so the resolver's "explicit path" line is noise here.
+            places = [place for place in error.looked if '(explicit' not in place]
+            looked = '; '.join(places[:2]) + (' ...' if len(places) > 2 else '')
+            what = weights.hub_id if weights.is_folder else weights.filename
+            missing.append(f'  - {what} ({weights.description}); looked in {looked}')
+    lines = []
+    if not entry.released and need_checkpoint:
+        lines.append(f'Model {name!r} has no released checkpoint: {entry.how_to_get}')
+    if missing:
+        lines.append(f'Model {name!r} needs weights that are not on this machine:')
+        lines += missing
+        lines.append(f'Get them with `portraitisr download {name}` on a machine with network (files go to '
+                     f'{portraitisr_home()}, or set PORTRAITISR_HOME to where you copy them).')
+    if lines:
+        raise WeightsNotFoundError('\n'.join(lines), wanted=name, looked=missing)
+    return found
+
+
+def download(name: str, zoo: Optional[ModelZoo] = None, progress: bool = True) -> dict[str, Path]:
+    """Download what model ``name`` (or the single weights entry ``name``) needs; existing files are kept.
+
+    Files go to ``$PORTRAITISR_HOME`` through :func:`~portraitisr.apis.weight_resolver.download_file`
+    (partial files resume, sha256 is checked where the index has one, the rename is atomic); SD folders go to
+    the Hugging Face cache. Returns ``{weights name: local path}``.
+    """
+    zoo = zoo or load_index()
+    if name in zoo.weights:
+        names = [name]
+    else:
+        names = _weight_names(get_model(name, zoo))
+    return {weight_name: _locate(zoo.weights[weight_name], allow_download=True, progress=progress)
+            for weight_name in names}
+

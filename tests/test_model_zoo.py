@@ -1,0 +1,154 @@
+"""The model-zoo index (shipped entries validate, configs exist, docs list them) and its downloads, tested against
+a loopback HTTP server: partial download resumed, corrupted file rejected, unverified entry warned, server down.
+"""
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from portraitisr.apis import model_zoo
+from portraitisr.apis.weight_resolver import ChecksumError, WeightsNotFoundError
+
+pytest_plugins = ('tests.helpers.file_server',)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def offline(no_internet):
+    """Connections beyond loopback fail."""
+
+
+# ------------------------------------------------------------------------------------------------ shipped index
+def test_shipped_index_validates_and_every_config_exists():
+    zoo = model_zoo.load_index()
+    assert {'headsup_sd21', 'osediff_sd21', 'osediff_face_sd21', 'realesrgan_codeformer',
+            'osediff_osediff_face'} <= set(zoo.models)
+    assert {'sd21_base', 'osediff', 'osediff_face', 'realesrgan_x2plus', 'realesrgan_x4plus', 'codeformer',
+            'retinaface_resnet50', 'parsenet', 'arcface_ir_se50'} <= set(zoo.weights)
+    for entry in zoo.models.values():
+        assert (REPO_ROOT / entry.config).is_file(), entry.config
+        assert model_zoo.config_path(entry).is_file()
+    # HeadsUp is not released: marked so, with how to train it, and with the paper's Table 2 numbers.
+    headsup = zoo.models['headsup_sd21']
+    assert not headsup.released and 'tools/dist_train.sh' in headsup.how_to_get
+    assert 'Table 2' in headsup.paper['source'] and headsup.paper['PortraitISR']['PSNR'] == 25.64
+
+
+def test_model_zoo_md_lists_every_entry_and_marks_unverified_hashes():
+    text = (REPO_ROOT / 'model_zoo.md').read_text(encoding='utf-8')
+    zoo = model_zoo.load_index()
+    for name in zoo.models:
+        assert f'`{name}`' in text, name
+    for weights in zoo.weights.values():
+        if weights.is_folder:
+            assert weights.hub_id in text
+            continue
+        # The row of the weights table starts with the index name and says verified (hash prefix) or not.
+        row = next((line for line in text.splitlines() if line.startswith(f'| `{weights.name}` |')), None)
+        assert row is not None and f'`{weights.filename}`' in row, weights.name
+        assert (weights.sha256[:12] in row) if weights.verified else ('unverified' in row), row
+
+
+def _raw_index():
+    return json.loads(model_zoo.INDEX_PATH.read_text(encoding='utf-8'))
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda raw: raw['weights']['codeformer'].update(sha256='ABC'), 'sha256 must be 64'),
+    (lambda raw: raw['weights']['codeformer'].pop('sha256'), 'sha256 must be given'),
+    (lambda raw: raw['weights']['realesrgan_x4plus'].pop('sha256_source'), 'sha256_source'),
+    (lambda raw: raw['weights']['codeformer'].update(url='http://example.com/c.pth'), 'https'),
+    (lambda raw: raw['models']['osediff_sd21'].update(requires=['nope']), "'nope'"),
+    (lambda raw: raw['models']['headsup_sd21'].pop('how_to_get'), 'how_to_get'),
+    (lambda raw: raw['models']['osediff_sd21'].pop('checkpoint_option'), 'checkpoint_option'),
+    (lambda raw: raw['models']['osediff_sd21'].pop('licence'), 'licence'),
+])
+def test_validation_rejects_bad_entries(edit, message):
+    raw = _raw_index()
+    edit(raw)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model_zoo.ModelZoo.from_dict(raw)
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(KeyError, match='headsup_sd21'):
+        model_zoo.get_model('headsup_sd99')
+
+
+# ------------------------------------------------------------------------------------------------ downloads
+def _payload(size: int, seed: int) -> bytes:
+    import random
+    return random.Random(seed).randbytes(size)
+
+
+def _zoo(server, files: dict) -> model_zoo.ModelZoo:
+    """A zoo with model ``tiny`` needing ``files`` {filename: (served bytes, sha256 in the index or None)}."""
+    raw = {'format': 'portraitisr.model_zoo/1', 'weights': {}, 'models': {}}
+    for filename, (data, sha256) in files.items():
+        url, _ = server.serve(filename, data)
+        entry = dict(description='test file', filename=filename, url=url.replace('http://', 'https://'),
+                     sha256=sha256, licence='MIT', source='tests')
+        if sha256 is not None:
+            entry['sha256_source'] = 'computed in the test'
+        raw['weights'][filename.split('.')[0]] = entry
+    raw['models']['tiny'] = dict(description='test', config='configs/debug/headsup_tiny.py', licence='MIT',
+                                 released=True, requires=list(raw['weights']))
+    zoo = model_zoo.ModelZoo.from_dict(raw)
+    # The index insists on https; the loopback server speaks http.
+    for name, weights in list(zoo.weights.items()):
+        zoo.weights[name] = dataclasses.replace(weights, url=weights.url.replace('https://', 'http://'))
+    return zoo
+
+
+def test_offline_check_names_missing_files_and_the_command(weight_env, file_server):
+    data = _payload(5000, 0)
+    zoo = _zoo(file_server, {'a.pth': (data, None), 'b.pth': (b'bb', None)})
+    with pytest.raises(WeightsNotFoundError) as info:
+        model_zoo.check_available('tiny', zoo)
+    message = str(info.value)
+    assert 'a.pth' in message and 'b.pth' in message and 'portraitisr download tiny' in message
+    assert file_server.requests == []  # checking never downloads
+
+
+def test_download_resumes_partial_file_and_verifies(weight_env, file_server):
+    data = _payload(200_000, 1)
+    zoo = _zoo(file_server, {'a.pth': (data, hashlib.sha256(data).hexdigest())})
+    home = weight_env['home']
+    home.mkdir(parents=True)
+    (home / 'a.pth.part').write_bytes(data[:80_000])  # an interrupted earlier download
+    paths = model_zoo.download('tiny', zoo, progress=False)
+    assert paths['a'] == home / 'a.pth' and paths['a'].read_bytes() == data
+    assert file_server.requests == [('/a.pth', 'bytes=80000-')]
+    assert file_server.bytes_sent == len(data) - 80_000
+    assert not (home / 'a.pth.part').exists()
+    assert model_zoo.check_available('tiny', zoo) == {'a': home / 'a.pth'}
+    model_zoo.download('tiny', zoo, progress=False)  # present and verified: nothing fetched again
+    assert len(file_server.requests) == 1
+
+
+def test_corrupted_download_is_rejected(weight_env, file_server):
+    zoo = _zoo(file_server, {'c.pth': (b'tampered bytes', '0' * 64)})
+    with pytest.raises(ChecksumError, match='sha256 mismatch'):
+        model_zoo.download('tiny', zoo, progress=False)
+    home = weight_env['home']
+    assert not (home / 'c.pth').exists() and not (home / 'c.pth.part').exists()
+
+
+def test_unverified_download_warns(weight_env, file_server):
+    zoo = _zoo(file_server, {'u.pth': (b'some weights', None)})
+    with pytest.warns(UserWarning, match='without a sha256'):
+        paths = model_zoo.download('u', zoo, progress=False)  # a single weights entry by name
+    assert paths['u'].read_bytes() == b'some weights'
+
+
+def test_server_down_gives_clear_error(weight_env, file_server):
+    zoo = _zoo(file_server, {'d.pth': (b'x', None)})
+    url = file_server.down_url('d.pth')
+    zoo.weights['d'] = dataclasses.replace(zoo.weights['d'], url=url)
+    with pytest.raises(WeightsNotFoundError, match='resumes the download') as info:
+        model_zoo.download('tiny', zoo, progress=False)
+    assert url in str(info.value)

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument('--compare', action='store_true',
                          help='also write <name>_compare.png: input (nearest upscaled) | output')
     restore.add_argument('--recursive', action='store_true', help='also take images in sub-folders')
+    restore.add_argument('--skip-existing', action='store_true',
+                         help='leave images whose output exists (resume an interrupted folder; outputs are written '
+                              'atomically, so an existing one is complete)')
 
     download = sub.add_parser('download', help='download the weights of a model-zoo entry')
     download.add_argument('name', help='model name (or a single weights entry), see `portraitisr models`')
@@ -92,18 +95,21 @@ def _restore(args: argparse.Namespace) -> int:
         return 2
 
     output = Path(args.output)
-    failed = 0
+    failed = skipped = 0
     for source, relative in tqdm(pairs, desc='restore', unit='image'):
         target = output / relative.parent / PortraitRestorer.output_name(relative)
         compare = target.with_name(target.stem + '_compare.png') if args.compare else None
+        if args.skip_existing and target.exists() and (compare is None or compare.exists()):
+            skipped += 1
+            continue
         try:
             restorer.restore_file(source, target, ref=args.ref, compare=compare)
         except (ImageReadError, ValueError, OSError) as error:
             # One line per bad file; the others still get restored.
             failed += 1
             tqdm.write(f'skipped {source}: {str(error).splitlines()[0]}', file=sys.stderr)
-    print(f'{len(pairs) - failed} of {len(pairs)} images restored into {output}'
-          + (f'; {failed} failed' if failed else ''))
+    print(f'{len(pairs) - failed - skipped} of {len(pairs)} images restored into {output}'
+          + (f'; {skipped} already there' if skipped else '') + (f'; {failed} failed' if failed else ''))
     return 1 if failed else 0
 
 

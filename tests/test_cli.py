@@ -73,6 +73,16 @@ def test_restore_folder_keeps_modes_reports_corrupt_file(tiny_checkpoint, tmp_pa
     assert cv2.imread(str(out / 'photo_compare.png')).shape == (64, 96, 3)
     assert not (out / 'broken.jpg').exists() and not (out / 'nested').exists()
 
+    # resume: only the missing output is made again; the others are not rewritten
+    (out / 'photo.jpg').unlink()
+    before = {name: (out / name).stat().st_mtime_ns for name in ('rgba16.png', 'gray.png', 'rgba16_compare.png')}
+    status = cli.main(['restore', str(photos), '-o', str(out), '--config', str(TINY_HEADSUP),
+                       '--checkpoint', str(tiny_checkpoint), '--device', 'cpu', '--compare', '--skip-existing'])
+    captured = capsys.readouterr()
+    assert status == 1 and '1 of 4 images restored' in captured.out and '2 already there' in captured.out
+    assert (out / 'photo.jpg').is_file()
+    assert {name: (out / name).stat().st_mtime_ns for name in before} == before
+
 
 def test_missing_zoo_weights_fail_at_once_naming_files(weight_env, tmp_path, capsys):
     status = cli.main(['restore', 'x.jpg', '--model', 'headsup_sd21', '-o', str(tmp_path / 'out')])

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 def collect_inputs(inputs: Sequence[str], recursive: bool = False) -> list[tuple[Path, Path]]:
     """``(image file, output path relative to the output folder)`` for files and folders, in order.
 
-    Files of a folder keep their path relative to it; a missing input raises ``FileNotFoundError``.
+    Files of a folder keep their path relative to it; a missing input raises ``FileNotFoundError``, two inputs
+    that would land on the same output path raise ``ValueError`` (nothing is overwritten).
     """
     from portraitisr.utils.image_io import list_images
 
@@ -63,6 +64,12 @@ def collect_inputs(inputs: Sequence[str], recursive: bool = False) -> list[tuple
             pairs.append((path, Path(path.name)))
         else:
             raise FileNotFoundError(f'input {path} does not exist')
+    seen: dict[Path, Path] = {}
+    for source, relative in pairs:
+        if relative in seen and seen[relative] != source:
+            raise ValueError(f'{seen[relative]} and {source} would both be written as {relative}: restore them '
+                             'into different output folders')
+        seen[relative] = source
     return pairs
 
 
@@ -90,7 +97,7 @@ def _restore(args: argparse.Namespace) -> int:
     # After the model: missing weights are reported before anything else (the model is what can be missing).
     try:
         pairs = collect_inputs(args.inputs, recursive=args.recursive)
-    except (FileNotFoundError, NotADirectoryError) as error:
+    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
         print(f'portraitisr restore: {error}', file=sys.stderr)
         return 2
 

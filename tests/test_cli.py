@@ -84,6 +84,14 @@ def test_restore_folder_keeps_modes_reports_corrupt_file(tiny_checkpoint, tmp_pa
     assert {name: (out / name).stat().st_mtime_ns for name in before} == before
 
 
+def test_inputs_that_would_share_an_output_are_refused(tmp_path):
+    for folder in ('a', 'b'):
+        write_image(tmp_path / folder / 'same.png', _smooth(8, 8, 0))
+    with pytest.raises(ValueError, match='same.png'):
+        cli.collect_inputs([str(tmp_path / 'a'), str(tmp_path / 'b')])
+    assert len(cli.collect_inputs([str(tmp_path / 'a'), str(tmp_path / 'a' / 'same.png')])) == 2  # same file
+
+
 def test_missing_zoo_weights_fail_at_once_naming_files(weight_env, tmp_path, capsys):
     status = cli.main(['restore', 'x.jpg', '--model', 'headsup_sd21', '-o', str(tmp_path / 'out')])
     err = capsys.readouterr().err

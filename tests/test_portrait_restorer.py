@@ -199,3 +199,27 @@ def test_from_zoo_passes_the_checkpoint_through_the_config(restorer, tmp_path, m
     built = PortraitRestorer.from_zoo('tiny', device='cpu')
     params = dict(built.model._backbone.named_parameters())
     assert all(torch.equal(params[k], v) for k, v in trained.items())
+
+
+def test_training_parts_are_left_out_and_their_checkpoint_tensors_ignored(tmp_path):
+    """Restoring builds no losses, regulariser or discriminator; a full training checkpoint still loads, and the
+    result equals that of the model built with them."""
+    from mmengine.config import Config
+
+    from portraitisr.apis.portrait_restorer import TRAINING_ONLY_PARTS
+    from portraitisr.engine.hooks.trainable_checkpoint_hook import trainable_names
+    from portraitisr.registry import MODELS
+
+    full = MODELS.build(Config.fromfile(str(TINY_HEADSUP)).model)
+    names = trainable_names(full)
+    state = {n: t + 0.05 if t.is_floating_point() else t for n, t in full.state_dict().items() if n in names}
+    assert any(n.startswith(('discriminator.', 'regularizer.')) for n in state)  # what training saves
+    path = tmp_path / 'iter_2.pth'
+    torch.save({'meta': {'trainable_only': True}, 'state_dict': state}, path)
+
+    lean = PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu')
+    assert not [n for n, _ in lean.model.named_parameters() if n.split('.', 1)[0] in TRAINING_ONLY_PARTS]
+    kept = PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu', keep_training_parts=True)
+    assert any(n.startswith('discriminator.') for n, _ in kept.model.named_parameters())
+    lq = torch.from_numpy(_photo(16, 16)).permute(2, 0, 1)[None]
+    torch.testing.assert_close(lean.restore_tensor(lq), kept.restore_tensor(lq))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -51,11 +51,25 @@ def _is_gray(rgb: np.ndarray) -> bool:
     return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
 
 
-def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike) -> None:
+#: Parts of a model config that only training uses (losses, the VSD regulariser, the face discriminator and the
+#: identity network behind the identity loss): :class:`PortraitRestorer` builds models without them, so restoring
+#: needs neither their weights (LPIPS-VGG, the recogniser) nor their memory.
+TRAINING_ONLY_PARTS = ('regularizer', 'lpips_loss', 'face_fidelity_loss', 'identity_loss', 'identity_aligner',
+                       'discriminator', 'adversarial_loss', 'perceptual_loss')
+
+
+def without_training_parts(model_cfg: dict) -> Tuple[dict, Tuple[str, ...]]:
+    """``(model config with the training-only parts set to None, the names of the parts dropped)``."""
+    dropped = tuple(key for key in TRAINING_ONLY_PARTS if model_cfg.get(key) is not None)
+    return dict(model_cfg, **{key: None for key in dropped}), dropped
+
+
+def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike, dropped_parts: Sequence[str] = ()) -> None:
     """Load a training checkpoint of this library (trainable tensors only, or a full state dict) strictly.
 
     Frozen pretrained parts (SD, face networks) come from the config; every trainable tensor of the model must be
-    in the checkpoint and nothing else may be, so a checkpoint of another config fails loudly.
+    in the checkpoint and nothing else may be, so a checkpoint of another config fails loudly. Tensors of
+    ``dropped_parts`` (training-only modules the model was built without, e.g. ``discriminator``) are ignored.
     """
     from portraitisr.apis.weight_resolver import load_state_dict
     from portraitisr.engine.hooks.trainable_checkpoint_hook import trainable_names
@@ -63,6 +77,7 @@ def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike) -> None:
     loaded = load_state_dict(checkpoint)
     state = loaded.get('state_dict', loaded)
     state = {key.replace('.module.', '.').removeprefix('module.'): value for key, value in state.items()}
+    state = {key: value for key, value in state.items() if key.split('.', 1)[0] not in dropped_parts}
     own = {key for key, _ in model.named_parameters()} | {key for key, _ in model.named_buffers()}
     unexpected = sorted(set(state) - own)
     missing = sorted(trainable_names(model) - set(state))
@@ -90,13 +105,16 @@ class PortraitRestorer:
         precision: for one-step models, ``'auto'`` (a merged-LoRA copy in bf16 on CUDA, merged float32 on the
             CPU, where bf16 is slower without AMX), ``'bf16'``, ``'fp32'`` (merged float32) or ``'unmerged'``
             (the training path: LoRA layers kept, float32). See ``OneStepRestorer.enable_fast_inference``.
+        keep_training_parts: build the losses, regulariser and discriminator too (default: built without them,
+            see :data:`TRAINING_ONLY_PARTS`; a training checkpoint's tensors of those parts are then ignored).
 
     Use :meth:`from_zoo` for a model-zoo name.
     """
 
     def __init__(self, config, checkpoint: Optional[PathLike] = None, device: Optional[str] = None,
                  scale: Optional[int] = None, tile: Optional[int] = None,
-                 cfg_options: Optional[dict] = None, precision: str = 'auto') -> None:
+                 cfg_options: Optional[dict] = None, precision: str = 'auto',
+                 keep_training_parts: bool = False) -> None:
         from mmengine.config import Config
         from mmengine.registry import init_default_scope
 
@@ -107,9 +125,10 @@ class PortraitRestorer:
             cfg.merge_from_dict(cfg_options)
         init_default_scope(cfg.get('default_scope', 'portraitisr'))
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-        model = MODELS.build(cfg.model)
+        model_cfg, dropped = (dict(cfg.model), ()) if keep_training_parts else without_training_parts(cfg.model)
+        model = MODELS.build(model_cfg)
         if checkpoint is not None:
-            _load_model_weights(model, checkpoint)
+            _load_model_weights(model, checkpoint, dropped)
         self.model = model.to(self.device).eval()
         # Blending baselines upscale themselves (their ``upscale``); one-step models restore at the output size.
         self.upsamples_itself = hasattr(self.model, 'general_sr')

@@ -114,6 +114,22 @@ def test_offline_check_names_missing_files_and_the_command(weight_env, file_serv
     assert file_server.requests == []  # checking never downloads
 
 
+def test_training_only_weights_are_needed_only_to_train(weight_env, file_server):
+    """An unreleased model's training needs (HeadsUp's recogniser) are checked when there is no checkpoint (the
+    user must train) and left out when a trained checkpoint is brought; download fetches both."""
+    zoo = _zoo(file_server, {'base.pth': (b'base', None), 'recogniser.pth': (b'rec', None)})
+    zoo.models['tiny'] = dataclasses.replace(zoo.models['tiny'], released=False, how_to_get='train it',
+                                             requires=('base', ), train_requires=('recogniser', ))
+    with pytest.raises(WeightsNotFoundError, match='recogniser.pth'):
+        model_zoo.check_available('tiny', zoo)
+    with pytest.raises(WeightsNotFoundError) as info:
+        model_zoo.check_available('tiny', zoo, need_checkpoint=False)
+    assert 'base.pth' in str(info.value) and 'recogniser.pth' not in str(info.value)
+    with pytest.warns(UserWarning):  # no sha256 in this index
+        assert set(model_zoo.download('tiny', zoo, progress=False)) == {'base', 'recogniser'}
+    assert set(model_zoo.check_available('tiny', zoo, need_checkpoint=False)) == {'base'}
+
+
 def test_download_resumes_partial_file_and_verifies(weight_env, file_server):
     data = _payload(200_000, 1)
     zoo = _zoo(file_server, {'a.pth': (data, hashlib.sha256(data).hexdigest())})

@@ -7,7 +7,8 @@ The index (``portraitisr/model_zoo/index.json``, shipped as package data) has tw
   ``required`` files);
 * ``models``: one entry per runnable config (``config`` relative to the repository, ``checkpoint`` naming a
   weights entry or null, ``checkpoint_option`` the config key that takes it, ``released``, ``requires`` the
-  weights entries the config loads, ``licence``, ``paper`` numbers with the table they come from).
+  weights entries restoring with the config loads, ``train_requires`` those only training adds (e.g. the
+  recogniser behind HeadsUp's identity loss), ``licence``, ``paper`` numbers with the table they come from).
 
 Every download goes through :mod:`portraitisr.apis.weight_resolver` (resume, sha256 check, atomic rename, lock),
 and nothing here touches the network unless :func:`download` is called. :func:`check_available` turns missing
@@ -72,6 +73,7 @@ class ModelEntry:
     checkpoint_option: Optional[str] = None
     how_to_get: Optional[str] = None
     paper: Optional[dict] = field(default=None, compare=False)
+    train_requires: tuple = ()
 
 
 def _fail(where: str, problem: str) -> ValueError:
@@ -116,7 +118,9 @@ def _model_entry(name: str, raw: dict, weights: dict[str, WeightsEntry]) -> Mode
     if not isinstance(raw.get('released'), bool):
         raise _fail(where, 'needs released: true/false')
     requires = tuple(raw.get('requires', ()))
-    unknown = [w for w in requires + ((raw['checkpoint'],) if raw.get('checkpoint') else ()) if w not in weights]
+    train_requires = tuple(raw.get('train_requires', ()))
+    unknown = [w for w in requires + train_requires + ((raw['checkpoint'],) if raw.get('checkpoint') else ())
+               if w not in weights]
     if unknown:
         raise _fail(where, f'names weights that are not in the index: {unknown}')
     if raw.get('checkpoint') and not raw.get('checkpoint_option'):
@@ -128,7 +132,7 @@ def _model_entry(name: str, raw: dict, weights: dict[str, WeightsEntry]) -> Mode
         raise _fail(where, 'paper numbers need a source (paper and table)')
     return ModelEntry(name, raw['description'], raw['config'], raw['licence'], raw['released'], requires,
                       checkpoint=raw.get('checkpoint'), checkpoint_option=raw.get('checkpoint_option'),
-                      how_to_get=raw.get('how_to_get'), paper=paper)
+                      how_to_get=raw.get('how_to_get'), paper=paper, train_requires=train_requires)
 
 
 @dataclass
@@ -179,8 +183,9 @@ def config_path(entry: ModelEntry) -> Path:
                             f'{REPO_ROOT}; run from a portraitisr checkout or pass --config')
 
 
-def _weight_names(entry: ModelEntry) -> list[str]:
-    names = list(entry.requires)
+def _weight_names(entry: ModelEntry, training: bool = False) -> list[str]:
+    """The weights entries to restore with ``entry`` (``training``: also those to train it)."""
+    names = list(entry.requires) + [w for w in entry.train_requires if training and w not in entry.requires]
     if entry.checkpoint and entry.checkpoint not in names:
         names.append(entry.checkpoint)
     return names
@@ -198,7 +203,8 @@ def _locate(weights: WeightsEntry, allow_download: bool, progress: bool = True) 
 def check_available(name: str, zoo: Optional[ModelZoo] = None, need_checkpoint: bool = True) -> dict[str, Path]:
     """Local paths of every weights entry model ``name`` needs, without touching the network.
 
-    ``need_checkpoint=False`` accepts an unreleased model (the caller brings its own trained checkpoint).
+    ``need_checkpoint=False`` accepts an unreleased model (the caller brings its own trained checkpoint). For an
+    unreleased model without a checkpoint, what training needs is checked too (training is the way to get it).
 
     Raises:
         WeightsNotFoundError: one message naming every missing file, where it was looked for, and how to get
@@ -208,7 +214,7 @@ def check_available(name: str, zoo: Optional[ModelZoo] = None, need_checkpoint: 
     entry = get_model(name, zoo)
     found: dict[str, Path] = {}
     missing: list[str] = []
-    for weight_name in _weight_names(entry):
+    for weight_name in _weight_names(entry, training=not entry.released and need_checkpoint):
         weights = zoo.weights[weight_name]
         try:
             found[weight_name] = _locate(weights, allow_download=False)
@@ -232,7 +238,8 @@ def check_available(name: str, zoo: Optional[ModelZoo] = None, need_checkpoint: 
 
 
 def download(name: str, zoo: Optional[ModelZoo] = None, progress: bool = True) -> dict[str, Path]:
-    """Download what model ``name`` (or the single weights entry ``name``) needs; existing files are kept.
+    """Download what model ``name`` needs to restore and to train (or the single weights entry ``name``);
+    existing files are kept.
 
     Files go to ``$PORTRAITISR_HOME`` through :func:`~portraitisr.apis.weight_resolver.download_file`
     (partial files resume, sha256 is checked where the index has one, the rename is atomic); SD folders go to
@@ -242,7 +249,7 @@ def download(name: str, zoo: Optional[ModelZoo] = None, progress: bool = True) -
     if name in zoo.weights:
         names = [name]
     else:
-        names = _weight_names(get_model(name, zoo))
+        names = _weight_names(get_model(name, zoo), training=True)
     return {weight_name: _locate(zoo.weights[weight_name], allow_download=True, progress=progress)
             for weight_name in names}
 

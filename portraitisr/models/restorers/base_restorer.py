@@ -1,5 +1,6 @@
 """The interface that blending baselines combine: an image goes in, a restored image comes out."""
 from abc import ABCMeta, abstractmethod
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,14 @@ class BaseImageRestorer(nn.Module, metaclass=ABCMeta):
 
     def train(self, mode: bool = True) -> 'BaseImageRestorer':
         return super().train(False)
+
+    def _finish_init(self, pretrained: bool, weights: Any, what: str = 'weights') -> None:
+        """End of a subclass ``__init__``: refuse ``weights`` given with ``pretrained=False`` (one of the two is a
+        mistake), then freeze the restorer in eval mode."""
+        if not pretrained and weights is not None:
+            raise ValueError(f'{what} given with pretrained=False; drop one of them')
+        self.requires_grad_(False)
+        super().train(False)
 
     @abstractmethod
     def restore(self, image: Tensor) -> Tensor:

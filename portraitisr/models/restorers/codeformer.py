@@ -334,10 +334,7 @@ class CodeFormerRestorer(BaseImageRestorer):
         self.weights_path: Optional[str] = None
         if pretrained:
             self.weights_path = load_restorer_weights(self.net, CODEFORMER_WEIGHTS if weights is None else weights)
-        elif weights is not None:
-            raise ValueError('weights were given with pretrained=False; drop one of them')
-        self.requires_grad_(False)
-        super().train(False)
+        self._finish_init(pretrained, weights)
 
     def restore(self, image: Tensor) -> Tensor:
         """``B x 3 x S x S`` RGB in [0, 1] -> ``B x 3 x S x S`` RGB, about [0, 1] (``S = face_size``)."""

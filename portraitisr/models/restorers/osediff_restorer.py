@@ -85,10 +85,7 @@ class OSEDiffRestorer(BaseImageRestorer):
                 self.checkpoint_path = str(resolve_file(checkpoint))
                 checkpoint = self.checkpoint_path
             load_osediff_checkpoint(self.model._backbone, checkpoint)
-        elif checkpoint is not None:
-            raise ValueError('checkpoint was given with pretrained=False; drop one of them')
-        self.requires_grad_(False)
-        super().train(False)
+        self._finish_init(pretrained, checkpoint, 'checkpoint')
         if latent_tiling is not None:
             self.model.set_tiling(dict(latent_tiling))
         self.inference_dtype = inference_dtype

@@ -38,10 +38,7 @@ class PortraitSRRestorer(BaseImageRestorer):
             from portraitisr.models.identity.base_extractor import load_extractor_weights
             self.weights_path = load_extractor_weights(self.net, weights,
                                                        prefixes=('generator.', 'generator.module.', 'module.'))
-        elif weights is not None:
-            raise ValueError('weights were given with pretrained=False; drop one of them')
-        self.requires_grad_(False)
-        super().train(False)
+        self._finish_init(pretrained, weights)
 
     def restore(self, image: Tensor) -> Tensor:
         """``B x 3 x S x S`` RGB in [0, 1] -> ``B x 3 x S x S`` RGB, about [0, 1]."""

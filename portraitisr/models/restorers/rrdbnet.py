@@ -183,10 +183,7 @@ class RealESRGANRestorer(BaseImageRestorer):
                                      'pretrained=False')
                 weights = REALESRGAN_WEIGHTS[self.scale]
             self.weights_path = load_restorer_weights(self.net, weights)
-        elif weights is not None:
-            raise ValueError('weights were given with pretrained=False; drop one of them')
-        self.requires_grad_(False)
-        super().train(False)
+        self._finish_init(pretrained, weights)
 
     def restore(self, image: Tensor) -> Tensor:
         """``B x 3 x H x W`` RGB in [0, 1] -> ``B x 3 x (scale*H) x (scale*W)`` RGB (unclamped)."""

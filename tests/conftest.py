@@ -45,3 +45,15 @@ def tiny_cfg():
 def tiny_text_encoder(tiny_cfg):
     from portraitisr.registry import TEXT_ENCODERS
     return TEXT_ENCODERS.build(tiny_cfg.tiny_text_encoder)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Many small CPU ops (NIQE's block statistics, Inception forwards on tiny images): on a shared 2-core machine
+    extra threads only contend (NIQE over 40 images: 6 s with one thread vs 30 s with two)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

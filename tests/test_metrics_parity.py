@@ -75,16 +75,7 @@ def test_ssim_matches_osediff_log(dataset):
         assert float(ssim(sr, hr)) == pytest.approx(float(row['ssim']), abs=1e-4), row['image']
 
 
-@pytest.fixture
-def one_thread():
-    """Small float64 ops: threads only contend on a shared 2-core machine (NIQE over 40 images: 6 s vs 30 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_niqe_matches_osediff_log_per_image(one_thread):
+def test_niqe_matches_osediff_log_per_image(one_torch_thread):
     """pyiqa's NIQE with basicsr's pristine model and the GPU's float32 Y: every image within 2e-3 of OSEDiff's log.
 
     Measured: max 4.0e-4 (drealsr DSC_0988), median 5e-6. pyiqa's own computation on the CPU misses 7 of the 40

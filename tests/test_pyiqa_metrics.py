@@ -133,15 +133,6 @@ def test_dists_rejects_a_wrong_checkpoint(empty_caches):
 
 
 @pytest.fixture
-def one_torch_thread():
-    """On this shared 2-core machine, Inception forwards take ~2 s with 2 threads and ~0.15 s with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def random_inception(empty_caches):
     """pyiqa's FID Inception with its default (random) initialisation, saved in the checkpoint's layout."""
     import pyiqa.archs.inception as inception_module

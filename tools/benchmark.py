@@ -28,9 +28,12 @@ diffusers SD folder and an ``osediff.pkl``; this script then re-runs itself (``-
 ``--reference-python``, an environment with OSEDiff's pinned requirements (diffusers 0.25, peft 0.9: its
 ``models/unet_2d_condition.py`` does not import with current diffusers, and its ``OSEDiff_test`` needs CUDA), which
 imports ``OSEDiff_test`` from the checkout at run time (nothing of it is copied here), times it in fp32 and fp16 with
-merged LoRA (its timing setup), and compares its fp32 output with ours on the same input and posterior noise.
+merged LoRA (its timing setup), and compares its fp32 output with ours on the same input and posterior noise. On a
+machine without a GPU its ``'cuda'`` placements are redirected to the CPU (:class:`CudaCallsOnCpu`), which checks
+the output match with ``--tiny``; CPU timings of its fp16 path mean nothing.
 """
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -43,6 +46,7 @@ from typing import Callable, List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -212,6 +216,35 @@ def bench_train_step(args, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------- cswry/OSEDiff reference
+def write_sd_text_encoder_folder(text_model, folder: str) -> None:
+    """A ``CLIPTextModel`` saved with the hub's ``text_model.``-prefixed keys: transformers 5 saves them without
+    the prefix, which OSEDiff's pinned transformers 4.28 silently replaces with random weights."""
+    from safetensors.torch import save_file
+
+    text_model.config.save_pretrained(folder)
+    state = {(k if k.startswith('text_model.') else f'text_model.{k}'): v.contiguous()
+             for k, v in text_model.state_dict().items()}
+    save_file(state, os.path.join(folder, 'model.safetensors'), metadata={'format': 'pt'})
+
+
+def write_sd_tokenizer_folder(folder: str) -> None:
+    """SD 2.1's ``tokenizer/`` folder in the layout its hub copy has (``vocab.json``, ``merges.txt`` and the
+    slow-tokenizer config: pad with "!", 77 tokens), which every transformers version reads. The
+    ``tokenizer.json`` that current transformers saves does not load in OSEDiff's pinned tokenizers 0.13."""
+    import shutil
+
+    from portraitisr.models.text_encoders import bundled_clip_tokenizer_dir
+
+    os.makedirs(folder, exist_ok=True)
+    for name in ('vocab.json', 'merges.txt'):
+        shutil.copyfile(os.path.join(bundled_clip_tokenizer_dir(), name), os.path.join(folder, name))
+    config = dict(tokenizer_class='CLIPTokenizer', model_max_length=77, do_lower_case=True, errors='replace',
+                  add_prefix_space=False, bos_token='<|startoftext|>', eos_token='<|endoftext|>',
+                  unk_token='<|endoftext|>', pad_token='!')
+    with open(os.path.join(folder, 'tokenizer_config.json'), 'w', encoding='utf-8') as f:
+        json.dump(config, f, indent=2)
+
+
 def bench_reference(args, device: torch.device) -> List[dict]:
     """Time cswry/OSEDiff's ``OSEDiff_test`` (run by ``--reference-python``) against ours on the same weights."""
     from portraitisr.models.backbones.osediff_checkpoint import export_osediff_checkpoint
@@ -229,8 +262,8 @@ def bench_reference(args, device: torch.device) -> List[dict]:
             plain.unload_lora()
             plain.save_pretrained(os.path.join(sd_dir, name))
         backbone.scheduler.save_pretrained(os.path.join(sd_dir, 'scheduler'))
-        model.text_encoder.text_model.save_pretrained(os.path.join(sd_dir, 'text_encoder'))
-        model.text_encoder.tokenizer.save_pretrained(os.path.join(sd_dir, 'tokenizer'))
+        write_sd_text_encoder_folder(model.text_encoder.text_model, os.path.join(sd_dir, 'text_encoder'))
+        write_sd_tokenizer_folder(os.path.join(sd_dir, 'tokenizer'))
         torch.save(export_osediff_checkpoint(backbone), os.path.join(work, 'osediff.pkl'))
         torch.manual_seed(1)
         lq = torch.rand(1, 3, size, size)
@@ -240,7 +273,7 @@ def bench_reference(args, device: torch.device) -> List[dict]:
             out_file = os.path.join(work, f'reference_{precision}.pt')
             cmd = [args.reference_python, os.path.abspath(__file__), '--reference-worker', args.osediff_reference,
                    '--work', work, '--precision', precision, '--warmup', str(args.warmup), '--repeats',
-                   str(args.repeats), '--out', out_file]
+                   str(args.repeats), '--out', out_file, '--reference-device', device.type]
             subprocess.run(cmd, check=True, cwd=args.osediff_reference)
             ref = torch.load(out_file, weights_only=True)
             rows.append(dict(path=f'cswry/OSEDiff {precision} (merged)', size=size, tiled=False,
@@ -260,28 +293,53 @@ def bench_reference(args, device: torch.device) -> List[dict]:
     return rows
 
 
+class CudaCallsOnCpu(TorchFunctionMode):
+    """Runs code written for CUDA (``.cuda()``, ``device='cuda'``, ``.to('cuda')``) on the CPU.
+
+    cswry/OSEDiff's ``OSEDiff_test`` places everything on ``'cuda'``; under this mode it runs on a machine without
+    a GPU, which checks the comparison (weights, input, noise, output) there. Its CPU timings are not the
+    comparison the benchmark is for.
+    """
+
+    @staticmethod
+    def _cpu(value):
+        if isinstance(value, str) and (value == 'cuda' or value.startswith('cuda:')):
+            return 'cpu'
+        if isinstance(value, torch.device) and value.type == 'cuda':
+            return torch.device('cpu')
+        return value
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.cuda:
+            return args[0]
+        args = tuple(self._cpu(a) for a in args)
+        kwargs = {k: self._cpu(v) for k, v in (kwargs or {}).items()}
+        return func(*args, **kwargs)
+
+
 def reference_worker(args) -> None:
     """Runs inside OSEDiff's environment, with its checkout as the working directory: imports nothing of ours."""
     sys.path.insert(0, args.reference_worker)
     from osediff import OSEDiff_test  # noqa: E402  (cswry/OSEDiff, imported at run time, not copied)
 
-    options = argparse.Namespace(
-        pretrained_model_name_or_path=os.path.join(args.work, 'sd'), osediff_path=os.path.join(args.work,
-                                                                                                'osediff.pkl'),
-        lora_rank=4, merge_and_unload_lora=True, mixed_precision=args.precision,
-        # OSEDiff test_osediff.py defaults; nothing is tiled at the benchmark sizes
-        vae_encoder_tiled_size=1024, vae_decoder_tiled_size=224, latent_tiled_size=96, latent_tiled_overlap=32)
-    net = OSEDiff_test(options)
-    lq = torch.load(os.path.join(args.work, 'lq.pt')).cuda() * 2 - 1
-    prompt = PROMPT  # as our FixedPrompter
-    device = torch.device('cuda')
+    device = torch.device(args.reference_device)
+    with CudaCallsOnCpu() if device.type == 'cpu' else contextlib.nullcontext():
+        options = argparse.Namespace(
+            pretrained_model_name_or_path=os.path.join(args.work, 'sd'),
+            osediff_path=os.path.join(args.work, 'osediff.pkl'), lora_rank=4, merge_and_unload_lora=True,
+            mixed_precision=args.precision,
+            # OSEDiff test_osediff.py defaults; nothing is tiled at the benchmark sizes
+            vae_encoder_tiled_size=1024, vae_decoder_tiled_size=224, latent_tiled_size=96, latent_tiled_overlap=32)
+        net = OSEDiff_test(options)
+        lq = torch.load(os.path.join(args.work, 'lq.pt')).to(device) * 2 - 1
+        prompt = PROMPT  # as our FixedPrompter
 
-    def run():
-        torch.manual_seed(0)
-        return net(lq, prompt)
-    result = measure(run, device, args.warmup, args.repeats)
-    with torch.no_grad():
-        image = run().float().cpu()
+        def run():
+            torch.manual_seed(0)
+            return net(lq, prompt)
+        result = measure(run, device, args.warmup, args.repeats)
+        with torch.no_grad():
+            image = run().float().cpu()
     torch.save(dict(image=image, **result), args.out)
 
 
@@ -306,11 +364,11 @@ def ratios(rows: List[dict]) -> List[str]:
             if row['path'] == 'unmerged fp32' and row['size'] == fast['size']:
                 out.append(f"speed-up {fast['path']} / unmerged fp32 at {row['size']}: "
                            f"{row['seconds'] / fast['seconds']:.2f}x")
-    reference = [r for r in rows if r['path'].startswith('cswry/OSEDiff fp16')]
     ours = [r for r in rows if 'same input' in r['path']]
-    if reference and ours:
-        out.append(f"speed-up ours / cswry/OSEDiff fp16 at {ours[0]['size']}: "
-                   f"{reference[0]['seconds'] / ours[0]['seconds']:.2f}x")
+    for reference in (r for r in rows if r['path'].startswith('cswry/OSEDiff')):
+        if ours:  # its fp16 is its fast path on a GPU; on a CPU fp16 is slow and fp32 is the fair comparison
+            out.append(f"speed-up {ours[0]['path'].replace(', same input', '')} / {reference['path']} at "
+                       f"{ours[0]['size']}: {reference['seconds'] / ours[0]['seconds']:.2f}x")
     out += [f"cswry/OSEDiff fp32 vs ours merged fp32: {r['match']}" for r in rows if 'match' in r]
     return out
 
@@ -344,6 +402,7 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument('--work', help=argparse.SUPPRESS)
     parser.add_argument('--precision', help=argparse.SUPPRESS)
     parser.add_argument('--out', help=argparse.SUPPRESS)
+    parser.add_argument('--reference-device', default='cuda', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.dtypes is None:
         args.dtypes = ['bfloat16'] if args.device.startswith('cuda') else ['float32', 'bfloat16']

@@ -26,7 +26,7 @@ included; on CPU it is not measured.
 With ``--osediff-reference DIR`` (a checkout of cswry/OSEDiff) the same random weights are written as a
 diffusers SD folder and an ``osediff.pkl``; this script then re-runs itself (``--reference-worker``) with
 ``--reference-python``, an environment with OSEDiff's pinned requirements (diffusers 0.25, peft 0.9: its
-``models/unet_2d_condition.py`` does not import with current diffusers, and its ``OSEDiff_test`` needs CUDA), which
+``models/unet_2d_condition.py`` does not import with current diffusers), which
 imports ``OSEDiff_test`` from the checkout at run time (nothing of it is copied here), times it in fp32 and fp16 with
 merged LoRA (its timing setup), and compares its fp32 output with ours on the same input and posterior noise. On a
 machine without a GPU its ``'cuda'`` placements are redirected to the CPU (:class:`CudaCallsOnCpu`), which checks

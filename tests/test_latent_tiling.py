@@ -3,11 +3,13 @@
 The tiny random SD used here is a hard case for tiling: its GroupNorm statistics and self-attention are global and
 untrained, and the one-step update amplifies any change of the UNet's ``eps`` by ``beta / alpha = 14.6``
 (shared/reference/osediff.md, section 1). Tolerances, on [0, 1] images of the astronaut at 256 x 256 with tiles of
-3/4 of the image: mean |tiled - untiled| <= 0.08 (measured 0.047 with all three stages tiled); seam score on the
+3/4 of the image: mean |tiled - untiled| <= 0.08 (measured 0.043 with all three stages tiled); seam score on the
 tile borders at most 0.5 8-bit levels/pixel above the untiled image's on the same lines (a hard 8-level step along
-two such lines of the photo adds 0.66, see ``test_tile_seam_score_sees_a_tile_seam``; measured: tiled -0.08,
+two such lines of the photo adds 0.66, see ``test_tile_seam_score_sees_a_tile_seam``; measured: tiled 0.08,
 untiled 0.34).
 """
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -58,9 +60,11 @@ def test_tile_seam_score_sees_a_tile_seam(photo):
 
 
 def test_each_tiled_stage_is_close_and_closer_than_diffusers_tiling(osediff, photo):
-    """Per stage, relative mean error vs untiled (random tiny VAE/UNet: per-tile GroupNorm and attention differ a
-    lot; measured 0.20 encode, 0.32 decode, 0.16 UNet) and, at the same tile and overlap, below diffusers'
-    ``enable_tiling`` (measured 0.32 encode, 0.38 decode): the reason ``latent_tiling`` has its own tiler."""
+    """Per stage, relative mean error vs untiled (random tiny VAE/UNet: tile-local GroupNorm and attention differ a
+    lot; measured 0.23 encode with pooled GroupNorm statistics, 0.20 per tile, 0.32 decode, 0.16 UNet) and, at the
+    same tile and overlap, below diffusers' ``enable_tiling`` (measured 0.32 encode, 0.38 decode): the reason
+    ``latent_tiling`` has its own tiler. The random VAE says little about pooling, which
+    tools/experiments/tiled_group_norm.py measures on trained tiny VAEs."""
     vae, unet = osediff.backbone.vae, osediff.backbone.unet
     x = photo * 2 - 1
     relative = lambda a, b: ((a - b).abs().mean() / b.abs().mean()).item()  # noqa: E731
@@ -120,7 +124,10 @@ def test_headsup_with_reference_works_tiled(photo):
     try:
         untiled = _restore(model, photo, ref=ref, face_landmarks=landmarks)
         without_ref = _restore(model, photo)
-        model.set_tiling(TILING)
+        # per-tile encoder statistics: this test is about the reference and mask channels staying aligned. On this
+        # random VAE pooled statistics move the tiled output 0.13 from the untiled one; pooling is judged on
+        # trained tiny VAEs instead (tools/experiments/tiled_group_norm.py), where it brings the encoder closer.
+        model.set_tiling(dataclasses.replace(TILING, encode_group_norm_passes=0))
         tiled = _restore(model, photo, ref=ref, face_landmarks=landmarks)
         tiled_without_ref = _restore(model, photo)
     finally:

@@ -239,7 +239,7 @@ class OneStepSD(nn.Module):
 
             t = self.tiling
             moments = tiled_vae_encode(self.vae, images, t.encode_tile, t.encode_overlap,
-                                       t.margin(t.encode_overlap))
+                                       t.margin(t.encode_overlap), t.encode_group_norm_passes)
             posterior = DiagonalGaussianDistribution(moments)
         else:
             posterior = self.vae.encode(images).latent_dist
@@ -251,7 +251,8 @@ class OneStepSD(nn.Module):
         latents = self._memory_format(latents / self.scaling_factor)
         if self.tiling is not None:
             t = self.tiling
-            images = tiled_vae_decode(self.vae, latents, t.decode_tile, t.decode_overlap, t.margin(t.decode_overlap))
+            images = tiled_vae_decode(self.vae, latents, t.decode_tile, t.decode_overlap, t.margin(t.decode_overlap),
+                                      t.decode_group_norm_passes)
         else:
             images = self.vae.decode(latents).sample
         return (images.float().clamp(-1, 1) + 1) / 2

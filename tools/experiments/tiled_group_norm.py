@@ -8,13 +8,14 @@ skimage photos and measures on a held-out one (the astronaut) at ``--size``, wit
 
     python tools/experiments/tiled_group_norm.py --steps 2500
 
-Rows: the recording passes of ``LatentTiling.{encode,decode}_group_norm_passes`` (0 = per tile), and the exact
-statistics of the untiled image applied to the tiles (the best any pooling can do). Errors are mean |tiled -
-untiled| / mean |untiled| of the posterior mean (encode) and of the decoded image (decode).
+Rows: the modes of ``LatentTiling.{encode,decode}_group_norm`` ('exact', 'tile'), and the statistics of the
+untiled image applied to the tiles (the best any pooling can do). Errors are mean |tiled - untiled| / mean
+|untiled| of the posterior mean (encode) and of the decoded image (decode); times are one call on this CPU.
 """
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 import torch
@@ -53,8 +54,8 @@ def train_tiny_vae(steps: int, seed: int):
 def main() -> None:
     from skimage import data
 
-    from portraitisr.models.backbones.latent_tiling import tiled_vae_decode, tiled_vae_encode
-    from portraitisr.models.backbones.tiled_group_norm import GroupNormStatistics, record_tiles
+    from portraitisr.models.backbones.latent_tiling import GROUP_NORM_MODES, tiled_vae_decode, tiled_vae_encode
+    from portraitisr.models.backbones.tiled_group_norm import GroupNormStatistics
     from portraitisr.models.restorers.tiling import tiled_forward
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -74,7 +75,10 @@ def main() -> None:
 
     def exact_statistics(module, run, source):
         stats = GroupNormStatistics(module)
-        record_tiles(stats, run, source, source.shape[-2], source.shape[-1], [0], [0], 1)  # one whole "tile"
+        height, width = source.shape[-2:]
+        with stats.recording((0, height, 0, width), (height, width)):  # the whole image as one tile
+            run(source)
+        stats.pool()
         return stats
 
     def decoder(z):
@@ -88,22 +92,27 @@ def main() -> None:
         z = vae.encode(x).latent_dist.mean
         decoded = vae.decode(z).sample
         psnr = -10 * torch.log10(((decoded.clamp(-1, 1) - x) / 2).square().mean()).item()
-        for passes in (0, 1, 2, 3):
-            encoded = tiled_vae_encode(vae, x, encode_tile, encode_overlap, group_norm_passes=passes)[:, :4]
-            tiled = tiled_vae_decode(vae, z, decode_tile, decode_overlap, group_norm_passes=passes)
-            rows.append((f'{passes} pass{"es" if passes != 1 else ""}' if passes else 'per tile (0)',
-                         relative(encoded, z), relative(tiled, decoded)))
+        for mode in GROUP_NORM_MODES:
+            start = time.perf_counter()
+            encoded = tiled_vae_encode(vae, x, encode_tile, encode_overlap, group_norm=mode)[:, :4]
+            encode_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            tiled = tiled_vae_decode(vae, z, decode_tile, decode_overlap, group_norm=mode)
+            decode_seconds = time.perf_counter() - start
+            rows.append((repr(mode), relative(encoded, z), relative(tiled, decoded), encode_seconds, decode_seconds))
         with exact_statistics(vae.encoder, encoder, x).applied():
-            encoded = tiled_vae_encode(vae, x, encode_tile, encode_overlap, group_norm_passes=0)[:, :4]
+            encoded = tiled_vae_encode(vae, x, encode_tile, encode_overlap, group_norm='tile')[:, :4]
         with exact_statistics(vae.decoder, decoder, z).applied():
             tiled = tiled_forward(decoder, z, 8, decode_tile, decode_overlap, progress=False)
-        rows.append(('exact untiled statistics', relative(encoded, z), relative(tiled, decoded)))
+        rows.append(('untiled statistics applied to the tiles (the limit)', relative(encoded, z),
+                     relative(tiled, decoded), None, None))
     print(f'tiny VAE after {args.steps} steps: reconstruction PSNR {psnr:.2f} dB on the held-out astronaut '
           f'({args.size}^2)')
-    print('| GroupNorm statistics | encode error | decode error |\n|---|---|---|')
-    for name, encode_error, decode_error in rows:
-        print(f'| {name} | {encode_error:.4f} | {decode_error:.4f} |')
-
+    print('| GroupNorm statistics | encode error | decode error | encode time (s) | decode time (s) |\n'
+          '|---|---|---|---|---|')
+    for name, encode_error, decode_error, encode_seconds, decode_seconds in rows:
+        times = f'{encode_seconds:.3f} | {decode_seconds:.3f}' if encode_seconds is not None else 'n/a | n/a'
+        print(f'| {name} | {encode_error:.4f} | {decode_error:.4f} | {times} |')
 
 if __name__ == '__main__':
     main()

@@ -16,22 +16,25 @@ Why not diffusers' ``AutoencoderKL.enable_tiling``: it lays tiles on a fixed str
 can be slivers (a 4096 image with its 768-pixel SD 2.1 tiles ends in a 64-pixel tile) whose GroupNorm statistics
 come from a few pixels and shift the tone there; and it blends from the very tile edge, where the convolutions saw
 zero padding. :func:`tile_starts` keeps every tile full-size (the last one flush with the border) and the margin
-drops the padded edge. The encoder's GroupNorm statistics are pooled over the whole image by one recording pass
-(:mod:`.tiled_group_norm`); the decoder's stay per tile by default (see :class:`LatentTiling`), and the blend hides
-what remains (measured by :func:`tile_seam_score` in ``tests/test_latent_tiling.py``). OSEDiff's own defaults
-(encoder tile 1024 px, latent tile 96 with overlap 32; reference section 1, "Tiling") set the sizes below.
+drops the padded edge. On a GPU the VAE's tiles run stage by stage by default, so that every GroupNorm normalises
+with the whole image's statistics (:mod:`.tiled_group_norm`, as OSEDiff's tiled VAE does), and the blend hides what
+remains (measured by :func:`tile_seam_score` in ``tests/test_latent_tiling.py``). OSEDiff's own defaults (encoder
+tile 1024 px, latent tile 96 with overlap 32; reference section 1, "Tiling") set the sizes below.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tiled_group_norm import GroupNormStatistics, record_tiles
+from .tiled_group_norm import owned_spans, run_tiles_in_step
+from .vae_stages import Stage, decoder_stages, encoder_stages
+
+#: How a tiled VAE stage's GroupNorms get their statistics: see :class:`LatentTiling`.
+GROUP_NORM_MODES = ('auto', 'exact', 'tile')
 
 __all__ = ['LatentTiling', 'tiled_unet', 'tiled_vae_encode', 'tiled_vae_decode', 'tile_borders',
            'tile_border_mask', 'tile_seam_score']
@@ -49,14 +52,16 @@ class LatentTiling:
             about 3 GB of bf16 activations for SD 2.1; OSEDiff uses 224).
         margin_fraction: share of each overlap given weight 0 at an inner tile side (``margin = overlap *
             margin_fraction``), as ``tiled_forward``'s default 1/4.
-        encode_group_norm_passes / decode_group_norm_passes: recording passes that pool the VAE encoder's /
-            decoder's GroupNorm statistics over the whole image (:mod:`.tiled_group_norm`; each pass is one more
-            run of that tiled stage); 0 lets every tile normalise with its own statistics, as diffusers' tiling
-            does. Defaults from trained tiny VAEs (``tools/experiments/tiled_group_norm.py``, 3 seeds): one pass
-            brings the tiled encoder 1.7-4.5x closer to the untiled one. For the decoder one pass ranges from
-            1.7x closer to 2.5x further, because it records deep layers under per-tile statistics of the earlier
-            ones, so it stays per tile; the exact statistics would be 4-10x closer but need every tile's
-            activations in step (as cswry/OSEDiff's ``vaehook``). The UNet keeps per-tile statistics, as OSEDiff's
+        encode_group_norm / decode_group_norm: where the VAE encoder's / decoder's GroupNorms take their
+            statistics from. ``'exact'``: all tiles run stage by stage (:mod:`.tiled_group_norm`), so every
+            GroupNorm normalises with the whole image's statistics, as cswry/OSEDiff's tiled VAE does. It costs
+            about 1.5x the convolutions of per-tile runs and keeps one stage's activations of all tiles (about 1.6x
+            the untiled ones: 13 GB in bf16 for a 4096 x 4096 decode), on the CPU when the VAE runs on a GPU. On
+            trained tiny VAEs (``tools/experiments/tiled_group_norm.py``, 3 seeds) the tiled encoder comes 13-18x
+            and the decoder 3.5-8x closer to the untiled one than with ``'tile'``: each tile its own statistics,
+            as diffusers' tiling does, memory bounded by one tile. ``'auto'``: ``'exact'`` on a GPU (host memory
+            holds the waiting tiles, GPU memory stays bounded), ``'tile'`` on the CPU (where the waiting tiles
+            would take the RAM that tiling is meant to save). The UNet keeps per-tile statistics, as OSEDiff's
             latent tiling does.
     """
 
@@ -67,8 +72,13 @@ class LatentTiling:
     decode_tile: int = 128
     decode_overlap: int = 32
     margin_fraction: float = 0.25
-    encode_group_norm_passes: int = 1
-    decode_group_norm_passes: int = 0
+    encode_group_norm: str = 'auto'
+    decode_group_norm: str = 'auto'
+
+    def __post_init__(self):
+        for name in ('encode_group_norm', 'decode_group_norm'):
+            if getattr(self, name) not in GROUP_NORM_MODES:
+                raise ValueError(f'{name} must be one of {GROUP_NORM_MODES}, got {getattr(self, name)!r}')
 
     def margin(self, overlap: int) -> int:
         return int(overlap * self.margin_fraction)
@@ -108,41 +118,60 @@ def tiled_unet(unet: nn.Module, unet_in: Tensor, timesteps: Tensor, prompt_embed
     return eps[..., :h, :w]
 
 
+def _vae_tile_results(stages: List[Stage], run: Callable[[Tensor], Tensor], image: Tensor, tile_h: int,
+                      tile_w: int, ys: List[int], xs: List[int], group_norm: str) -> Iterator[Tensor]:
+    """Each tile's result of a VAE stage, row-major (``ys`` outer): with ``group_norm='tile'`` from ``run`` (possibly
+    compiled), with ``'exact'`` from the eager ``stages`` run in step over all tiles (their GroupNorms are swapped
+    per tile, which would make a ``torch.compile``'d module recompile for every tile); ``'auto'`` picks by device
+    (:class:`LatentTiling`)."""
+    if group_norm not in GROUP_NORM_MODES:
+        raise ValueError(f'group_norm must be one of {GROUP_NORM_MODES}, got {group_norm!r}')
+    if group_norm == 'auto':
+        group_norm = 'exact' if image.device.type == 'cuda' else 'tile'
+    crops = [image[..., y:y + tile_h, x:x + tile_w] for y in ys for x in xs]
+    if group_norm == 'tile':
+        yield from (run(crop) for crop in crops)
+        return
+    height, width = image.shape[-2:]
+    spans_y, spans_x = owned_spans(ys, tile_h, height), owned_spans(xs, tile_w, width)
+    owned = [(y0, y1, x0, x1) for y0, y1 in spans_y for x0, x1 in spans_x]
+    store = torch.device('cpu') if image.device.type == 'cuda' else image.device
+    for result in run_tiles_in_step(stages, crops, owned, (tile_h, tile_w), image.device, store):
+        yield result.to(image.device)
+
+
 def tiled_vae_decode(vae: nn.Module, latents: Tensor, tile: int, overlap: int, margin: Optional[int] = None,
-                     group_norm_passes: int = 0) -> Tensor:
+                     group_norm: str = 'auto') -> Tensor:
     """``vae.decode(latents).sample`` (unscaled latents ``B x 4 x h x w`` -> ``B x 3 x 8h x 8w`` in about
-    [-1, 1]) on overlapping latent tiles, GroupNorm statistics pooled over ``group_norm_passes`` recording passes."""
-    from portraitisr.models.restorers.tiling import tiled_forward, tile_starts
+    [-1, 1]) on overlapping latent tiles; ``group_norm``: see :class:`LatentTiling`."""
+    from portraitisr.models.restorers.tiling import blend_tiles, tile_starts
 
     factor = 2**(len(vae.config.block_out_channels) - 1)
-    height, width = latents.shape[-2:]
-    pooled = group_norm_passes > 0 and not (height <= tile and width <= tile)
-    decoder = getattr(vae.decoder, '_orig_mod', vae.decoder) if pooled else vae.decoder  # see tiled_vae_encode
 
     def run(z: Tensor) -> Tensor:
         if vae.post_quant_conv is not None:
             z = vae.post_quant_conv(z)
-        return decoder(z)
+        return vae.decoder(z)
 
-    stats = GroupNormStatistics(decoder)
-    if not (pooled and stats):
-        return tiled_forward(run, latents, factor, tile, overlap, margin=margin, progress=False)
+    height, width = latents.shape[-2:]
+    if height <= tile and width <= tile:
+        return run(latents)
+    margin = overlap // 4 if margin is None else int(margin)
     tile_h, tile_w = min(tile, height), min(tile, width)
-    record_tiles(stats, run, latents, tile_h, tile_w, tile_starts(height, tile_h, overlap),
-                 tile_starts(width, tile_w, overlap), group_norm_passes)
-    with stats.applied():
-        return tiled_forward(run, latents, factor, tile, overlap, margin=margin, progress=False)
+    ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
+    results = _vae_tile_results(decoder_stages(vae), run, latents, tile_h, tile_w, ys, xs, group_norm)
+    return blend_tiles(results, ys, xs, (tile_h, tile_w), (height, width), overlap, margin, factor)
 
 
 def tiled_vae_encode(vae: nn.Module, images: Tensor, tile: int, overlap: int, margin: Optional[int] = None,
-                     group_norm_passes: int = 1) -> Tensor:
+                     group_norm: str = 'auto') -> Tensor:
     """Posterior moments of ``vae.encode`` (``B x 2C x H/8 x W/8``, mean and log-variance) from overlapping
     image tiles ``images`` ``B x 3 x H x W`` in [-1, 1]; ``H``, ``W``, ``tile`` and ``overlap`` multiples of 8.
 
-    Tiles are cut in pixels and blended on the latent grid with the same ramps as :func:`tiled_forward`; the
-    encoder's GroupNorm statistics are pooled over ``group_norm_passes`` recording passes.
+    Tiles are cut in pixels and blended on the latent grid with the ramps of :func:`tiled_forward`;
+    ``group_norm``: see :class:`LatentTiling`.
     """
-    from portraitisr.models.restorers.tiling import ramp_weights, tile_starts
+    from portraitisr.models.restorers.tiling import blend_tiles, tile_starts
 
     factor = 2**(len(vae.config.block_out_channels) - 1)
     height, width = images.shape[-2:]
@@ -150,13 +179,8 @@ def tiled_vae_encode(vae: nn.Module, images: Tensor, tile: int, overlap: int, ma
         raise ValueError(f'image {height}x{width}, tile {tile} and overlap {overlap} must be multiples of the '
                          f'VAE factor {factor}')
 
-    pooled = group_norm_passes > 0 and not (height <= tile and width <= tile)
-    # Pooling swaps the GroupNorms' forward per tile: run the eager encoder under a torch.compile'd one, which would
-    # otherwise recompile for every tile's owned box.
-    encoder = getattr(vae.encoder, '_orig_mod', vae.encoder) if pooled else vae.encoder
-
     def run(x: Tensor) -> Tensor:
-        moments = encoder(x)
+        moments = vae.encoder(x)
         return vae.quant_conv(moments) if vae.quant_conv is not None else moments
 
     if height <= tile and width <= tile:
@@ -164,28 +188,11 @@ def tiled_vae_encode(vae: nn.Module, images: Tensor, tile: int, overlap: int, ma
     margin = overlap // 4 if margin is None else int(margin)
     tile_h, tile_w = min(tile, height), min(tile, width)
     ys, xs = tile_starts(height, tile_h, overlap, factor), tile_starts(width, tile_w, overlap, factor)
-    lat = lambda v: v // factor  # noqa: E731 - pixel -> latent units
-    device = images.device
-    wy = [ramp_weights(lat(y), lat(tile_h), lat(height), lat(overlap), lat(margin), 1, device) for y in ys]
-    wx = [ramp_weights(lat(x), lat(tile_w), lat(width), lat(overlap), lat(margin), 1, device) for x in xs]
-    stats = GroupNormStatistics(encoder)
-    pooled = pooled and bool(stats)
-    if pooled:
-        record_tiles(stats, run, images, tile_h, tile_w, ys, xs, group_norm_passes)
-    out: Optional[Tensor] = None
-    total = images.new_zeros(1, 1, lat(height), lat(width), dtype=torch.float32)
-    for iy, y in enumerate(ys):
-        for ix, x in enumerate(xs):
-            with stats.applied() if pooled else contextlib.nullcontext():
-                moments = run(images[..., y:y + tile_h, x:x + tile_w])
-            if out is None:
-                out = images.new_zeros(images.shape[0], moments.shape[1], lat(height), lat(width),
-                                       dtype=torch.float32)
-            weight = (wy[iy][:, None] * wx[ix][None, :])[None, None]
-            region = (..., slice(lat(y), lat(y + tile_h)), slice(lat(x), lat(x + tile_w)))
-            out[region] += moments.float() * weight
-            total[region] += weight
-    return (out / total).to(moments.dtype)
+    results = _vae_tile_results(encoder_stages(vae), run, images, tile_h, tile_w, ys, xs, group_norm)
+    # blended on the latent grid: every position and size in latent pixels
+    lat = lambda values: [v // factor for v in values]  # noqa: E731
+    return blend_tiles(results, lat(ys), lat(xs), (tile_h // factor, tile_w // factor),
+                       (height // factor, width // factor), overlap // factor, margin // factor)
 
 
 # ---------------------------------------------------------------------- seam measurement

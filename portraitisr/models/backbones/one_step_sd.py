@@ -239,7 +239,7 @@ class OneStepSD(nn.Module):
 
             t = self.tiling
             moments = tiled_vae_encode(self.vae, images, t.encode_tile, t.encode_overlap,
-                                       t.margin(t.encode_overlap), t.encode_group_norm_passes)
+                                       t.margin(t.encode_overlap), t.encode_group_norm)
             posterior = DiagonalGaussianDistribution(moments)
         else:
             posterior = self.vae.encode(images).latent_dist
@@ -252,7 +252,7 @@ class OneStepSD(nn.Module):
         if self.tiling is not None:
             t = self.tiling
             images = tiled_vae_decode(self.vae, latents, t.decode_tile, t.decode_overlap, t.margin(t.decode_overlap),
-                                      t.decode_group_norm_passes)
+                                      t.decode_group_norm)
         else:
             images = self.vae.decode(latents).sample
         return (images.float().clamp(-1, 1) + 1) / 2

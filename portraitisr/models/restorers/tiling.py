@@ -11,13 +11,13 @@ Real-ESRGAN's own ``RealESRGANer.tile_process`` (xinntao/Real-ESRGAN ``realesrga
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
-__all__ = ['tiled_forward', 'tile_starts', 'ramp_weights']
+__all__ = ['tiled_forward', 'tile_starts', 'ramp_weights', 'blend_tiles']
 
 #: Below this many tiles no progress bar is shown even when ``progress=True``.
 PROGRESS_MIN_TILES = 8
@@ -99,27 +99,48 @@ def tiled_forward(fn: Callable[[Tensor], Tensor], image: Tensor, scale: int, til
     tile_h, tile_w = min(tile, height), min(tile, width)
     ys = tile_starts(height, tile_h, overlap, align)
     xs = tile_starts(width, tile_w, overlap, align)
-    device = image.device
-    wy = [ramp_weights(y, tile_h, height, overlap, margin, scale, device) for y in ys]
-    wx = [ramp_weights(x, tile_w, width, overlap, margin, scale, device) for x in xs]
 
+    def results() -> Iterator[Tensor]:
+        for y in ys:
+            for x in xs:
+                result = fn(image[..., y:y + tile_h, x:x + tile_w])
+                if result.shape[-2:] != (scale * tile_h, scale * tile_w):
+                    raise ValueError(f'fn returned {tuple(result.shape)} for a {tile_h}x{tile_w} tile; expected '
+                                     f'spatial size {(scale * tile_h, scale * tile_w)} (scale={scale})')
+                yield result
+    return blend_tiles(results(), ys, xs, (tile_h, tile_w), (height, width), overlap, margin, scale, progress)
+
+
+def blend_tiles(results: Iterable[Tensor], ys: Sequence[int], xs: Sequence[int], tile_size: Tuple[int, int],
+                size: Tuple[int, int], overlap: int, margin: int, scale: int = 1, progress: bool = False) -> Tensor:
+    """Blend tile results with the feathered weights of :func:`ramp_weights`.
+
+    Args:
+        results: ``B x C x (scale*th) x (scale*tw)`` per tile, in row-major order (``ys`` outer, ``xs`` inner);
+            consumed one at a time, so a generator keeps only one tile's result alive.
+        ys / xs: tile starts, ``tile_size`` ``(th, tw)`` and image ``size`` ``(H, W)`` in input units.
+    Returns:
+        ``B x C x (scale*H) x (scale*W)`` in the results' dtype.
+    """
+    (tile_h, tile_w), (height, width) = tile_size, size
     out: Optional[Tensor] = None
-    total = torch.zeros(1, 1, scale * height, scale * width, device=device)
+    total: Optional[Tensor] = None
+    wy = wx = None
     bar = tqdm(total=len(ys) * len(xs), desc='tiles', leave=False,
                disable=not progress or len(ys) * len(xs) < PROGRESS_MIN_TILES)
-    for iy, y in enumerate(ys):
-        for ix, x in enumerate(xs):
-            result = fn(image[..., y:y + tile_h, x:x + tile_w])
-            if result.shape[-2:] != (scale * tile_h, scale * tile_w):
-                raise ValueError(f'fn returned {tuple(result.shape)} for a {tile_h}x{tile_w} tile; expected '
-                                 f'spatial size {(scale * tile_h, scale * tile_w)} (scale={scale})')
-            if out is None:
-                out = torch.zeros(result.shape[0], result.shape[1], scale * height, scale * width,
-                                  device=device, dtype=torch.float32)
-            weight = (wy[iy][:, None] * wx[ix][None, :])[None, None]
-            region = (..., slice(scale * y, scale * (y + tile_h)), slice(scale * x, scale * (x + tile_w)))
-            out[region] += result.float() * weight
-            total[region] += weight
-            bar.update(1)
+    positions = [(iy, y, ix, x) for iy, y in enumerate(ys) for ix, x in enumerate(xs)]
+    for (iy, y, ix, x), result in zip(positions, results, strict=True):
+        if out is None:
+            device = result.device
+            wy = [ramp_weights(start, tile_h, height, overlap, margin, scale, device) for start in ys]
+            wx = [ramp_weights(start, tile_w, width, overlap, margin, scale, device) for start in xs]
+            out = torch.zeros(result.shape[0], result.shape[1], scale * height, scale * width, device=device,
+                              dtype=torch.float32)
+            total = torch.zeros(1, 1, scale * height, scale * width, device=device)
+        weight = (wy[iy][:, None] * wx[ix][None, :])[None, None]
+        region = (..., slice(scale * y, scale * (y + tile_h)), slice(scale * x, scale * (x + tile_w)))
+        out[region] += result.float() * weight
+        total[region] += weight
+        bar.update(1)
     bar.close()
     return (out / total).to(result.dtype)

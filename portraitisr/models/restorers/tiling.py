@@ -129,7 +129,11 @@ def blend_tiles(results: Iterable[Tensor], ys: Sequence[int], xs: Sequence[int],
     bar = tqdm(total=len(ys) * len(xs), desc='tiles', leave=False,
                disable=not progress or len(ys) * len(xs) < PROGRESS_MIN_TILES)
     positions = [(iy, y, ix, x) for iy, y in enumerate(ys) for ix, x in enumerate(xs)]
-    for (iy, y, ix, x), result in zip(positions, results, strict=True):
+    count = 0
+    for count, result in enumerate(results, 1):
+        if count > len(positions):
+            raise ValueError(f'more tile results than the {len(positions)} tiles')
+        iy, y, ix, x = positions[count - 1]
         if out is None:
             device = result.device
             wy = [ramp_weights(start, tile_h, height, overlap, margin, scale, device) for start in ys]
@@ -143,4 +147,6 @@ def blend_tiles(results: Iterable[Tensor], ys: Sequence[int], xs: Sequence[int],
         total[region] += weight
         bar.update(1)
     bar.close()
+    if count != len(positions):
+        raise ValueError(f'{count} tile results for {len(positions)} tiles')
     return (out / total).to(result.dtype)

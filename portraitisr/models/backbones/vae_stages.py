@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 from torch import Tensor, nn
 
@@ -44,7 +44,7 @@ def _mid_block(mid: nn.Module) -> List[Stage]:
     return stages
 
 
-def _tail(net: nn.Module, after: Callable[[Tensor], Tensor] = None) -> Stage:
+def _tail(net: nn.Module, after: Optional[Callable[[Tensor], Tensor]] = None) -> Stage:
     def fn(x: Tensor) -> Tensor:
         x = net.conv_out(net.conv_act(net.conv_norm_out(x)))
         return after(x) if after is not None else x

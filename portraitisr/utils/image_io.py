@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
@@ -26,7 +28,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    'IMAGE_EXTENSIONS', 'ImageReadError', 'ImageRecord', 'read_image', 'write_image', 'image_to_tensor',
+    'IMAGE_EXTENSIONS', 'DEFAULT_MAX_IMAGE_PIXELS', 'ImageReadError', 'ImageTooLargeError', 'ImageRecord',
+    'max_image_pixels', 'read_image_size', 'check_image_size', 'read_image', 'write_image', 'image_to_tensor',
     'tensor_to_image', 'list_images'
 ]
 
@@ -39,9 +42,20 @@ _EXIF_ORIENTATION = 0x0112
 _ALPHA_FORMATS = ('.png', '.tif', '.tiff', '.webp')
 _16BIT_FORMATS = ('.png', '.tif', '.tiff')
 
+#: The largest image (width x height) any reader of the library decodes unless told otherwise: 16384 x 8192, twice
+#: an 8K x 8K photo and under Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``, about 179 MP). A file whose
+#: header claims more is refused before a byte of pixels is decoded (a 1 KB PNG can claim 60000 x 60000 and would
+#: need 43 GB as float RGB). Override per call (``max_pixels=``) or process-wide with ``PORTRAITISR_MAX_IMAGE_PIXELS``
+#: (0 = no limit).
+DEFAULT_MAX_IMAGE_PIXELS = 16384 * 8192
+
 
 class ImageReadError(ValueError):
     """An image file exists but cannot be decoded (empty, truncated, corrupt, or an unsupported sample type)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image file's header claims more pixels than the limit (a decompression bomb, or a photo too large)."""
 
 
 @dataclass
@@ -59,6 +73,85 @@ class ImageRecord:
     alpha: Optional[np.ndarray]
     bit_depth: int
     path: Path
+
+
+# ------------------------------------------------------------------------------------------------ size limit
+def max_image_pixels() -> Optional[int]:
+    """The process-wide pixel limit: ``PORTRAITISR_MAX_IMAGE_PIXELS`` if set (0 = none, returned as None), else
+    :data:`DEFAULT_MAX_IMAGE_PIXELS`."""
+    value = os.environ.get('PORTRAITISR_MAX_IMAGE_PIXELS', '').strip()
+    if not value:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    try:
+        limit = int(float(value))
+    except ValueError:
+        raise ValueError(f'PORTRAITISR_MAX_IMAGE_PIXELS must be a number of pixels, got {value!r}') from None
+    return limit if limit > 0 else None
+
+
+def _open_header(source) -> Image.Image:
+    """Pillow's lazy open (header only), with its decompression-bomb check left to :func:`check_image_size`:
+    Pillow raises for more than about 179 MP, which a caller with a larger limit may want to allow."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except Image.DecompressionBombError:
+            pass
+    with _PIL_LIMIT_LOCK:  # only reached for headers above Pillow's hard limit
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            if hasattr(source, 'seek'):
+                source.seek(0)
+            return Image.open(source)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def read_image_size(source: Union[PathLike, bytes]) -> tuple[int, int]:
+    """``(width, height)`` of an image file (a path or its bytes) from its header, after EXIF orientation, without
+    decoding pixels.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ImageReadError: neither Pillow nor the header can tell the size (not an image, or a corrupt header).
+    """
+    name = '<bytes>' if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        if not Path(source).exists():
+            raise FileNotFoundError(f'image file {source} does not exist')
+        raise ImageReadError(f'cannot read image file {source}: not a file')
+    try:
+        with _open_header(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            width, height = im.size
+            try:
+                orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if im.format == 'JPEG' else 1
+            except Exception:  # noqa: BLE001 - a broken EXIF block does not hide the size
+                orientation = 1
+    except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad headers
+        raise ImageReadError(f'cannot read image file {name}: its header gives no image size '
+                             f'({type(error).__name__}: {error})') from None
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees: read_image swaps the sides
+        width, height = height, width
+    return int(width), int(height)
+
+
+def _pixels(count: int) -> str:
+    return f'{count / 1e6:.1f} MP' if count >= 100_000 else f'{count} pixels'
+
+
+def check_image_size(width: int, height: int, name: str, max_pixels: Optional[int] = None) -> None:
+    """Raise :class:`ImageTooLargeError` naming ``name`` and the limit if ``width x height`` exceeds ``max_pixels``
+    (None: :func:`max_image_pixels`; 0: no limit)."""
+    limit = max_image_pixels() if max_pixels is None else (max_pixels or None)
+    if limit is not None and width * height > limit:
+        raise ImageTooLargeError(
+            f'{name}: {width}x{height} = {_pixels(width * height)} is more than the limit of {_pixels(limit)} '
+            '(a decompression bomb, or a photo too large to decode safely); raise the limit with '
+            'PORTRAITISR_MAX_IMAGE_PIXELS or max_pixels= if you trust the file')
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -157,8 +250,11 @@ def _decode_with_pil(data: bytes) -> np.ndarray:
     return array
 
 
-def read_image(path: PathLike) -> ImageRecord:
+def read_image(path: PathLike, max_pixels: Optional[int] = None) -> ImageRecord:
     """Read an image file as float RGB in [0, 1] plus an optional alpha plane.
+
+    The size in the file's header is checked against ``max_pixels`` (None: :func:`max_image_pixels`; 0: no limit)
+    before any pixel is decoded.
 
     Handles grayscale (expanded to 3 channels), gray+alpha and RGBA (alpha split off), palette images (expanded,
     with their transparency as alpha), 8- and 16-bit samples (divided by 255 / 65535), and the EXIF orientation
@@ -172,6 +268,7 @@ def read_image(path: PathLike) -> ImageRecord:
         FileNotFoundError: no such file.
         ImageReadError: the file is empty, truncated, corrupt or has an unsupported sample type; the message
             names the file and the reason.
+        ImageTooLargeError: the header claims more pixels than the limit.
     """
     path = Path(path)
     try:
@@ -182,6 +279,13 @@ def read_image(path: PathLike) -> ImageRecord:
         raise ImageReadError(f'cannot read image file {path}: {error}') from error
     if not data:
         raise ImageReadError(f'cannot read image file {path}: the file is empty (0 bytes)')
+
+    try:
+        width, height = read_image_size(data)
+    except ImageReadError:
+        pass  # no header Pillow knows: the decoders below give the precise error
+    else:
+        check_image_size(width, height, str(path), max_pixels)
 
     is_jpeg = data[:3] == b'\xff\xd8\xff'
     if is_jpeg and not _jpeg_is_complete(data):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     'IMAGE_EXTENSIONS', 'DEFAULT_MAX_IMAGE_PIXELS', 'ImageReadError', 'ImageTooLargeError', 'ImageRecord',
     'max_image_pixels', 'read_image_size', 'check_image_size', 'read_image', 'write_image', 'image_to_tensor',
-    'tensor_to_image', 'list_images'
+    'tensor_to_image', 'list_images', 'output_suffix', 'unit_float_image', 'WRITE_REWRITES'
 ]
 
 PathLike = Union[str, 'os.PathLike[str]']
@@ -41,6 +41,8 @@ IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.pgm', '.t
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_FORMATS = ('.png', '.tif', '.tiff', '.webp')
 _16BIT_FORMATS = ('.png', '.tif', '.tiff')
+#: Readable suffixes :func:`write_image` cannot write, and the suffix their outputs get instead.
+WRITE_REWRITES = {'.gif': '.png', '.bmp': '.png', '.ppm': '.png', '.pgm': '.png'}
 
 #: The largest image (width x height) any reader of the library decodes unless told otherwise: 16384 x 8192, twice
 #: an 8K x 8K photo and under Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``, about 179 MP). A file whose
@@ -352,7 +354,8 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
 
     Args:
         path: destination; the suffix picks the format (``.png``, ``.jpg``, ``.tif``, ``.webp``, ...).
-        rgb: ``H x W x 3`` RGB (or ``H x W`` gray), float in [0, 1] (clipped), or uint8 / uint16 at full range.
+        rgb: ``H x W x 3`` RGB (or ``H x W`` gray), float in [0, 1] (clipped), or uint8 / uint16 at full range
+            (written as they are when their type is the file's, ``bit_depth`` 8 / 16).
         alpha: optional ``H x W`` (or ``H x W x 1``) alpha in the same conventions; needs PNG, TIFF or WebP.
         bit_depth: 8 or 16 bits per sample; 16 needs PNG or TIFF.
 
@@ -373,14 +376,17 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
     if alpha is not None and suffix not in _ALPHA_FORMATS:
         raise ValueError(f'{path}: {suffix or "no suffix"} cannot store alpha; use one of {_ALPHA_FORMATS}')
 
-    rgb = _to_unit_float(rgb, 'rgb')
+    dtype, scale = (np.uint8, 255.0) if bit_depth == 8 else (np.uint16, 65535.0)
+    # Samples already in the file's type are written as they are: no float copies of a large image.
+    exact = np.asarray(rgb).dtype == dtype and (alpha is None or np.asarray(alpha).dtype == dtype)
+    rgb = np.asarray(rgb) if exact else _to_unit_float(rgb, 'rgb')
     if rgb.ndim == 3 and rgb.shape[2] == 1:
         rgb = rgb[..., 0]
     if not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)):
         raise ValueError(f'rgb must be H x W x 3 or H x W, got shape {rgb.shape}')
     channels = [rgb[..., ::-1]] if rgb.ndim == 3 else [rgb[..., None]]  # OpenCV wants BGR
     if alpha is not None:
-        alpha = _to_unit_float(alpha, 'alpha')
+        alpha = np.asarray(alpha) if exact else _to_unit_float(alpha, 'alpha')
         if alpha.ndim == 3 and alpha.shape[2] == 1:
             alpha = alpha[..., 0]
         if alpha.shape != rgb.shape[:2]:
@@ -389,8 +395,10 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
             channels = [np.repeat(channels[0], 3, axis=2)]
         channels.append(alpha[..., None])
     pixels = np.concatenate(channels, axis=2) if len(channels) > 1 else channels[0]
-    dtype, scale = (np.uint8, 255.0) if bit_depth == 8 else (np.uint16, 65535.0)
-    pixels = np.ascontiguousarray(np.round(pixels * scale).astype(dtype))
+    if exact:
+        pixels = np.ascontiguousarray(pixels)
+    else:
+        pixels = np.ascontiguousarray(np.round(pixels * scale).astype(dtype))
 
     try:
         ok, encoded = cv2.imencode(suffix, pixels)
@@ -398,6 +406,7 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
         raise ValueError(f'{path}: OpenCV cannot write {suffix or "files without a suffix"} ({error})') from error
     if not ok:
         raise ValueError(f'{path}: OpenCV failed to encode the image as {suffix}')
+    del pixels  # the encoded bytes are all that is needed now
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')  # same folder, so os.replace is atomic
@@ -413,6 +422,42 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
     return path
 
 
+def output_suffix(path: PathLike) -> str:
+    """The suffix :func:`write_image` writes for an output named after ``path``: the same, except PNG for readable
+    formats it cannot write (:data:`WRITE_REWRITES`)."""
+    suffix = Path(path).suffix
+    return WRITE_REWRITES.get(suffix.lower(), suffix)
+
+
+def unit_float_image(array: np.ndarray, what: str = 'image') -> np.ndarray:
+    """A float32 copy in [0, 1] of an image array given as uint8 (/ 255), uint16 (/ 65535) or float in [0, 1].
+
+    Nothing is clipped or guessed: other dtypes (int64, bool, ...), floats outside [0, 1] (e.g. 0..255 floats),
+    NaN and infinity raise with a message that names ``what`` and says how to convert.
+
+    Raises:
+        TypeError: an unsupported dtype.
+        ValueError: non-finite values or values outside [0, 1].
+    """
+    array = np.asarray(array)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f'{what} must be uint8, uint16 or float in [0, 1], got {array.dtype}: convert it first '
+                        '(e.g. uint8 for 0..255 integers)')
+    array = array.astype(np.float32)
+    if array.size:
+        if not np.isfinite(array).all():
+            raise ValueError(f'{what} has NaN or infinite values; nothing can be restored from them')
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f'{what} values span {low:g}..{high:g}, outside [0, 1]: float images must be in [0, 1] '
+                             '(divide 0..255 values by 255, or pass uint8)')
+    return array
+
+
 # ------------------------------------------------------------------------------------------------ tensors
 def image_to_tensor(rgb: np.ndarray) -> 'torch.Tensor':
     """``H x W x 3`` (or ``H x W`` gray) array in [0, 1] -> float32 tensor ``1 x 3 x H x W`` (a copy)."""
@@ -423,7 +468,7 @@ def image_to_tensor(rgb: np.ndarray) -> 'torch.Tensor':
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f'expected an H x W x 3 image, got shape {array.shape}')
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].clone()
+    return torch.from_numpy(np.array(array.transpose(2, 0, 1), order='C'))[None]  # one copy
 
 
 def tensor_to_image(tensor: 'torch.Tensor') -> np.ndarray:

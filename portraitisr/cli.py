@@ -475,6 +475,19 @@ def _tile_bar(tqdm, name: str):
     return update, close
 
 
+def _show_plan(tqdm, job: RestoreJob, plan) -> None:
+    """One line for an image restored in tiles: its sizes, the tile, the memory estimate and the budget."""
+    from portraitisr.apis.memory_plan import format_bytes
+
+    out_pixels = job.size[0] * job.size[1] * plan.scale**2
+    if plan.tile is None and out_pixels <= 4_000_000:
+        return
+    budget = f' of a {format_bytes(plan.budget)} budget' if plan.budget else ''
+    tiles = f'{plan.tile}-pixel tiles' if plan.tile else 'untiled'
+    tqdm.write(f'{job.source}: {job.size[0]}x{job.size[1]}, {tiles}, about {format_bytes(plan.estimate.total)}'
+               f'{budget}', file=sys.stderr)
+
+
 def _restore(args: argparse.Namespace) -> int:
     facts, jobs, bad, budget = _prepare(args)
     for line in bad:
@@ -498,7 +511,7 @@ def _restore(args: argparse.Namespace) -> int:
         update, close = _tile_bar(tqdm, job.source.name)
         try:
             restorer.restore_file(job.source, job.target, ref=args.ref, compare=job.compare, progress=update,
-                                  max_pixels=args.max_pixels)
+                                  max_pixels=args.max_pixels, on_plan=lambda plan, job=job: _show_plan(tqdm, job, plan))
         except (ImageReadError, MemoryBudgetError, ValueError, OSError) as error:
             # One line per bad file; the others still get restored.
             failed += 1

@@ -286,11 +286,13 @@ def estimate_restore_memory(in_size: Tuple[int, int], scale: int, tile: Optional
 
 @dataclass
 class TilePlan:
-    """The tiling chosen for one image: ``tile`` output pixels (None: untiled) and its estimate."""
+    """The tiling chosen for one image: ``tile`` output pixels (None: untiled), its estimate, the budget and the
+    scale it was planned for."""
 
     tile: Optional[int]
     estimate: MemoryEstimate
     budget: Optional[int]
+    scale: int = 1
 
 
 def plan_tiling(in_size: Tuple[int, int], scale: int, profile: ActivationProfile, budget: Optional[int],
@@ -315,7 +317,7 @@ def plan_tiling(in_size: Tuple[int, int], scale: int, profile: ActivationProfile
         estimate = estimate_restore_memory(in_size, scale, tile, profile, **kwargs)
         host_fits = host_budget is None or not estimate.on_gpu or estimate.host_total <= host_budget
         if (budget is None or estimate.total <= budget) and host_fits:
-            return TilePlan(tile=tile, estimate=estimate, budget=budget)
+            return TilePlan(tile=tile, estimate=estimate, budget=budget, scale=scale)
     smallest = 'untiled' if candidates[-1] is None else f'with {candidates[-1]}-pixel tiles'
     if budget is not None and estimate.total <= budget:
         raise MemoryBudgetError(

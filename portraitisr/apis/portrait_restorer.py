@@ -312,7 +312,7 @@ class PortraitRestorer:
         if self.tile is not None:
             tile = self.tile or None
             estimate = memory_plan.estimate_restore_memory(size, self.scale, tile, profile, **kwargs)
-            return memory_plan.TilePlan(tile=tile, estimate=estimate, budget=self.max_memory)
+            return memory_plan.TilePlan(tile=tile, estimate=estimate, budget=self.max_memory, scale=self.scale)
         free = memory_plan.device_available_memory(self.device)
         budget = self.max_memory
         if budget is None and free is not None:
@@ -440,7 +440,8 @@ class PortraitRestorer:
 
     def _restore(self, rgb: np.ndarray, alpha: Optional[np.ndarray], bit_depth: int, ref: Optional[np.ndarray],
                  in_memory: bool, progress: Optional[TileProgress] = None, compare: bool = False,
-                 file_bytes: int = 0) -> RestoredImage:
+                 file_bytes: int = 0,
+                 on_plan: Optional[Callable[[memory_plan.TilePlan], None]] = None) -> RestoredImage:
         """Restore validated float32 arrays. ``in_memory``: float32 result; else the file's integer type, made
         band by band (the memory-light path of :meth:`restore_file`)."""
         height, width = rgb.shape[:2]
@@ -453,6 +454,8 @@ class PortraitRestorer:
         if can_stream(self.model, conditions) and not self._restore_kwargs.get('tile'):
             plan = self.plan((height, width), file_bytes=file_bytes, bit_depth=bit_depth, gray=gray,
                              alpha=alpha is not None, compare=compare, in_memory=in_memory)
+            if on_plan is not None:
+                on_plan(plan)
             lq = image_to_tensor(rgb).to(self.device)
             image = self._restore_streamed(lq, plan.tile, gray, out_dtype, progress)
             del lq
@@ -486,7 +489,8 @@ class PortraitRestorer:
 
     def restore_file(self, path: PathLike, output: PathLike, ref: Optional[PathLike] = None,
                      compare: Optional[PathLike] = None, progress: Optional[TileProgress] = None,
-                     max_pixels: Optional[int] = None) -> Path:
+                     max_pixels: Optional[int] = None,
+                     on_plan: Optional[Callable[[memory_plan.TilePlan], None]] = None) -> Path:
         """Read ``path``, restore it and write ``output`` (alpha and bit depth kept).
 
         Args:
@@ -495,6 +499,8 @@ class PortraitRestorer:
                 stay visible) on the left, the restoration on the right.
             progress: called with ``(tiles done, tiles in all)`` as the model's tiles finish.
             max_pixels: the reader's pixel limit (None: ``read_image``'s default).
+            on_plan: called with the :class:`~portraitisr.apis.memory_plan.TilePlan` before the model runs (models
+                restored by :mod:`.streamed_restore`).
 
         Raises:
             ImageReadError: the input cannot be decoded (nothing is written).
@@ -504,7 +510,7 @@ class PortraitRestorer:
         ref_rgb = read_image(ref, max_pixels=max_pixels).rgb if ref is not None else None
         restored = self._restore(record.rgb, record.alpha, record.bit_depth, ref_rgb, in_memory=False,
                                  progress=progress, compare=compare is not None,
-                                 file_bytes=Path(path).stat().st_size)
+                                 file_bytes=Path(path).stat().st_size, on_plan=on_plan)
         written = restored.save(output)
         if compare is not None:
             write_comparison(compare, record, restored)

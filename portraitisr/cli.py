@@ -30,6 +30,11 @@ class SetupError(Exception):
     """Something the run cannot start with (a missing input, a bad option, ...): one line, exit status 2."""
 
 
+def _message(error: BaseException) -> str:
+    """An exception's text (a ``KeyError``'s without the quotes ``str`` adds)."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
 def _positive(name: str, allow_zero: bool = False):
     def parse(text: str) -> int:
         try:
@@ -43,8 +48,15 @@ def _positive(name: str, allow_zero: bool = False):
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (exit status 2), not argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_SETUP, f'{self.prog}: {message} (see {self.prog} --help)\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='portraitisr', description='Portrait image super-resolution')
+    parser = _Parser(prog='portraitisr', description='Portrait image super-resolution')
     sub = parser.add_subparsers(dest='command', required=True)
 
     restore = sub.add_parser(
@@ -324,7 +336,11 @@ def _model_facts(args: argparse.Namespace) -> ModelFacts:
             entry = model_zoo.get_model(args.model)
             config = zoo_config_path(entry.config, args.model)
         except (KeyError, FileNotFoundError) as error:
-            raise SetupError(str(error).strip('"')) from None
+            raise SetupError(_message(error)) from None
+        try:  # every file the entry needs, looked up offline: all that is missing is named at once
+            model_zoo.check_available(args.model, need_checkpoint=args.checkpoint is None)
+        except FileNotFoundError as error:  # WeightsNotFoundError
+            raise SetupError(f'cannot build the model:\n{_message(error)}') from None
     else:
         config = Path(args.config)
         if not config.is_file():
@@ -443,7 +459,7 @@ def _build_restorer(args: argparse.Namespace, facts: ModelFacts, budget: Optiona
                 restorer = PortraitRestorer(facts.cfg, **options)
         except (WeightsNotFoundError, CheckpointLoadError, KeyError, ValueError, TypeError, FileNotFoundError,
                 RuntimeError, ImportError) as error:
-            raise SetupError(f'cannot build the model:\n{str(error).strip(chr(34))}') from None
+            raise SetupError(f'cannot build the model:\n{_message(error)}') from None
     for warning in caught:
         if issubclass(warning.category, UntrainedModelWarning):
             print(f'note: {warning.message}', file=sys.stderr)

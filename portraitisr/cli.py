@@ -505,6 +505,11 @@ def _show_plan(tqdm, job: RestoreJob, plan) -> None:
 
 
 def _restore(args: argparse.Namespace) -> int:
+    # OpenMP threads that wait for work sleep instead of spinning (unless the user chose): on a CPU shared with
+    # other programs, spinning threads steal the cores the working ones need. The tiny model on two shared cores
+    # took 59 CPU-seconds (410 s wall) per output megapixel with spinning threads, 2.7 (4.5 s wall) without
+    # (tools/benchmarks/restore_memory.py --speed). It must be set before torch loads its OpenMP runtime.
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     facts, jobs, bad, budget = _prepare(args)
     for line in bad:
         print(line, file=sys.stderr)

@@ -414,7 +414,7 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
     try:
         with os.fdopen(fd, 'wb') as f:
-            f.write(encoded.tobytes())
+            f.write(memoryview(encoded))  # the buffer itself: no bytes copy of a large image
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

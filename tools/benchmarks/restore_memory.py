@@ -58,7 +58,12 @@ def measure(photo: Path, out: Path, args: argparse.Namespace, tile: str) -> dict
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
     start = time.time()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if args.log:  # the command's progress bars and plan line, to watch a long run
+        with open(args.log, 'a') as log:
+            status = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=log, text=True).returncode
+        result = subprocess.CompletedProcess(command, status, '', Path(args.log).read_text())
+    else:
+        result = subprocess.run(command, env=env, capture_output=True, text=True)
     wall = time.time() - start
     peak = re.search(r'PEAK_RSS_KB (\d+) CPU_S ([0-9.]+)', result.stderr)
     estimate = re.search(r'about ([0-9.]+) (GiB|MiB)', result.stderr)
@@ -108,6 +113,7 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--max-memory', help='passed to --max-memory')
     parser.add_argument('--root', help='checkout whose portraitisr to run (default: this one)')
+    parser.add_argument('--log', help='append each restore\'s stderr (progress, plan) to this file as it runs')
     parser.add_argument('--speed', nargs='*', type=int, help='measure CPU-seconds per MP for these tiles instead')
     parser.add_argument('--speed-side', type=int, default=768, help='output side of the --speed image')
     args = parser.parse_args()

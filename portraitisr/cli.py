@@ -363,8 +363,9 @@ def _model_facts(args: argparse.Namespace) -> ModelFacts:
 
 
 def _reference_has_face(path: Path, max_pixels: Optional[int]) -> Optional[bool]:
-    """Whether dlib's HOG frontal-face detector finds a face in the reference image (resized to at most 512 pixels,
-    one upsampling: faces down to about 40 pixels); None when dlib is not installed."""
+    """Whether dlib's HOG frontal-face detector finds a face in the reference image, resized to 512 pixels on its
+    longer side (an aligned face fills most of it; one upsampling finds faces down to about 40 pixels there);
+    None when dlib is not installed."""
     try:
         import dlib
     except ImportError:
@@ -376,9 +377,8 @@ def _reference_has_face(path: Path, max_pixels: Optional[int]) -> Optional[bool]
 
     rgb = read_image(path, max_pixels=max_pixels).rgb
     longest = max(rgb.shape[:2])
-    if longest > 512:
-        size = (round(rgb.shape[1] * 512 / longest), round(rgb.shape[0] * 512 / longest))
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    size = (max(1, round(rgb.shape[1] * 512 / longest)), max(1, round(rgb.shape[0] * 512 / longest)))
+    rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if longest > 512 else cv2.INTER_CUBIC).clip(0, 1)
     pixels = np.ascontiguousarray(np.rint(rgb * 255).astype(np.uint8))
     return len(dlib.get_frontal_face_detector()(pixels, 1)) > 0
 

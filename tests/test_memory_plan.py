@@ -99,3 +99,17 @@ def test_estimate_bounds_the_measured_peak(tmp_path):
     assert grown <= beyond_base, (grown, estimate)
     assert beyond_base - estimate.slack <= 3 * grown + 64 * 2**20, (grown, estimate)
     assert Path(tmp_path / 'out.png').is_file()
+
+
+def test_gpu_plans_keep_whole_image_group_norm_while_the_host_holds_the_waiting_tiles():
+    """On a GPU the tiled VAE runs its tiles in step ('exact' GroupNorm statistics), their activations waiting on
+    the host: chosen while the host budget holds them, else per-tile statistics."""
+    sd = ActivationProfile(encode=256.0, unet=2048.0, decode=256 * 64 * 2.0, factor=8)  # SD-like widths, bf16
+    exact = estimate_restore_memory((1000, 1500), 4, 768, sd, on_gpu=True, exact_group_norm=True)
+    per_tile = estimate_restore_memory((1000, 1500), 4, 768, sd, on_gpu=True)
+    assert exact.waiting_tiles > 0 == per_tile.waiting_tiles and exact.device_total == per_tile.device_total
+    roomy = plan_tiling((1000, 1500), 4, sd, budget=80 * 2**30, preferred_tile=768, host_budget=2 * exact.host_total,
+                        on_gpu=True)
+    tight = plan_tiling((1000, 1500), 4, sd, budget=80 * 2**30, preferred_tile=768,
+                        host_budget=(exact.host_total + per_tile.host_total) // 2, on_gpu=True)
+    assert (roomy.tile, roomy.group_norm) == (768, 'exact') and (tight.tile, tight.group_norm) == (768, 'tile')

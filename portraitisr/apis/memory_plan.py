@@ -180,10 +180,10 @@ def probe_activations(backbone, probe_latent: int = 16) -> ActivationProfile:
                              decode=decode / probe_latent**2, factor=factor)
 
 
-def latent_tiling_for(tile: int, factor: int = 8):
+def latent_tiling_for(tile: int, factor: int = 8, group_norm: str = 'auto'):
     """The :class:`~portraitisr.models.backbones.latent_tiling.LatentTiling` of a tile of ``tile`` output pixels:
     OSEDiff's proportions (UNet overlap 1/3 of a tile, reference section 1 "Tiling": 96 / 32; encoder overlap 1/8:
-    1024 / 128; decoder overlap 1/4 of ``tiled_forward``'s default)."""
+    1024 / 128; decoder overlap 1/4 of ``tiled_forward``'s default); ``group_norm`` for both VAE stages."""
     from portraitisr.models.backbones.latent_tiling import LatentTiling
 
     if tile <= 0:
@@ -191,7 +191,8 @@ def latent_tiling_for(tile: int, factor: int = 8):
     latent = max(tile // factor, 1)
     encode = max(tile // factor * factor, factor)
     return LatentTiling(unet_tile=latent, unet_overlap=latent // 3, encode_tile=encode,
-                        encode_overlap=encode // 8 // factor * factor, decode_tile=latent, decode_overlap=latent // 4)
+                        encode_overlap=encode // 8 // factor * factor, decode_tile=latent, decode_overlap=latent // 4,
+                        encode_group_norm=group_norm, decode_group_norm=group_norm)
 
 
 def output_bytes(out_pixels: int, bit_depth: int = 8, gray: bool = False, alpha: bool = False,
@@ -229,6 +230,7 @@ class MemoryEstimate:
     slack: int = SLACK_BYTES
     device_base: int = 0
     on_gpu: bool = False
+    waiting_tiles: int = 0  # 'exact' GroupNorm statistics: every tile's activations wait on the host per stage
 
     @property
     def total(self) -> int:
@@ -237,11 +239,12 @@ class MemoryEstimate:
 
     @property
     def host_total(self) -> int:
-        if self.on_gpu:  # the latents and activations are on the GPU
-            return self.base + self.input + max(self.stored, self.final) + self.slack
+        if self.on_gpu:  # the latents and activations are on the GPU, the waiting tiles on the host
+            return self.base + self.input + max(self.stored + self.waiting_tiles, self.final) + self.slack
         # the peak is either at the end of decoding (latents, one tile's activations, all rows stored) or while
         # the result is converted and written (the latents and activations are gone by then)
-        return self.base + self.input + max(self.latents + self.activations + self.stored, self.final) + self.slack
+        computing = self.latents + self.activations + self.waiting_tiles + self.stored
+        return self.base + self.input + max(computing, self.final) + self.slack
 
     @property
     def device_total(self) -> int:
@@ -250,17 +253,20 @@ class MemoryEstimate:
     def describe(self) -> str:
         parts = {'model and runtime': self.device_base if self.on_gpu else self.base, 'input': self.input,
                  'latents': self.latents, 'tile activations': self.activations,
-                 'output': max(self.stored, self.final)}
+                 'waiting tiles (exact GroupNorm)': self.waiting_tiles, 'output': max(self.stored, self.final)}
         return ', '.join(f'{name} {format_bytes(value)}' for name, value in parts.items() if value)
 
 
 def estimate_restore_memory(in_size: Tuple[int, int], scale: int, tile: Optional[int],
                             profile: ActivationProfile, base: int = 0, file_bytes: int = 0, bit_depth: int = 8,
                             gray: bool = False, alpha: bool = False, compare: bool = False,
-                            in_memory: bool = False, device_base: int = 0, on_gpu: bool = False) -> MemoryEstimate:
+                            in_memory: bool = False, device_base: int = 0, on_gpu: bool = False,
+                            exact_group_norm: bool = False) -> MemoryEstimate:
     """Peak bytes of a streamed restore of an ``in_size`` ``(h, w)`` image at ``scale`` with tiles of ``tile``
     output pixels (None: untiled); see the module docstring. ``base``: resident bytes before the image;
-    ``device_base``: GPU bytes already allocated (``on_gpu``)."""
+    ``device_base``: GPU bytes already allocated (``on_gpu``); ``exact_group_norm``: the VAE's tiles run in step
+    (``LatentTiling`` ``'exact'``), so one stage's activations of all tiles wait on the host: twice (a stage's
+    inputs and outputs) the largest activation over the tiled area."""
     h, w = in_size
     factor = profile.factor
     out_h, out_w = h * scale, w * scale
@@ -279,9 +285,16 @@ def estimate_restore_memory(in_size: Tuple[int, int], scale: int, tile: Optional
     # the decoder's output rows of one tile row wait in a float32 band (3 channels) before they are stored
     band = 4 * 3 * dec_tile[0] * factor * pad_w
     stored, final = output_bytes(out_h * out_w, bit_depth, gray, alpha, compare, in_memory)
+    waiting = 0
+    if exact_group_norm and tile is not None:
+        tiling = latent_tiling_for(tile, factor)
+        cover = lambda size, overlap: (size / max(size - overlap, 1))**2  # noqa: E731  (overlap counted twice)
+        waiting = 2 * max(profile.encode * pad_h * pad_w * cover(tiling.encode_tile, tiling.encode_overlap),
+                          profile.decode * lat[0] * lat[1] * cover(tiling.decode_tile, tiling.decode_overlap))
     return MemoryEstimate(base=int(base), input=int(file_bytes + INPUT_BYTES_PER_PIXEL * h * w),
                           latents=int(LATENT_BYTES_PER_PIXEL * lat[0] * lat[1]), activations=int(activations + band),
-                          stored=int(stored), final=int(final), device_base=int(device_base), on_gpu=on_gpu)
+                          stored=int(stored), final=int(final), device_base=int(device_base), on_gpu=on_gpu,
+                          waiting_tiles=int(waiting))
 
 
 @dataclass
@@ -293,6 +306,7 @@ class TilePlan:
     estimate: MemoryEstimate
     budget: Optional[int]
     scale: int = 1
+    group_norm: str = 'tile'  # where the tiled VAE's GroupNorms take their statistics (LatentTiling)
 
 
 def plan_tiling(in_size: Tuple[int, int], scale: int, profile: ActivationProfile, budget: Optional[int],
@@ -313,11 +327,16 @@ def plan_tiling(in_size: Tuple[int, int], scale: int, profile: ActivationProfile
     if not candidates:
         candidates = [None]
     estimate = None
+    # on a GPU the VAE's tiles run in step for whole-image GroupNorm statistics ('exact', LatentTiling's 'auto'),
+    # while their waiting activations fit in host memory; else each tile normalises with its own ('tile')
+    modes = ('exact', 'tile') if kwargs.get('on_gpu') else ('tile', )
     for tile in candidates:
-        estimate = estimate_restore_memory(in_size, scale, tile, profile, **kwargs)
-        host_fits = host_budget is None or not estimate.on_gpu or estimate.host_total <= host_budget
-        if (budget is None or estimate.total <= budget) and host_fits:
-            return TilePlan(tile=tile, estimate=estimate, budget=budget, scale=scale)
+        for mode in modes if tile is not None else ('tile', ):
+            estimate = estimate_restore_memory(in_size, scale, tile, profile, exact_group_norm=mode == 'exact',
+                                               **kwargs)
+            host_fits = host_budget is None or not estimate.on_gpu or estimate.host_total <= host_budget
+            if (budget is None or estimate.total <= budget) and host_fits:
+                return TilePlan(tile=tile, estimate=estimate, budget=budget, scale=scale, group_norm=mode)
     smallest = 'untiled' if candidates[-1] is None else f'with {candidates[-1]}-pixel tiles'
     if budget is not None and estimate.total <= budget:
         raise MemoryBudgetError(

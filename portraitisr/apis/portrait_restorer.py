@@ -309,10 +309,13 @@ class PortraitRestorer:
         else:
             kwargs.update(base=memory_plan.process_rss() or 0)
         profile = self.activation_profile()
-        if self.tile is not None:
+        if self.tile is not None:  # fixed: LatentTiling's 'auto' GroupNorm mode, as _tiling_kwargs sets it
             tile = self.tile or None
-            estimate = memory_plan.estimate_restore_memory(size, self.scale, tile, profile, **kwargs)
-            return memory_plan.TilePlan(tile=tile, estimate=estimate, budget=self.max_memory, scale=self.scale)
+            exact = on_gpu and tile is not None
+            estimate = memory_plan.estimate_restore_memory(size, self.scale, tile, profile, exact_group_norm=exact,
+                                                           **kwargs)
+            return memory_plan.TilePlan(tile=tile, estimate=estimate, budget=self.max_memory, scale=self.scale,
+                                        group_norm='auto')
         free = memory_plan.device_available_memory(self.device)
         budget = self.max_memory
         if budget is None and free is not None:
@@ -457,7 +460,7 @@ class PortraitRestorer:
             if on_plan is not None:
                 on_plan(plan)
             lq = image_to_tensor(rgb).to(self.device)
-            image = self._restore_streamed(lq, plan.tile, gray, out_dtype, progress)
+            image = self._restore_streamed(lq, plan, gray, out_dtype, progress)
             del lq
         else:
             ref_tensor = image_to_tensor(ref) if ref is not None else None
@@ -472,12 +475,12 @@ class PortraitRestorer:
             out_alpha = _upscale_plane(alpha, self.scale, out_dtype)
         return RestoredImage(image, out_alpha, bit_depth)
 
-    def _restore_streamed(self, lq: Tensor, tile: Optional[int], gray: bool, out_dtype,
+    def _restore_streamed(self, lq: Tensor, plan: memory_plan.TilePlan, gray: bool, out_dtype,
                           progress: Optional[TileProgress]) -> np.ndarray:
         from portraitisr.models.backbones.latent_tiling import stage_tile_counts
 
         factor = int(self.model._backbone.vae_downscale)
-        tiling = None if tile is None else memory_plan.latent_tiling_for(tile, factor)
+        tiling = None if plan.tile is None else memory_plan.latent_tiling_for(plan.tile, factor, plan.group_norm)
         height, width = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
         padded = (height + (-height) % factor, width + (-width) % factor)
         total = 3 if tiling is None else sum(stage_tile_counts(tiling, padded, factor,

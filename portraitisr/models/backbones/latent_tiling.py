@@ -152,11 +152,12 @@ def _vae_tile_results(stages: List[Stage], run: Callable[[Tensor], Tensor], imag
     if group_norm == 'tile':  # one tile at a time: a PixelSource makes each crop only when it is needed
         yield from (run(_crop(image, y, y + tile_h, x, x + tile_w)) for y in ys for x in xs)
         return
-    crops = [_crop(image, y, y + tile_h, x, x + tile_w) for y in ys for x in xs]
+    store = torch.device('cpu') if image.device.type == 'cuda' else image.device
+    # straight to the store, one at a time: all tiles wait there between stages, never all on the GPU
+    crops = [_crop(image, y, y + tile_h, x, x + tile_w).to(store) for y in ys for x in xs]
     height, width = image.shape[-2:]
     spans_y, spans_x = owned_spans(ys, tile_h, height), owned_spans(xs, tile_w, width)
     owned = [(y0, y1, x0, x1) for y0, y1 in spans_y for x0, x1 in spans_x]
-    store = torch.device('cpu') if image.device.type == 'cuda' else image.device
     for result in run_tiles_in_step(stages, crops, owned, (tile_h, tile_w), image.device, store):
         yield result.to(image.device)
 

@@ -7,7 +7,7 @@ blending baseline, which needs none) it restores the same two test pairs and wri
 * ``<method>_faces.jpg``: the same columns cropped to the face (found by dlib's HOG detector on the GT).
 
 The pairs are ``tools/make_test_pairs.py``'s bicubic x4 pairs of skimage's astronaut (512 x 512) and
-matplotlib's Grace Hopper (600 x 512). The pictures are small JPEGs (160-pixel panels, quality 80; about 150 KB in all):
+matplotlib's Grace Hopper (600 x 512). The pictures are small JPEGs (160-pixel panels, quality 70; about 300 KB in all):
 
     python tools/train.py configs/debug/osediff_tiny.py
     python tools/train.py configs/debug/headsup_tiny.py
@@ -77,7 +77,7 @@ def main() -> int:
     parser.add_argument('--checkpoint', action='append', default=[], metavar='METHOD=PATH',
                         help='checkpoint of a method instead of work_dirs/<method>/iter_40.pth')
     parser.add_argument('--panel-size', type=int, default=160)
-    parser.add_argument('--quality', type=int, default=80)
+    parser.add_argument('--quality', type=int, default=70)
     args = parser.parse_args()
     checkpoints = dict(item.split('=', 1) for item in args.checkpoint)
 

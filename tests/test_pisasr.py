@@ -275,7 +275,7 @@ def test_csd_gradient_uses_the_frozen_sd_unet(model_cfg, tiny_cfg):
 
 
 # ------------------------------------------------------------------------------------------------ restorer
-def test_restorer_enlarges_small_inputs_and_sets_guidance(model_cfg, backbone):
+def test_restorer_enlarges_small_inputs_and_sets_guidance(model_cfg, backbone, tmp_path):
     restorer = RESTORERS.build(dict(type='PiSASRRestorer', model=model_cfg, checkpoint=export_pisasr_checkpoint(
         backbone), lambda_pix=0.8, lambda_sem=1.2, min_input_size=32))
     inner = restorer.model.backbone
@@ -284,5 +284,13 @@ def test_restorer_enlarges_small_inputs_and_sets_guidance(model_cfg, backbone):
         assert torch.equal(inner.unet.state_dict()[key], value), key
     out = restorer(torch.rand(1, 3, 24, 20))  # shorter side 20 < 32: restored at 32 x 38 x 4, resized back
     assert out.shape == (1, 3, 96, 80)
+    assert not any(p.requires_grad for p in restorer.parameters())
+    # our own training's .safetensors loads too
+    path = tmp_path / 'pisasr_generator.safetensors'
+    backbone.save_trainable(str(path))
+    restorer = RESTORERS.build(dict(type='PiSASRRestorer', model=model_cfg, checkpoint=str(path)))
+    for key, value in export_pisasr_checkpoint(backbone)['state_dict_unet'].items():
+        assert torch.equal(restorer.model.backbone.unet.state_dict()[key], value), key
+    assert not any(p.requires_grad for p in restorer.parameters())
     with pytest.raises(ValueError, match='pisa_sr.pkl'):
         RESTORERS.build(dict(type='PiSASRRestorer', model=model_cfg))

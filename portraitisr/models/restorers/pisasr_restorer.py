@@ -28,7 +28,8 @@ class PiSASRRestorer(OSEDiffRestorer):
             ``configs/pisasr/pisasr_sd21.py``); its LPIPS loss is dropped (inference only).
         checkpoint: the official ``pisa_sr.pkl``: a weight spec for the weight resolver (path, cached file name,
             URL, dict with ``sha256``) or an already loaded dict, read strictly by
-            :func:`~portraitisr.models.backbones.pisasr_checkpoint.load_pisasr_checkpoint`.
+            :func:`~portraitisr.models.backbones.pisasr_checkpoint.load_pisasr_checkpoint`; or a ``.safetensors``
+            of :meth:`~portraitisr.models.backbones.OneStepSD.save_trainable` (your own training).
         pretrained: ``False`` keeps the model's initial LoRA (tests with random tiny SD); then no ``checkpoint``.
         lambda_pix / lambda_sem: the guidance scales (PiSA-SR's defaults 1.0 / 1.0: one UNet pass).
         min_input_size: inputs with a shorter side below it are enlarged to it first and the result resized back
@@ -52,10 +53,17 @@ class PiSASRRestorer(OSEDiffRestorer):
             raise TypeError(f'{type(self.model).__name__} is not a PiSA-SR model (model type PiSASR)')
         if pretrained:
             backbone = self.model._backbone
-            if isinstance(checkpoint, dict) and not set(checkpoint) <= {'path', 'url', 'sha256', 'filename'}:
-                backbone.load_release_checkpoint(checkpoint)  # an already loaded pisa_sr.pkl
-            else:
-                backbone.load_trained_weights(checkpoint)  # resolved, then read strictly
+            # the restorer is frozen by now; a .safetensors is checked against the LoRA set, so mark it trainable
+            # for the load, then freeze again
+            for param in backbone.adapter_parameters('pix') + backbone.adapter_parameters('sem'):
+                param.requires_grad_(True)
+            try:
+                if isinstance(checkpoint, dict) and not set(checkpoint) <= {'path', 'url', 'sha256', 'filename'}:
+                    backbone.load_release_checkpoint(checkpoint)  # an already loaded pisa_sr.pkl
+                else:
+                    backbone.load_trained_weights(checkpoint)  # resolved, then read strictly (.pkl or .safetensors)
+            finally:
+                self.requires_grad_(False)
         self.model.set_guidance(lambda_pix, lambda_sem)
         if min_input_size < 0:
             raise ValueError(f'min_input_size must be >= 0, got {min_input_size}')

@@ -44,9 +44,9 @@ EXTRAS_REQUIRE = {
     'metrics': ['pyiqa'],
     # the documentation site (`mkdocs build --strict`; 1.6 validates anchors)
     'docs': ['mkdocs>=1.6', 'mkdocs-include-markdown-plugin>=6.0'],
-    # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; mkdocs for
-    # the docs-build test
-    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'mkdocs>=1.6',
+    # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; sewar (MIT)
+    # for the VIFp parity test; mkdocs for the docs-build test
+    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'sewar', 'mkdocs>=1.6',
             'mkdocs-include-markdown-plugin>=6.0'],
 }
 

@@ -42,6 +42,8 @@ from typing import Any, Optional, Union
 
 from tqdm import tqdm
 
+from portraitisr.utils.atomic_files import fsync_folder, write_bytes_atomically
+
 __all__ = [
     'WeightsNotFoundError', 'ChecksumError', 'CheckpointLoadError', 'InsecureURLError', 'WeightSpec',
     'portraitisr_home', 'download_allowed', 'torch_hub_dir', 'hf_hub_cache_dir', 'resolve_file', 'download_file',
@@ -461,36 +463,7 @@ def _write_tofu_record(record: Path, digest: str, name: str) -> None:
     if _read_tofu_record(record) == digest:
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(record, f'{digest}  {Path(name).name}\n'.encode())
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write a small file through a temporary file in the same folder, fsync and rename."""
-    temp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(temp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-    _fsync_folder(path.parent)
+    write_bytes_atomically(record, f'{digest}  {Path(name).name}\n'.encode())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -629,7 +602,7 @@ class _PartState:
 
     def write(self, url: str, validator: str, length: int) -> None:
         import json
-        _write_atomically(self.path, json.dumps(dict(url=url, validator=validator, length=length)).encode())
+        write_bytes_atomically(self.path, json.dumps(dict(url=url, validator=validator, length=length)).encode())
 
     def forget(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -685,7 +658,7 @@ def download_file(url: str, destination: Union[str, 'os.PathLike[str]'], *, sha2
         if sha256 is None and warn_unverified:
             warnings.warn(f'{url} was downloaded without a sha256 to verify it against ({digest})', stacklevel=2)
         os.replace(part, destination)
-        _fsync_folder(destination.parent)
+        fsync_folder(destination.parent)
         state.discard(part)
         st = destination.stat()
         _SHA256_MEMO[(str(destination.resolve()), st.st_size, st.st_mtime_ns)] = digest
@@ -1030,13 +1003,14 @@ def load_state_dict(path: Union[str, 'os.PathLike[str]'], map_location: Any = 'c
     except pickle.UnpicklingError as error:
         detail = next((line.strip() for line in str(error).splitlines() if 'WeightsUnpickler error' in line),
                       str(error).splitlines()[0] if str(error) else type(error).__name__)
-        if 'Unsupported global' in detail:
-            # Name the offending type; the fix is to re-save the tensors, not to trust the pickle.
+        unsupported = re.search(r'Unsupported global: GLOBAL (\S+)', detail)
+        if unsupported:
+            # Name the offending object (not torch's advice to allow-list it); the fix is to re-save the tensors.
             raise CheckpointLoadError(
-                f'{path} contains pickled Python objects that portraitisr will not load ({detail}). Loading it '
-                'would mean running arbitrary code. Re-save only its tensors, in a trusted environment, as '
-                'safetensors or a plain dict of tensors; or, if you trust exactly those types, pass them in '
-                'safe_globals=.') from error
+                f'{path} contains pickled Python objects that portraitisr will not load (it needs '
+                f'{unsupported.group(1)}); loading it would mean running arbitrary code. Re-save only its tensors, '
+                'in a trusted environment, as safetensors or a plain dict of tensors; or, if you trust exactly '
+                'those types, pass them in safe_globals=.') from error
         raise CheckpointLoadError(f'{path} is not a readable torch checkpoint ({detail})') from error
     except (RuntimeError, EOFError, ValueError) as error:  # a truncated zip archive, an empty file, ...
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__

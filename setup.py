@@ -59,7 +59,7 @@ setup(
     long_description=open(os.path.join(HERE, 'README.md'), encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.9',
+    python_requires='>=3.10',  # torch >= 2.9 needs it
     packages=find_packages(include=['portraitisr', 'portraitisr.*']),
     # sample://portraits, the debug manifest over the package photos; the model-zoo index
     package_data={'portraitisr.datasets': ['manifests/*.jsonl'], 'portraitisr': ['model_zoo/index.json']},

@@ -17,8 +17,9 @@
   ``fine_tuned_from`` for a ``load_from`` run), which :func:`checkpoint_training_info` reads back.
 * **Resume maps to the CPU**: the loaded tensors are copied into the model and optimisers anyway, and torch's
   random state must be a CPU tensor for :class:`~portraitisr.engine.hooks.RandomStateHook`.
-* **The log header** is two lines of environment (the full report goes to ``<log dir>/environment.txt``) and the
-  path of the config dump, instead of mmengine's ~500 lines of environment and config.
+* **The log** starts with two lines of environment (the full report goes to ``<log dir>/environment.txt``) and
+  the path of the config dump, instead of mmengine's ~500 lines of environment and config, lists the hooks on
+  one line, and leaves out mmengine's two lines per parameter of ``init_weights`` information.
 """
 import os.path as osp
 import platform
@@ -28,7 +29,7 @@ import mmengine
 import torch
 from mmengine.dist import is_main_process, master_only
 from mmengine.fileio import LocalBackend, get_file_backend
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseModule, is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.priority import Priority
@@ -129,7 +130,17 @@ class PortraitRunner(Runner):
                 f"init_cfg=dict(type='Pretrained') loads through mmengine's loader, which runs code from a "
                 f'downloaded file: {"; ".join(remote)}. Use load_from (a path, or a URL with #sha256=) or the '
                 "component's own weights argument instead")
-        super()._init_model_weights()
+        # mmengine's BaseModule writes two lines per parameter into the log file ("the value is the same before
+        # and after calling init_weights": our components load their weights when built). For a one-step SD
+        # model that is tens of thousands of lines; this instance's dump is skipped.
+        has_dump = isinstance(model, BaseModule)
+        if has_dump:
+            model._dump_init_info = lambda: None
+        try:
+            super()._init_model_weights()
+        finally:
+            if has_dump:
+                del model._dump_init_info
 
     # ---------------------------------------------------------------------------------------------- saving
     @master_only

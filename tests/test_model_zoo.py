@@ -199,7 +199,7 @@ def test_failed_downloads_are_reported_in_one_paragraph(weight_env, file_server,
     lines = str(info.value).splitlines()
     assert lines[0] == "Could not download 2 of the 2 weights 'tiny' needs:"
     for name, url in down.items():
-        assert any(line.startswith(f'  - {name} ({name}.pth) from {url}: Downloading {url}') for line in lines)
+        assert any(line.startswith(f'  - {name} ({name}.pth from {url}): Downloading {url}') for line in lines)
     assert 'portraitisr download tiny' in lines[-1] and str(weight_env['home']) in lines[-1]
     # The command: the same paragraph, no traceback, exit status 1.
     monkeypatch.setattr(model_zoo, 'load_index', lambda path=None: zoo)

@@ -276,9 +276,9 @@ def download(name: str, zoo: Optional[ModelZoo] = None, progress: bool = True) -
         try:
             found[weight_name] = _locate(weights, allow_download=True, progress=progress)
         except (WeightsNotFoundError, ChecksumError) as error:
-            source = weights.hub_id if weights.is_folder else weights.url
-            failed.append(f'  - {weight_name} ({weights.hub_id or weights.filename}) from {source}: '
-                          f'{_failure_reason(error)}')
+            what = (f'the {weights.hub_id} folder from huggingface.co' if weights.is_folder
+                    else f'{weights.filename} from {weights.url}')
+            failed.append(f'  - {weight_name} ({what}): {_failure_reason(error)}')
     if failed:
         home = portraitisr_home()
         lines = [f'Could not download {len(failed)} of the {len(names)} weights {name!r} needs:', *failed,

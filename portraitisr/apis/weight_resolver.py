@@ -350,7 +350,8 @@ def resolve_file(spec: Optional[WeightSpec] = None, *, filename: Optional[str] =
                 got = sha256_of(explicit)
                 if got != sha256:
                     # The user's own file: report, never delete.
-                    raise ChecksumError(f'{explicit}: sha256 mismatch, expected {sha256}, got {got}')
+                    raise ChecksumError(f'{explicit}: sha256 mismatch, expected {sha256}, got {got}', expected=sha256,
+                                        got=got)
             return explicit
         state = 'is a directory, not a file' if explicit.is_dir() else 'does not exist'
         looked.append(f'{explicit.absolute()} (explicit path: {state})')
@@ -404,7 +405,11 @@ def resolve_file(spec: Optional[WeightSpec] = None, *, filename: Optional[str] =
             unverified.append(candidate)
             continue
         if record is not None:
-            _write_tofu_record(record, sha256_of(candidate), name)
+            try:
+                _write_tofu_record(record, sha256_of(candidate), name)
+            except OSError as error:  # a read-only shared cache: usable, but nothing to compare later files with
+                warnings.warn(f'could not record the sha256 of {candidate} in {record} ({error}); a different file '
+                              'there later will not be noticed', stacklevel=2)
         return candidate
 
     allowed = download_allowed(allow_download)

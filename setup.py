@@ -14,7 +14,9 @@ def read_version() -> str:
 
 
 INSTALL_REQUIRES = [
-    'torch>=2.1',
+    # 2.10: the first torch whose torch.load(weights_only=True) has no published bypass (CVE-2025-32434, fixed
+    # in 2.6; CVE-2026-24747, fixed in 2.10). Every checkpoint is loaded that way (weight_resolver.MIN_SAFE_TORCH).
+    'torch>=2.10',
     'torchvision',
     'mmengine>=0.10.5',
     'diffusers>=0.27',
@@ -57,7 +59,7 @@ setup(
     long_description=open(os.path.join(HERE, 'README.md'), encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.9',
+    python_requires='>=3.10',  # torch >= 2.9 needs it
     packages=find_packages(include=['portraitisr', 'portraitisr.*']),
     # sample://portraits, the debug manifest over the package photos; the model-zoo index
     package_data={'portraitisr.datasets': ['manifests/*.jsonl'], 'portraitisr': ['model_zoo/index.json']},

@@ -144,7 +144,7 @@ def _models(args: argparse.Namespace) -> int:
     if args.weights:
         for entry in (zoo.weights[name] for name in sorted(zoo.weights)):
             where = entry.hub_id if entry.is_folder else entry.url
-            check = 'hub' if entry.is_folder else ('sha256 verified' if entry.verified else 'UNVERIFIED')
+            check = {'hub': 'hub', 'pinned': 'sha256 pinned', 'TOFU': 'TOFU (no sha256)'}[entry.trust]
             print(f'{entry.name:34s} {check:16s} {entry.licence}\n{"":34s} {where}')
         return 0
     for entry in model_zoo.list_models(zoo):

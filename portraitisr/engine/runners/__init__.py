@@ -1,0 +1,3 @@
+from .portrait_runner import PortraitRunner
+
+__all__ = ['PortraitRunner']

@@ -120,6 +120,7 @@ def test_resume_after_partial_run_and_truncated_line(photos, full_scan, tmp_path
     assert len(load_records(out / 'records.jsonl')) == 7
 
 
+@pytest.mark.slow
 def test_two_workers_match_one(photos, full_scan, tmp_path):
     path = scan_images(photos, tmp_path / 'scan2', CONFIG, workers=2, progress=False)
     assert _sorted_lines(path) == _sorted_lines(full_scan)

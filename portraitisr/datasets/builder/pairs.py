@@ -39,6 +39,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from portraitisr.datasets.portrait_triplet_dataset import manifest_line
+from portraitisr.registry import IDENTITY_EXTRACTORS
 
 from .photos import builder_warning
 from .records import RECORDS_FILE, SETTINGS_FILE, read_records_with_stats, read_settings, stamp_status
@@ -100,8 +101,6 @@ def identity_threshold(extractor: dict) -> Tuple[float, str]:
         KeyError: no such identity model.
         ValueError: the model has no published threshold (the message says to pass one).
     """
-    from portraitisr.registry import IDENTITY_EXTRACTORS
-
     name = extractor.get('type') if isinstance(extractor, dict) else None
     if not isinstance(name, str):
         raise KeyError(f'an identity model config names its type as a string, got {extractor!r}')

@@ -7,7 +7,10 @@ schema that :class:`~portraitisr.datasets.PortraitTripletDataset` reads (``docs/
 
 HeadsUp (section 3 and appendix C) keeps the face pairs whose identity similarity is above 0.65, splits the 30k
 photos into 27k train and 3k test images, builds pairs within each split only, keeps every pair for training and,
-in the test split, at most one reference per face: the most similar one.
+in the test split, at most one reference per face: the most similar one. The 0.65 is on CVLFace's scale; a
+similarity threshold belongs to the identity model that made the embeddings. By default the threshold is therefore
+the ``verification_threshold`` of the extractor named in the scan's settings (``scan.json``): 0.91 for dlib's
+ResNet (the offline default), 0.65 for CVLFace AdaFace (the paper's). :func:`identity_threshold` looks it up.
 
 Choices made here:
 
@@ -19,8 +22,13 @@ Choices made here:
   ``O(block_size ** 2 + pairs)`` for any number of faces.
 * Everything is sorted (images by path, pairs by index, references by similarity then path), so the same records, in
   any order, give byte-identical manifests.
+* Each manifest starts with one ``#`` comment line (the dataset reader skips it) that records how its pairs were
+  made: the identity model, the threshold and its source, the split's ratio and seed.
+* A record whose photo is gone, or changed since it was scanned (its file stamp differs), is left out with a
+  warning: a manifest never points at a photo its record no longer describes.
 """
 import hashlib
+import json
 import os
 import tempfile
 import warnings
@@ -31,8 +39,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from portraitisr.datasets.portrait_triplet_dataset import manifest_line
+from portraitisr.registry import IDENTITY_EXTRACTORS
 
-from .records import RECORDS_FILE, read_records_with_stats
+from .photos import builder_warning
+from .records import RECORDS_FILE, SETTINGS_FILE, read_records_with_stats, read_settings, stamp_status
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,7 +59,8 @@ class PairConfig:
 
     Args:
         similarity_threshold: keep a pair when the cosine similarity of the two embeddings is strictly above this
-            (HeadsUp: 0.65 with CVLFace).
+            (HeadsUp: 0.65 with CVLFace). None (default): the ``verification_threshold`` of the identity model the
+            scan used (see :func:`identity_threshold`).
         test_ratio: expected share of images in the test split (HeadsUp: 3k of 30k).
         seed: seed of the split hash. Changing it gives another split.
         max_references: most references per train face (the most similar ones); ``None`` keeps all of them.
@@ -60,7 +71,7 @@ class PairConfig:
             always written the ``'image'`` way.
     """
 
-    similarity_threshold: float = 0.65
+    similarity_threshold: Optional[float] = None
     test_ratio: float = 0.1
     seed: int = 0
     max_references: Optional[int] = None
@@ -71,7 +82,7 @@ class PairConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.test_ratio <= 1.0:
             raise ValueError(f'test_ratio must be in [0, 1], got {self.test_ratio}')
-        if not -1.0 <= self.similarity_threshold <= 1.0:
+        if self.similarity_threshold is not None and not -1.0 <= self.similarity_threshold <= 1.0:
             raise ValueError(f'similarity_threshold must be in [-1, 1], got {self.similarity_threshold}')
         if self.block_size < 1:
             raise ValueError(f'block_size must be positive, got {self.block_size}')
@@ -81,6 +92,25 @@ class PairConfig:
             raise ValueError(f'test_max_references must be positive, got {self.test_max_references}')
         if self.reference_kind not in ('crop', 'image'):
             raise ValueError(f"reference_kind must be 'crop' or 'image', got {self.reference_kind!r}")
+
+
+def identity_threshold(extractor: dict) -> Tuple[float, str]:
+    """``(threshold, source)``: the verification threshold of the ``IDENTITY_EXTRACTORS`` config's class.
+
+    Raises:
+        KeyError: no such identity model.
+        ValueError: the model has no published threshold (the message says to pass one).
+    """
+    name = extractor.get('type') if isinstance(extractor, dict) else None
+    if not isinstance(name, str):
+        raise KeyError(f'an identity model config names its type as a string, got {extractor!r}')
+    cls = IDENTITY_EXTRACTORS.get(name)  # an unknown name raises KeyError listing the registered ones
+    threshold = getattr(cls, 'verification_threshold', None)
+    source = getattr(cls, 'verification_source', 'unknown source')
+    if threshold is None:
+        raise ValueError(f'{name} has no published verification threshold ({source}); pass a similarity threshold '
+                         'chosen for it (PairConfig(similarity_threshold=...), --similarity)')
+    return float(threshold), f'{name}: {source}'
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -112,14 +142,14 @@ def _normalise(embeddings: np.ndarray) -> np.ndarray:
     return embeddings / np.where(norms > 0, norms, 1.0)
 
 
-def find_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: float = 0.65,
+def find_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: float,
                block_size: int = 4096) -> List[Tuple[int, int, float]]:
     """Faces of different images whose cosine similarity is above ``threshold``.
 
     Args:
         embeddings: ``M x D`` identity embeddings (normalised again here, so cosine = dot product).
         image_index: ``M`` ids of the image each face belongs to; faces with the same id are never paired.
-        threshold: keep ``similarity > threshold`` (strictly).
+        threshold: keep ``similarity > threshold`` (strictly); on the scale of the model that made the embeddings.
         block_size: the matrix is computed ``block_size x block_size`` at a time, upper triangle only; memory
             never grows with ``M ** 2``.
 
@@ -245,6 +275,31 @@ def _reference_key(face: _Face, kind: str) -> Tuple[str, str, int]:
     return (crop or face.image_path, face.image_path, face.index)
 
 
+def _resolve_threshold(config: PairConfig, out_dir: Path) -> Tuple[float, Optional[str], str]:
+    """``(threshold, identity model name or None, source)`` of this build."""
+    settings = read_settings(out_dir)
+    extractor = (settings or {}).get('extractor')
+    name = extractor.get('type') if isinstance(extractor, dict) else None
+    if config.similarity_threshold is not None:
+        return float(config.similarity_threshold), name, 'given (PairConfig.similarity_threshold / --similarity)'
+    if extractor is None:
+        raise ValueError(f'{out_dir} has no {SETTINGS_FILE} naming the identity model that made the embeddings; '
+                         'pass a similarity threshold chosen for that model (PairConfig(similarity_threshold=...))')
+    threshold, source = identity_threshold(extractor)
+    return threshold, name, source
+
+
+def _is_current(record: dict, input_root: PathLike) -> bool:
+    """False (with a warning) when the record's photo is gone or changed since it was scanned. A record without a
+    file stamp (written by hand or by an older builder) cannot be checked for changes: kept while its photo exists."""
+    status = stamp_status(record, os.path.join(os.fspath(input_root), record['image']))
+    if status == 'missing':
+        builder_warning(f'{record["image"]}: the photo no longer exists; left out of the manifests')
+    elif status == 'changed':
+        builder_warning(f'{record["image"]}: changed since it was scanned; left out of the manifests (scan again)')
+    return status in ('current', 'unstamped')
+
+
 def _manifest_face(face: dict, references: List[dict]) -> dict:
     out = {key: face[key] for key in ('box', 'landmarks', 'score', 'crop', 'eye_distance') if key in face}
     out['references'] = references
@@ -261,25 +316,34 @@ def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optio
         records_path: the records, by default ``<out_dir>/records.jsonl``.
         config: thresholds, split and reference options.
 
-    Only ``status == "ok"`` records with at least one face are used. Both faces of a pair get the other as a
-    reference, sorted by similarity (highest first, ties by path). Each manifest is sorted by image path and
-    written atomically. Same records in any order give byte-identical files.
+    Only ``status == "ok"`` records with at least one face, whose photo is unchanged since the scan, are used.
+    Both faces of a pair get the other as a reference, sorted by similarity (highest first, ties by path). Each
+    manifest is sorted by image path and written atomically, after a ``#`` line recording the identity model and
+    the threshold. Same records in any order give byte-identical files.
 
     Returns:
-        A summary: image, face, pair and reference counts per split, skipped images, what the records file held,
-        and ``pair_similarities`` (``{split: [similarity, ...]}``, for the report).
+        A summary: image, face, pair and reference counts per split, skipped and stale images, what the records
+        file held, the identity model, threshold and its source, and ``pair_similarities``
+        (``{split: [similarity, ...]}``, for the report).
+
+    Raises:
+        ValueError: no threshold is given and none can be found (no ``scan.json``, or a model without one).
     """
     config = config or PairConfig()
     out_dir = Path(out_dir)
+    threshold, identity_model, threshold_source = _resolve_threshold(config, out_dir)
     records, read_stats = read_records_with_stats(records_path or out_dir / RECORDS_FILE)
 
     faces: List[_Face] = []
     embeddings: List[np.ndarray] = []
     images: List[dict] = []  # kept records, sorted by image path
-    skipped = 0
+    skipped = stale = 0
     for path in sorted(records):
         record = records[path]
         if record.get('status') != 'ok' or not record.get('faces'):
+            continue
+        if not _is_current(record, input_root):
+            stale += 1
             continue
         array = _load_embeddings(out_dir, record)
         if array is None:
@@ -302,12 +366,12 @@ def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optio
 
     references: List[List[Tuple[float, Tuple[str, str, int], int]]] = [[] for _ in faces]
     summary: dict = dict(records=len(records), **{f'records_{k}': v for k, v in read_stats.items()},
-                         images_skipped=skipped, similarity_threshold=config.similarity_threshold,
+                         images_skipped=skipped, images_stale=stale, identity_model=identity_model,
+                         similarity_threshold=threshold, threshold_source=threshold_source,
                          test_ratio=config.test_ratio, seed=config.seed, pair_similarities={})
     for split in SPLITS:
         members = np.array([n for n, f in enumerate(faces) if f.split == split], dtype=np.int64)
-        pairs = find_pairs(matrix[members], groups[members], config.similarity_threshold, config.block_size) \
-            if len(members) else []
+        pairs = find_pairs(matrix[members], groups[members], threshold, config.block_size) if len(members) else []
         sims = []
         for i, j, similarity in pairs:
             a, b = int(members[i]), int(members[j])
@@ -324,9 +388,12 @@ def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optio
             written += len(refs)
             faces_with_reference += bool(refs)
             lines[faces[n].image].append(_manifest_face(faces[n].record, refs))
-        text = ''.join(manifest_line(image['path'], lines[n], height=image['record'].get('height'),
-                                     width=image['record'].get('width')) + '\n'
-                       for n, image in enumerate(images) if image['split'] == split)
+        header = dict(split=split, identity_model=identity_model, similarity_threshold=threshold,
+                      threshold_source=threshold_source, test_ratio=config.test_ratio, seed=config.seed)
+        text = f'# portrait builder: {json.dumps(header)}\n'
+        text += ''.join(manifest_line(image['path'], lines[n], height=image['record'].get('height'),
+                                      width=image['record'].get('width')) + '\n'
+                        for n, image in enumerate(images) if image['split'] == split)
         write_atomic(out_dir / f'{split}.jsonl', text)
         summary.update({f'{split}_images': sum(image['split'] == split for image in images),
                         f'{split}_faces': int(len(members)), f'{split}_pairs': len(pairs),

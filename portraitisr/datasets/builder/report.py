@@ -1,7 +1,8 @@
 """PortraitSR-4K builder report: how many photos each filter kept, face sizes and pair similarities.
 
-:func:`write_report` writes ``report.txt`` (counts after each filter, every rejection reason, and histograms with
-fixed bins drawn as ASCII bars) and ``report.png`` (the two histograms). The PNG is drawn with matplotlib's Agg
+:func:`write_report` writes ``report.txt`` (the identity model and pairing threshold, counts after each filter,
+every rejection reason, the files that could not be read, and histograms with fixed bins drawn as ASCII bars) and
+``report.png`` (the two histograms). The PNG is drawn with matplotlib's Agg
 canvas directly, without pyplot, so the caller's matplotlib backend is left alone.
 """
 import io
@@ -46,18 +47,19 @@ def filter_counts(records: Iterable[dict], summary: Mapping) -> List[Tuple[str, 
     ok = [r for r in records if r.get('status') == 'ok']
     with_faces = [r for r in ok if r.get('faces')]
     counts = [('scanned images', len(records)),
-              ('errors (unreadable)', errors),
+              ('errors (could not be read)', errors),
               ('candidates (size and aspect ratio)', len(records) - errors - too_small),
               ('passed quality scorer', len(records) - errors - too_small - low_score),
               ('ok images', len(ok)),
               ('images with faces', len(with_faces)),
               ('kept faces', sum(len(r['faces']) for r in with_faces)),
               ('dropped small faces', sum(int(r.get('dropped_small_faces') or 0) for r in records)),
-              ('images skipped (bad embeddings)', int(summary.get('images_skipped', 0)))]
+              ('images skipped (bad embeddings)', int(summary.get('images_skipped', 0))),
+              ('images skipped (photo changed or gone)', int(summary.get('images_stale', 0)))]
     for split in SPLITS:
         counts += [(f'{split} images', int(summary.get(f'{split}_images', 0))),
                    (f'{split} faces', int(summary.get(f'{split}_faces', 0))),
-                   (f'{split} pairs (similarity > {summary.get("similarity_threshold", 0.65)})',
+                   (f'{split} pairs (similarity > {summary.get("similarity_threshold")})',
                     int(summary.get(f'{split}_pairs', 0))),
                    (f'{split} references written', int(summary.get(f'{split}_references', 0))),
                    (f'{split} faces with >= 1 reference', int(summary.get(f'{split}_faces_with_reference', 0)))]
@@ -141,7 +143,10 @@ def write_report(out_dir: PathLike, records: Union[Mapping[str, dict], Iterable[
     records = list(records.values()) if isinstance(records, Mapping) else list(records)
     counts = filter_counts(records, summary)
     width = max(len(label) for label, _ in counts)
-    lines = ['PortraitSR-4K builder report', '', 'counts after each filter']
+    lines = ['PortraitSR-4K builder report', '',
+             f'identity model: {summary.get("identity_model") or "(not recorded)"}',
+             f'pairs: cosine similarity > {summary.get("similarity_threshold")} '
+             f'({summary.get("threshold_source") or "source not recorded"})', '', 'counts after each filter']
     lines += [f'  {label:<{width}}  {count:>8}' for label, count in counts]
     # errors carry '<ExceptionType>: message'; grouped by the exception type
     reasons = Counter(_reason_key(r.get('reason')) if r.get('status') == 'rejected'
@@ -149,6 +154,9 @@ def write_report(out_dir: PathLike, records: Union[Mapping[str, dict], Iterable[
                       for r in records if r.get('status') in ('rejected', 'error'))
     lines += ['', 'rejections and errors by reason']
     lines += [f'  {reason:<{width}}  {n:>8}' for reason, n in sorted(reasons.items())] or ['  (none)']
+    failed = sorted((str(r.get('image')), str(r.get('reason'))) for r in records if r.get('status') == 'error')
+    lines += ['', f'files that could not be read ({len(failed)})']
+    lines += [f'  {image}: {reason}' for image, reason in failed] or ['  (none)']
     eye_counts = histogram(_eye_distances(records), EYE_DISTANCE_BINS)
     lines += [''] + ascii_histogram('face size: eye distance in pixels (kept faces)', eye_counts.tolist(),
                                     EYE_DISTANCE_BINS)

@@ -309,3 +309,14 @@ def test_study_create_on_the_command_line(restored, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith('portraitisr study create: method \'pisasrzz\'') and err.count('\n') == 1
     _nothing_left(tmp_path, 'study2')
+
+
+def test_the_portraitisr_command_has_the_study_subcommand(restored, tmp_path, capsys):
+    from portraitisr.cli import main
+
+    folders, gt = restored
+    assert main(['study', 'create', '-o', str(tmp_path / 'study'), '--kind', 'wr_n', '--questions', '2',
+                 '--method', str(folders['osediffzz']), '--method', str(folders['pisasrzz'])]) == 0
+    assert 'wr_n, 2 methods, 5 images' in capsys.readouterr().out
+    assert main(['study', 'results', str(tmp_path / 'study')]) == 2
+    assert 'no answers yet' in capsys.readouterr().err

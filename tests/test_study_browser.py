@@ -28,7 +28,8 @@ TOKEN = 'browser-test-admin-token-0123'
 #: Chromium without anything that talks to the network on its own; a fresh profile per test.
 CHROMIUM_FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
                   '--disable-background-networking', '--disable-component-update', '--disable-sync',
-                  '--disable-dev-shm-usage', '--hide-scrollbars')
+                  '--disable-dev-shm-usage', '--hide-scrollbars', '--no-proxy-server', '--disable-extensions',
+                  '--disable-default-apps', '--disable-domain-reliability', '--no-default-browser-check')
 
 
 def _require_browser():
@@ -100,8 +101,10 @@ def _assert_nothing_leaks(driver, url, forbidden):
         lowered = text.lower()
         for word in forbidden:
             assert word.lower() not in lowered, word
-    for src in _image_sources(driver):
+    sources = _image_sources(driver)
+    for src in sources:
         assert re.fullmatch(re.escape(url) + r'/img/[0-9a-f]{32}', src), src
+    assert len(set(sources)) == len(sources)  # no image shown twice under one id (e.g. an attention check's answer)
 
 
 def _shot(driver, tmp_path, name):
@@ -161,6 +164,7 @@ def test_whole_questionnaires_in_headless_chromium(browser, tmp_path):
         # ---- participant 1: clicks, keys, a reload, a lost connection, a double key press, a phone-sized screen
         driver.get(url + '/')
         _wait(driver, lambda: _screen(driver) == 'intro', 'the start screen')
+        assert not driver.find_element('id', 'progress-box').is_displayed()  # no progress before the start
         _shot(driver, tmp_path, 'study_intro.png')
         _assert_nothing_leaks(driver, url, forbidden)
         driver.find_element('id', 'start').click()
@@ -180,6 +184,7 @@ def test_whole_questionnaires_in_headless_chromium(browser, tmp_path):
             return choice
 
         _assert_nothing_leaks(driver, url, forbidden)
+        assert not driver.find_element('id', 'ab-answers').is_displayed()  # A/B buttons only in A/B studies
         _shot(driver, tmp_path, 'study_question.png')
         answer(0, 'click')
         _wait_question(driver, 1)
@@ -235,6 +240,7 @@ def test_whole_questionnaires_in_headless_chromium(browser, tmp_path):
         key2 = _questions(db, 2)
         for position, (_, kind, correct, _) in enumerate(key2):
             _wait_question(driver, position)
+            _assert_nothing_leaks(driver, url, forbidden)  # every screen, the attention check included
             choice = (correct + 1) % 3 if kind == 'attention' else 2
             chosen[(2, position)] = choice
             _press(driver, str(choice + 1))
@@ -303,6 +309,7 @@ def test_ab_study_in_headless_chromium(browser, tmp_path):
         _wait(driver, lambda: _screen(driver) == 'intro', 'the start screen')
         driver.find_element('id', 'start').click()
         _wait_question(driver, 0)
+        assert driver.find_element('id', 'progress-text').text == 'Question 1 of 3'
         buttons = [b.text for b in driver.find_elements('css selector', '#ab-answers button')]
         assert buttons == ['A is better (A)', 'B is better (B)', 'Both are equally good (S)']
         _shot(driver, tmp_path, 'study_ab.png')

@@ -106,7 +106,8 @@ def test_images_are_reencoded_under_opaque_ids(restored, tmp_path):
     design = create_study(tmp_path / 'study', 'wr_id', folders, gt=gt, questions=3, attention_checks=2, seed=4)
     study = tmp_path / 'study'
     files = sorted((study / 'images').iterdir())
-    assert len(files) == len(design.images) == 5 * 4 + 5 * 3  # 5 items x (3 methods + GT) + 5 checks x (1 + 2)
+    # 5 items x (3 methods + GT) + 5 checks x (clean + 2 corrupted + the reference copy)
+    assert len(files) == len(design.images) == 5 * 4 + 5 * 4
     for path in files:
         assert len(path.stem) == 32 and int(path.stem, 16) >= 0 and path.suffix == '.png'
         data = path.read_bytes()
@@ -123,6 +124,8 @@ def test_images_are_reencoded_under_opaque_ids(restored, tmp_path):
     for check in design.attention_items:
         clean = read_image(study / design.images[check.clean]).rgb
         np.testing.assert_array_equal(clean, read_image(gt / f'{check.name}.png').rgb)
+        np.testing.assert_array_equal(read_image(study / design.images[check.reference]).rgb, clean)
+        assert check.reference != check.clean  # the page never shows one URL twice
         assert list(check.corrupted) == ['blur', 'pixelate']
         for image_id in check.corrupted.values():
             assert np.abs(read_image(study / design.images[image_id]).rgb - clean).mean() > 0.02
@@ -201,7 +204,7 @@ def test_questionnaires_are_drawn_from_the_seed(restored, tmp_path):
         for q in checks:
             check = next(c for c in design.attention_items if c.name == q.item)
             assert q.option_labels[q.correct] == CLEAN_LABEL and q.option_images[q.correct] == check.clean
-            assert q.reference == check.clean  # WR_id: the reference is the clean image itself
+            assert q.reference == check.reference  # WR_id: the reference is the clean image (under another id)
             positions[q.correct] += 1
     assert len(orders) == 6 and min(orders.values()) > 120  # all 3! orders, about equally often (1200 / 6 = 200)
     assert set(positions) == {0, 1, 2}
@@ -260,7 +263,7 @@ def test_face_crops_use_one_matrix_per_item_from_the_ground_truth(tmp_path):
         for label, image_id in [('gt', item.reference)] + list(item.images.items()):
             source = gt_rgb if label == 'gt' else read_image(folders[label] / f'{item.name}.png').rgb
             with torch.no_grad():
-                expected = tensor_to_image(aligner.align(image_to_tensor(source).double(), matrix))
+                expected = tensor_to_image(aligner.align(image_to_tensor(source), matrix))
             shown = read_image(tmp_path / 'study' / design.images[image_id]).rgb
             assert shown.shape == (128, 128, 3)
             assert np.abs(shown - expected).max() <= 0.5 / 255 + 1e-6  # exact up to the 8-bit PNG rounding

@@ -270,7 +270,7 @@ def test_study_serve_on_the_command_line(study_dir, tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = process.stdout.readline()
-        assert line.startswith("serving 'Image study (WR_id)' (wr_id) at http://127.0.0.1:"), line
+        assert line.startswith("serving 'Image study' (wr_id) at http://127.0.0.1:"), line
         url = line.split(' at ')[1].strip().rstrip('/')
         assert 'admin token' not in process.stdout.readline() + process.stdout.readline()  # given by the env
         for _ in range(100):

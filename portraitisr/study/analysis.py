@@ -30,6 +30,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
@@ -143,7 +144,10 @@ def ab_outcome(answer: AnswerRecord) -> Tuple[str, str, int]:
 
 
 def _percentile_interval(samples: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    return np.percentile(samples, 2.5, axis=0), np.percentile(samples, 97.5, axis=0)
+    """2.5 and 97.5 percentiles per column, over the replicates that are defined (not NaN)."""
+    with np.errstate(invalid='ignore'), warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # an all-NaN column stays NaN
+        return np.nanpercentile(samples, 2.5, axis=0), np.nanpercentile(samples, 97.5, axis=0)
 
 
 # ------------------------------------------------------------------------------------------------ analysis
@@ -208,7 +212,8 @@ def analyse(design: StudyDesign, responses: Responses, bootstrap: int = DEFAULT_
         rates = picked.sum(0) / max(totals.sum(), 1)
         low = high = np.full(n_m, np.nan)
         if weights is not None:
-            low, high = _percentile_interval((weights @ picked) / (weights @ totals)[:, None])
+            with np.errstate(invalid='ignore', divide='ignore'):  # a replicate of participants without votes: NaN
+                low, high = _percentile_interval((weights @ picked) / (weights @ totals)[:, None])
         rows = [WinRateRow(design.title, metric, m, float(rates[j]) if totals.sum() else float('nan'),
                            float(low[j]), float(high[j]), int(picked[:, j].sum()), int(totals.sum()), n_p)
                 for j, m in enumerate(methods)]

@@ -46,7 +46,8 @@ def add_study_subcommands(subparsers) -> argparse.ArgumentParser:
                         help='format of the images participants download (default png; jpg is quality 95)')
     create.add_argument('--ab-reference', metavar='METHOD',
                         help='ab: compare METHOD with each other method (default: every pair)')
-    create.add_argument('--title', help='title shown to participants (never name the methods)')
+    create.add_argument('--title', help='title shown to participants (default "Image study"; never name the '
+                                        'methods)')
     create.add_argument('--prompt', help='the question (default from the kind)')
     create.set_defaults(study_handler=_create)
 
@@ -85,6 +86,17 @@ def _create(args: argparse.Namespace) -> int:
     from .create import create_study
     from .folders import StudyFolderError, parse_method_spec
 
+    bar = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc='study images', unit='image', file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+
     try:
         methods = {}
         for spec in args.method:
@@ -96,9 +108,12 @@ def _create(args: argparse.Namespace) -> int:
                               attention_checks=args.attention_checks, seed=args.seed, face_crops=args.face_crops,
                               crop_size=args.crop_size, detector=args.detector, max_side=args.max_side,
                               image_format=args.image_format, ab_reference=args.ab_reference, title=args.title,
-                              prompt=args.prompt)
+                              prompt=args.prompt, progress=progress)
     except (StudyFolderError, ValueError, FileExistsError, ImportError) as error:
         return _fail('create', error)
+    finally:
+        if bar is not None:
+            bar.close()
     dropped = design.source.get('dropped_no_face') or []
     print(f'study {args.output}: {design.kind}, {len(design.methods)} methods, {len(design.items)} images'
           + (f' ({len(dropped)} without a face left out)' if dropped else '')

@@ -84,7 +84,7 @@ def create_study(output: PathLike, kind: str, methods: Mapping[str, PathLike], g
                  crop_size: int = 512, detector: str = 'auto', max_side: Optional[int] = None,
                  image_format: str = 'png', ab_reference: Optional[str] = None, title: Optional[str] = None,
                  prompt: Optional[str] = None, attention_pool: int = DEFAULT_ATTENTION_POOL,
-                 progress: Optional[Callable[[str], None]] = None) -> StudyDesign:
+                 progress: Optional[Callable[[int, int], None]] = None) -> StudyDesign:
     """Make a study folder.
 
     Args:
@@ -104,10 +104,10 @@ def create_study(output: PathLike, kind: str, methods: Mapping[str, PathLike], g
         image_format: ``'png'`` or ``'jpg'`` (quality 95) for the images participants see.
         ab_reference: A/B only: compare this method with each of the others (AuthFace's design); None compares every
             pair.
-        title: shown on the first page; default from the kind.
+        title: shown on every page (default "Image study"; never name the methods).
         prompt: the question; default from the kind (faces or images).
         attention_pool: how many different images attention checks are made from.
-        progress: called with a short message per item (the CLI prints a bar).
+        progress: called as ``progress(done, total)`` before each image (the CLI shows a bar).
 
     Returns:
         The design written to ``<output>/study.json``.
@@ -167,9 +167,9 @@ def create_study(output: PathLike, kind: str, methods: Mapping[str, PathLike], g
         clean_sources: Dict[str, tuple] = {}  # name -> (label of the clean image, crop matrix): re-read for checks
         dropped: List[str] = []
         rng = np.random.default_rng([seed, _ATTENTION_STREAM])
-        for name in folders.names:
+        for done, name in enumerate(folders.names):
             if progress is not None:
-                progress(name)
+                progress(done, len(folders.names))
             files = folders.files[name]
             images = {label: _read(files[label]) for label in files}
             matrix = None
@@ -202,10 +202,11 @@ def create_study(output: PathLike, kind: str, methods: Mapping[str, PathLike], g
                 label, matrix = clean_sources[name]
                 clean = _prepare(_read(folders.files[name][label]), cropper, matrix, max_side)
                 attention_items.append(AttentionItem(
-                    name=name, clean=write(clean), corrupted={c: write(corrupt(clean, c, rng)) for c in wanted}))
+                    name=name, clean=write(clean), corrupted={c: write(corrupt(clean, c, rng)) for c in wanted},
+                    reference=write(clean) if study_kind.needs_reference else None))
 
         design = StudyDesign(
-            kind=kind, title=title or f'Image study ({study_kind.metric})',
+            kind=kind, title=title or 'Image study',
             prompt=prompt or (study_kind.face_prompt if face_crops else study_kind.image_prompt),
             methods=names, items=items, questions_per_participant=questions, seed=int(seed), images=write.files,
             attention_items=attention_items, attention_per_participant=attention_checks, pairs=pairs,

@@ -84,10 +84,12 @@ class StudyItem:
 
 @dataclass(frozen=True)
 class AttentionItem:
-    """An attention-check image: the clean id and ``corruption name -> id`` of its corrupted copies."""
+    """An attention-check image: the clean id, ``corruption name -> id`` of its corrupted copies, and for studies
+    that show a reference, the same clean pixels under another id (so that the page never shows one URL twice)."""
     name: str
     clean: str
     corrupted: Dict[str, str]
+    reference: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -176,9 +178,12 @@ class StudyDesign:
             if len(check.corrupted) < needed:
                 raise StudyFileError(f'attention check {check.name!r} has {len(check.corrupted)} corrupted copies, '
                                      f'needs {needed}')
+            if self.study_kind.needs_reference and check.reference is None:
+                raise StudyFileError(f'attention check {check.name!r} has no reference image')
         used = [image for item in self.items for image in item.images.values()]
         used += [item.reference for item in self.items if item.reference is not None]
         used += [check.clean for check in self.attention_items]
+        used += [check.reference for check in self.attention_items if check.reference is not None]
         used += [image for check in self.attention_items for image in check.corrupted.values()]
         unknown = [image for image in used if image not in self.images]
         if unknown:
@@ -222,7 +227,7 @@ def draw_questionnaire(design: StudyDesign, participant_number: int) -> List[Dra
         images = [check.clean] + [check.corrupted[name] for name in corrupted]
         order = rng.permutation(len(labels))
         labels, images = [labels[k] for k in order], [images[k] for k in order]
-        reference = check.clean if design.study_kind.needs_reference else None
+        reference = check.reference if design.study_kind.needs_reference else None
         checks.append(DrawnQuestion('attention', check.name, reference, tuple(labels), tuple(images),
                                     correct=labels.index(CLEAN_LABEL)))
     # Checks go to random positions, never first: the first question is where participants learn the screen.

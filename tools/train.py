@@ -12,6 +12,10 @@ import sys
 # Run from a source checkout without installing: make the package next to tools/ importable.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine: see import_guards
+
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from portraitisr.engine.checkpoint_loading import CHECKPOINT_ERRORS, verify_checkpoint  # noqa: E402

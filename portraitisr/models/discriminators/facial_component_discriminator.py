@@ -96,28 +96,30 @@ def _detached(*tensors):
     return tuple(t.detach() if t is not None else None for t in tensors)
 
 
-def _run(layer: nn.Sequential, x: Tensor, frozen: bool) -> Tensor:
-    """A ``conv_layer`` Sequential, passing ``frozen`` to the layers with weights."""
-    for module in layer:
-        x = module(x, frozen) if isinstance(module, (EqualConv2d, FusedLeakyReLU)) else module(x)
-    return x
+class ConvLayer(nn.Sequential):
+    """BasicSR's StyleGAN2 ``ConvLayer``: ``[Blur,] EqualConv2d [, FusedLeakyReLU]``, keeping its parameter
+    names (``0.weight``, ``1.bias``, ...). The convolution has its own bias only without activation (the activation
+    carries it). ``forward(x, frozen)`` passes ``frozen`` to the layers with weights."""
 
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, downsample: bool = False,
+                 bias: bool = True, activate: bool = True) -> None:
+        layers: List[nn.Module] = []
+        if downsample:
+            pad = (len(RESAMPLE_KERNEL) - 2) + (kernel_size - 1)
+            layers.append(Blur(RESAMPLE_KERNEL, ((pad + 1) // 2, pad // 2)))
+            stride, padding = 2, 0
+        else:
+            stride, padding = 1, kernel_size // 2
+        layers.append(EqualConv2d(in_channels, out_channels, kernel_size, stride, padding,
+                                  bias=bias and not activate))
+        if activate:
+            layers.append(FusedLeakyReLU(out_channels))
+        super().__init__(*layers)
 
-def conv_layer(in_channels: int, out_channels: int, kernel_size: int = 3, downsample: bool = False,
-               bias: bool = True, activate: bool = True) -> nn.Sequential:
-    """BasicSR's StyleGAN2 ``ConvLayer`` as a ``Sequential`` with its parameter names: ``[Blur,] EqualConv2d
-    [, FusedLeakyReLU]``. The convolution has its own bias only without activation (the activation carries it)."""
-    layers: List[nn.Module] = []
-    if downsample:
-        pad = (len(RESAMPLE_KERNEL) - 2) + (kernel_size - 1)
-        layers.append(Blur(RESAMPLE_KERNEL, ((pad + 1) // 2, pad // 2)))
-        stride, padding = 2, 0
-    else:
-        stride, padding = 1, kernel_size // 2
-    layers.append(EqualConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias and not activate))
-    if activate:
-        layers.append(FusedLeakyReLU(out_channels))
-    return nn.Sequential(*layers)
+    def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
+        for module in self:
+            x = module(x, frozen) if isinstance(module, (EqualConv2d, FusedLeakyReLU)) else module(x)
+        return x
 
 
 @MODELS.register_module()
@@ -142,12 +144,12 @@ class FacialComponentDiscriminator(nn.Module):
         with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
             if init_seed is not None:
                 torch.manual_seed(init_seed)
-            self.conv1 = conv_layer(in_channels, c, 3)
-            self.conv2 = conv_layer(c, 2 * c, 3, downsample=True)
-            self.conv3 = conv_layer(2 * c, 2 * c, 3)
-            self.conv4 = conv_layer(2 * c, 4 * c, 3, downsample=True)
-            self.conv5 = conv_layer(4 * c, 4 * c, 3)
-            self.final_conv = conv_layer(4 * c, 1, 3, bias=True, activate=False)
+            self.conv1 = ConvLayer(in_channels, c, 3)
+            self.conv2 = ConvLayer(c, 2 * c, 3, downsample=True)
+            self.conv3 = ConvLayer(2 * c, 2 * c, 3)
+            self.conv4 = ConvLayer(2 * c, 4 * c, 3, downsample=True)
+            self.conv5 = ConvLayer(4 * c, 4 * c, 3)
+            self.final_conv = ConvLayer(4 * c, 1, 3, bias=True, activate=False)
         self.in_channels = in_channels
 
     def forward(self, x: Tensor, frozen: bool = False) -> Tuple[Tensor, List[Tensor]]:
@@ -160,9 +162,9 @@ class FacialComponentDiscriminator(nn.Module):
                              f'{tuple(x.shape)}')
         feat = x
         for layer in (self.conv1, self.conv2, self.conv3):
-            feat = _run(layer, feat, frozen)
+            feat = layer(feat, frozen)
         features = [feat]
         for layer in (self.conv4, self.conv5):
-            feat = _run(layer, feat, frozen)
+            feat = layer(feat, frozen)
         features.append(feat)
-        return _run(self.final_conv, feat, frozen), features
+        return self.final_conv(feat, frozen), features

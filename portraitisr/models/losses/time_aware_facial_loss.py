@@ -140,6 +140,11 @@ def crop_latent_boxes(latents: Tensor, boxes: Tensor, image_index: Tensor, size:
                      aligned=True)
 
 
+def _mean(x: Tensor) -> Tensor:
+    """Mean that is 0 (still attached to the graph) for an empty tensor."""
+    return x.sum() / max(x.numel(), 1)
+
+
 # ---------------------------------------------------------------------------------------------- the loss
 @LOSSES.register_module()
 class TimeAwareFacialLoss(nn.Module):
@@ -164,6 +169,9 @@ class TimeAwareFacialLoss(nn.Module):
     ``self.facial_loss(real_crops, fake_crops, mode='discriminator')`` (through ``forward``, so a distributed
     wrapper sees every use of the discriminators' weights) inside their optimiser step.
     """
+
+    #: crops each face gives a region: two eyes, one mouth
+    CROPS_PER_FACE = dict(eyes=2, mouth=1)
 
     def __init__(self,
                  discriminator: Optional[dict] = None,
@@ -240,7 +248,7 @@ class TimeAwareFacialLoss(nn.Module):
     def generator_loss(self, pred_latents: Tensor, gt_latents: Tensor, landmarks: Tensor, timesteps: Tensor,
                        num_train_timesteps: int,
                        has_face: Optional[Tensor] = None) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        """Eq. 4 for a batch, with the discriminators frozen (no gradient reaches them).
+        """Eq. 4 for a batch; no gradient reaches the discriminators (their weights are detached).
 
         Args:
             pred_latents: ``B x C x h x w`` predicted ``z0`` (Eq. 2); gradients flow back through it.
@@ -250,56 +258,50 @@ class TimeAwareFacialLoss(nn.Module):
             has_face: ``(B,)`` bool; images without a face add nothing (default: all have one).
 
         Returns:
-            ``(losses, crops)``: ``losses = {'loss_facial_adv', 'loss_facial_style'}`` (weighted scalars; zero
-            when no image has a face) and ``crops = {'real': {...}, 'fake': {...}}`` per region (``fake``
-            detached) for the discriminator step.
+            ``(losses, crops)``: ``losses = {'loss_facial_adv', 'loss_facial_style'}`` (weighted scalars: the sum
+            over the faces divided by the batch size, zero when no image has a face) and ``crops = {'real': {...},
+            'fake': {...}}`` per region (``fake`` detached) for the discriminator step. The discriminators run even
+            on a batch without faces (zero crops): under FSDP2 every rank must take part in their all-gathers.
         """
-        batch = pred_latents.shape[0]
+        batch, device = pred_latents.shape[0], pred_latents.device
         if has_face is None:
-            has_face = torch.ones(batch, dtype=torch.bool, device=pred_latents.device)
-        index = has_face.to(pred_latents.device).bool().nonzero()[:, 0]
-        zero = pred_latents.float().sum() * 0
-        if index.numel() == 0:
-            empty = {r: pred_latents.new_zeros(0, pred_latents.shape[1], s, s) for r, s in self.sizes.items()}
-            return dict(loss_facial_adv=zero, loss_facial_style=zero), dict(real=empty, fake=dict(empty))
-        weights = self.time_weight(timesteps.to(pred_latents.device)[index], num_train_timesteps)
-        fake = self.crops(pred_latents, landmarks.to(pred_latents.device)[index], index)
+            has_face = torch.ones(batch, dtype=torch.bool, device=device)
+        index = has_face.to(device).bool().nonzero()[:, 0]
+        faces = index.numel()
+        weights = self.time_weight(timesteps.to(device)[index], num_train_timesteps)
+        points = landmarks.to(device=device, dtype=torch.float32)[index]
+        fake = self.crops(pred_latents, points, index)
         with torch.no_grad():
-            real = self.crops(gt_latents.detach().to(pred_latents.dtype), landmarks.to(pred_latents.device)[index],
-                              index)
-        adversarial, style = zero, zero
+            real = self.crops(gt_latents.detach().to(pred_latents.dtype), points, index)
+        adversarial = style = pred_latents.float().sum() * 0
         for region, discriminator in self.discriminators.items():
             with torch.no_grad():
                 _, real_features = discriminator(real[region])
             logits, fake_features = discriminator(fake[region], frozen=True)  # no gradient into D
-            per_crop_adv = self._adversarial_term(logits)
-            per_crop_style = self._style_term(fake_features, real_features)
-            crops_per_face = per_crop_adv.shape[0] // index.numel()  # 2 eyes, 1 mouth
-            per_face_adv = per_crop_adv.view(index.numel(), crops_per_face).mean(dim=1)
-            per_face_style = per_crop_style.view(index.numel(), crops_per_face).mean(dim=1)
-            adversarial = adversarial + (weights * per_face_adv).mean()
-            style = style + (weights * per_face_style).mean()
-        # mean over the faces of the batch, scaled to a per-image mean (images without faces add 0)
-        share = index.numel() / batch
-        losses = dict(loss_facial_adv=self.loss_weight * self.adversarial_weight * share * adversarial,
-                      loss_facial_style=self.loss_weight * self.style_weight * share * style)
+            per_face = self.CROPS_PER_FACE[region]
+            per_face_adv = self._adversarial_term(logits).view(faces, per_face).mean(dim=1)
+            per_face_style = self._style_term(fake_features, real_features).view(faces, per_face).mean(dim=1)
+            # sum over the faces / batch size: images without a face add 0 (and an empty batch gives 0, not nan)
+            adversarial = adversarial + (weights * per_face_adv).sum() / batch
+            style = style + (weights * per_face_style).sum() / batch
+        losses = dict(loss_facial_adv=self.loss_weight * self.adversarial_weight * adversarial,
+                      loss_facial_style=self.loss_weight * self.style_weight * style)
         return losses, dict(real=real, fake={r: c.detach() for r, c in fake.items()})
 
     # ------------------------------------------------------------------ discriminator side
     def discriminator_loss(self, real: Dict[str, Tensor], fake: Dict[str, Tensor]) -> Tuple[Tensor, Dict]:
         """Binary cross-entropy of each region's discriminator on GT (real) and detached predicted (fake) crops,
-        summed over regions. A batch without faces gives a zero that still reaches every parameter (so every rank
-        of a distributed run joins the gradient all-reduce)."""
-        loss = sum(p.sum() for p in self.discriminators.parameters()) * 0
+        averaged over the crops and summed over the regions. A batch without faces (zero crops) still runs every
+        discriminator and gives a zero that reaches every parameter, so every rank of a distributed run joins the
+        same collectives."""
+        loss = 0
         log = {}
         for region, discriminator in self.discriminators.items():
-            if real[region].shape[0] == 0:
-                continue
             logits, _ = discriminator(torch.cat([real[region], fake[region].detach()]).float())
             real_logits, fake_logits = logits.float().split([real[region].shape[0], fake[region].shape[0]])
-            loss = loss + F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-            log[f'facial_d_{region}_real'] = real_logits.detach().mean()
-            log[f'facial_d_{region}_fake'] = fake_logits.detach().mean()
+            loss = loss + _mean(F.softplus(-real_logits)) + _mean(F.softplus(fake_logits))
+            log[f'facial_d_{region}_real'] = _mean(real_logits.detach())
+            log[f'facial_d_{region}_fake'] = _mean(fake_logits.detach())
         return loss, log
 
     def forward(self, *args, mode: str = 'discriminator', **kwargs):

@@ -14,4 +14,4 @@ model = dict(
         style_weight=200.0),
     data_preprocessor=dict(type='PortraitDataPreprocessor', degradation='osediff'))
 optim_wrapper = dict(facial_loss=dict(type='OptimWrapper', optimizer={{_base_.facial_discriminator_adam}}))
-train_dataloader = dict(collate_fn=dict(type='portrait_collate'), dataset={{_base_.ffhq_512_train}})
+train_dataloader = dict(collate_fn=dict(type='portrait_collate'), dataset=dict(_base_.ffhq_512_train, _delete_=True))

@@ -151,6 +151,7 @@ def _portrait_batch(size=64):
                 metainfo=[dict(index=0, face_landmarks=landmarks), dict(index=1)])
 
 
+@pytest.mark.slow
 def test_authface_train_step_updates_the_controlnet_and_the_discriminators_only(sdxl_cfg, authface_model):
     model = copy.deepcopy(authface_model)
     constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
@@ -173,6 +174,7 @@ def test_authface_train_step_updates_the_controlnet_and_the_discriminators_only(
     assert 'loss_facial_adv' not in log and plain.facial_loss is None
 
 
+@pytest.mark.slow
 def test_authface_restores_with_any_scheduler_and_tiles(sdxl_cfg, authface_model):
     model = copy.deepcopy(authface_model).eval()
     _train_zero_convs(model.backbone.controlnet)  # a "trained" ControlNet: the LQ matters
@@ -217,6 +219,7 @@ def _finetune(cfg, **kwargs):
                                            train_template='{tags}'), **kwargs))
 
 
+@pytest.mark.slow
 def test_stage1_trains_the_whole_unet_and_its_loss_does_not_depend_on_the_batch_split(sdxl_cfg):
     from mmengine.logging import MessageHub
 
@@ -268,7 +271,23 @@ def test_captioned_images_read_one_caption_file_per_image(tmp_path):
     assert sorted(empty[i]['metainfo']['caption'] for i in range(2)) == ['', 'woman, portrait, studio lighting']
 
 
+# ---------------------------------------------------------------------------------------------- benchmark
+@pytest.mark.slow
+def test_benchmark_script_times_the_tiny_stages():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location('authface_benchmark', REPO_ROOT / 'tools' / 'benchmarks' /
+                                                  'authface.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.main(['--tiny', '--stages', 'stage1', 'restore', '--steps', '1', '--warmup', '0'])
+    assert [(r['stage'], r['world_size'], r['sharded'], r['size']) for r in rows] == [('stage1', 1, False, 64),
+                                                                                      ('restore', 1, False, 128)]
+    assert all(r['seconds'] > 0 and r['note'] == '' for r in rows)
+
+
 # ---------------------------------------------------------------------------------------------- one-step hook
+@pytest.mark.slow
 def test_one_step_restorers_take_the_facial_loss_as_an_extra_loss(tiny_cfg):
     facial = dict(type='TimeAwareFacialLoss', time_weighting='constant',
                   discriminator=dict(type='FacialComponentDiscriminator', in_channels=4, base_channels=8))

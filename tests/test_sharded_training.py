@@ -110,3 +110,23 @@ def test_a_killed_sharded_run_resumes_exactly(sharded_run, tmp_path):
     for name, state in straight['optimizer']['state'].items():
         for key in ('exp_avg', 'exp_avg_sq'):
             assert torch.equal(state[key], resumed['optimizer']['state'][name][key]), (name, key)
+
+
+def test_controlnet_stage_trains_sharded_with_its_discriminators(tmp_path):
+    """Stage II under FSDP2: frozen UNet, ControlNet and both facial discriminators sharded, two optimisers, the
+    generator step through discriminators whose weights are detached, validation across both ranks."""
+    config = 'configs/debug/authface_controlnet_tiny_fsdp.py'
+    _, output = _launch([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
+                         f'--master_port={_free_port()}', 'tools/train.py', config, '--launcher', 'pytorch',
+                         '--work-dir', str(tmp_path), '--cfg-options', 'train_cfg.max_iters=2',
+                         'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
+                         'default_hooks.logger.interval=1'])
+    assert 'loss_facial_disc' in output and 'PSNR' in output
+    saved = _checkpoint(tmp_path / 'iter_2.pth')
+    assert {'.'.join(k.split('.')[:2]) for k in saved['state_dict']} == {'backbone.controlnet',
+                                                                          'facial_loss.discriminators'}
+    assert set(saved['optimizer']) == {'backbone', 'facial_loss'}
+    # the gathered checkpoint tests in one process
+    _, output = _launch([sys.executable, 'tools/test.py', 'configs/debug/authface_controlnet_tiny.py',
+                         str(tmp_path / 'iter_2.pth'), '--work-dir', str(tmp_path / 'test')])
+    assert 'PSNR' in output

@@ -204,12 +204,16 @@ class FSDP2Strategy(SingleDeviceStrategy):
                     module._buffers[name] = buffer.to(device)
 
     def build_optim_wrapper(self, optim_wrapper, model=None):
+        message = ('FSDP2Strategy: AMP optimiser wrappers (loss scaling) are not supported; use the strategy\'s '
+                   "mixed_precision=dict(param_dtype='bfloat16') instead")
+        if isinstance(optim_wrapper, dict):
+            configs = [optim_wrapper] + [v for v in optim_wrapper.values() if isinstance(v, dict)]
+            if any('Amp' in str(c.get('type', '')) for c in configs):
+                raise ValueError(message)
         wrapper = super().build_optim_wrapper(optim_wrapper, model)
         wrappers = wrapper.values() if isinstance(wrapper, OptimWrapperDict) else [wrapper]
-        for item in wrappers:
-            if hasattr(item, 'loss_scaler'):
-                raise ValueError('FSDP2Strategy: AMP optimiser wrappers (loss scaling) are not supported; use the '
-                                 "strategy's mixed_precision=dict(param_dtype='bfloat16') instead")
+        if any(hasattr(item, 'loss_scaler') for item in wrappers):
+            raise ValueError(message)
         return wrapper
 
     # ------------------------------------------------------------------ state

@@ -10,7 +10,6 @@ SD 2.1 and SDXL differ only in the UNet's conditioning: an SDXL UNet (``addition
 takes ``added_cond_kwargs = {'text_embeds': pooled prompt (B x 1280), 'time_ids': B x 6}``; :meth:`added_conditions`
 builds them (``None`` for SD 2.1), so the same code trains and samples both (:mod:`.sdxl_architecture`).
 """
-import contextlib
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -65,7 +64,8 @@ class LatentDiffusion(nn.Module):
         train_unet: whether the UNet's parameters train (stage I) or stay frozen (stage II).
         frozen_dtype: dtype of the frozen networks (``'float32'``, ``'bfloat16'``; fp16 overflows in the SDXL VAE);
             trainable weights stay float32 and the forward runs under autocast.
-        gradient_checkpointing: diffusers' activation checkpointing in the UNet (SDXL at 1024 px needs it).
+        gradient_checkpointing: diffusers' activation checkpointing in the UNet (and the ControlNet); SDXL at
+            1024 px needs it.
         sample_posterior: encode images with ``latent_dist.sample()`` (as diffusers' training scripts) rather than
             ``mode()``.
         init_seed: seed of the random weights of inline configs.
@@ -103,6 +103,8 @@ class LatentDiffusion(nn.Module):
         cast_for_training(self.unet, self.frozen_dtype)
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+            if hasattr(self, 'controlnet'):
+                self.controlnet.enable_gradient_checkpointing()
 
     def build_extra_networks(self, init_seed: int) -> None:
         """Networks a subclass adds once the UNet holds its final weights (the ControlNet)."""
@@ -281,13 +283,6 @@ class ControlNetDiffusion(LatentDiffusion):
         residuals = self.controlnet_residuals(noisy, timesteps, prompt_embeds, control, added_cond_kwargs,
                                               conditioning_scale)
         return self.unet_eps(noisy, timesteps, prompt_embeds, added_cond_kwargs, **residuals)
-
-
-@contextlib.contextmanager
-def no_grad_if(condition: bool):
-    """``torch.no_grad()`` when ``condition``, else nothing."""
-    with torch.no_grad() if condition else contextlib.nullcontext():
-        yield
 
 
 def pad_to_multiple(images: Tensor, multiple: int) -> Tensor:

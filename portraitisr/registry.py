@@ -20,6 +20,7 @@ from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import STRATEGIES as MMENGINE_STRATEGIES
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
@@ -56,6 +57,8 @@ def _child(name: str, parent, location: str) -> Registry:
 
 # mmengine runner components
 RUNNERS = _child('runner', MMENGINE_RUNNERS, 'portraitisr.engine')
+# FlexibleRunner strategies (sharded training: FSDP2Strategy)
+STRATEGIES = _child('strategy', MMENGINE_STRATEGIES, 'portraitisr.engine')
 LOOPS = _child('loop', MMENGINE_LOOPS, 'portraitisr.engine')
 HOOKS = _child('hook', MMENGINE_HOOKS, 'portraitisr.engine')
 LOG_PROCESSORS = _child('log processor', MMENGINE_LOG_PROCESSORS, 'portraitisr.engine')

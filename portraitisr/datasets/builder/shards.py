@@ -39,7 +39,7 @@ from .photos import builder_warning
 from .records import RECORD_KEYS, SHARD_RECORDS_DIR, SHARD_RECORDS_SUFFIX, load_records
 from .scan import (ImageScanner, Sample, ScanConfig, _ParallelScan, _remove_outputs, check_settings, error_reason,
                    new_record)
-from .stages import PHOTOS_DIR, size_reject_reason, write_bytes_atomic
+from .stages import PHOTOS_DIR, STEPS, size_reject_reason, write_bytes_atomic
 
 PathLike = Union[str, os.PathLike]
 
@@ -47,8 +47,6 @@ SHARD_SUFFIX = '.tar'
 DONE_SUFFIX = '.done.json'
 #: image members of a sample, by preference when a sample has several
 IMAGE_MEMBERS = tuple(ext.lstrip('.') for ext in sorted(IMAGE_EXTENSIONS))
-#: steps of the scan, in order, as timed in the records and reported
-STEPS = ('read', 'decode', 'score', 'detect', 'align', 'embed')
 
 __all__ = ['Shard', 'find_shards', 'meta_reject_reason', 'read_shard', 'shard_records_path', 'pending_shards',
            'write_shard', 'scan_shards', 'shard_records_paths', 'read_shard_stats', 'ShardResult', 'STEPS']

@@ -47,12 +47,15 @@ PathLike = Union[str, os.PathLike]
 
 FACES_DIR = 'faces'
 EMBEDDINGS_DIR = 'embeddings'
+#: the steps of a scan, in order (``read`` streams the samples out of a shard, before the pre-filter)
+STEPS = ('read', 'decode', 'score', 'detect', 'align', 'embed')
 #: where a web-scale scan keeps the photos it kept (their bytes, as they were in the shard): the manifests point here
 PHOTOS_DIR = 'images'
 
-__all__ = ['FACES_DIR', 'EMBEDDINGS_DIR', 'PHOTOS_DIR', 'size_reject_reason', 'check_header', 'decode', 'to_integers',
-           'to_floats', 'ScoreStep', 'DetectStep', 'AlignStep', 'EmbedStep', 'reject', 'detections_to_state',
-           'detections_from_state', 'save_npy_atomic', 'write_bytes_atomic']
+__all__ = ['FACES_DIR', 'EMBEDDINGS_DIR', 'PHOTOS_DIR', 'STEPS', 'size_reject_reason', 'check_header', 'decode',
+           'to_integers', 'to_floats', 'ScoreStep', 'DetectStep', 'AlignStep', 'EmbedStep', 'reject',
+           'detections_to_state', 'detections_from_state', 'save_npy_atomic', 'write_bytes_atomic', 'scan_photo',
+           'identity_size_of', 'StepTimer']
 
 
 def size_reject_reason(width: int, height: int, config: 'ScanConfig') -> Optional[str]:

@@ -50,12 +50,16 @@ def member_name(path: str) -> str:
     return {'jpeg': 'jpg', 'tiff': 'tif'}.get(ext, ext)
 
 
-def stored_size(data: bytes) -> Tuple[int, int]:
-    """``(width, height)`` of the stored pixels (EXIF orientation not applied, as img2dataset reports them)."""
+def stored_size(data: bytes) -> Tuple[Optional[int], Optional[int]]:
+    """``(width, height)`` of the stored pixels (EXIF orientation not applied, as img2dataset reports them);
+    ``(None, None)`` when the header is unreadable (the photo is still written: the builder reports it)."""
     import io
 
-    with Image.open(io.BytesIO(data)) as image:
-        return int(image.size[0]), int(image.size[1])
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.size[0]), int(image.size[1])
+    except Exception:  # noqa: BLE001 - Pillow raises many types for bad headers
+        return None, None
 
 
 def write_shards(photos: Sequence[Tuple[str, str]], out_dir: os.PathLike, samples_per_shard: int = 10000,

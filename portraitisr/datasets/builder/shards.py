@@ -122,6 +122,26 @@ def _meta_of(sample: dict) -> dict:
 ShardItem = Tuple[str, Union[Sample, dict]]
 
 
+def _item(shard: Shard, sample: dict, config: ScanConfig) -> ShardItem:
+    """One sample of a shard: a :class:`~.scan.Sample` to scan, or its record when its metadata decides."""
+    key = str(sample['__key__'])
+    member = next((ext for ext in IMAGE_MEMBERS if ext in sample), None)
+    if member is None:
+        record = new_record(f'{shard.name}/{key}')
+        record.update(status='error', reason=f'unreadable: {shard.name}/{key}: the sample has no image member '
+                      f'(members: {", ".join(sorted(k for k in sample if not k.startswith("__")))})')
+        return 'record', record
+    image, data = f'{shard.name}/{key}.{member}', sample[member]
+    meta = _meta_of(sample)
+    reason = meta_reject_reason(meta, config)
+    if reason is not None:
+        record = new_record(image)
+        record.update(file_size=len(data), file_mtime_ns=shard.file_mtime_ns, width=meta['width'],
+                      height=meta['height'], status='rejected', reason=reason)
+        return 'record', record
+    return 'sample', Sample(image, data, shard.file_mtime_ns, keep_as=f'{PHOTOS_DIR}/{image}')
+
+
 def read_shard(shard: Shard, config: ScanConfig) -> Iterator[ShardItem]:
     """Stream the samples of one shard (one in memory at a time), with the metadata pre-filter.
 
@@ -129,34 +149,19 @@ def read_shard(shard: Shard, config: ScanConfig) -> Iterator[ShardItem]:
     read before stay.
     """
     count, error = 0, None
-    stream = wds.tarfile_samples([dict(url=shard.path)])
-    while True:
-        try:
-            sample = next(stream)
-        except StopIteration:
-            break
-        except Exception as exc:  # noqa: BLE001 - a broken shard ends its samples; the others go on
-            error = error_reason(exc if isinstance(exc, OSError) else OSError(f'{shard.path}: {exc}'))
-            break
-        key = str(sample['__key__'])
-        member = next((ext for ext in IMAGE_MEMBERS if ext in sample), None)
-        count += 1
-        if member is None:
-            record = new_record(f'{shard.name}/{key}')
-            record.update(status='error', reason=f'unreadable: {shard.name}/{key}: the sample has no image member '
-                          f'(members: {", ".join(sorted(k for k in sample if not k.startswith("__")))})')
-            yield 'record', record
-            continue
-        image, data = f'{shard.name}/{key}.{member}', sample[member]
-        reason = meta_reject_reason(_meta_of(sample), config)
-        if reason is not None:
-            record = new_record(image)
-            meta = _meta_of(sample)
-            record.update(file_size=len(data), file_mtime_ns=shard.file_mtime_ns, width=meta['width'],
-                          height=meta['height'], status='rejected', reason=reason)
-            yield 'record', record
-            continue
-        yield 'sample', Sample(image, data, shard.file_mtime_ns, keep_as=f'{PHOTOS_DIR}/{image}')
+    with open(shard.path, 'rb') as stream:  # closed however the reading ends
+        samples = wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([dict(url=shard.path,
+                                                                                          stream=stream)]))
+        while True:
+            try:
+                sample = next(samples)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - a broken shard ends its samples; the others go on
+                error = error_reason(exc if isinstance(exc, OSError) else OSError(f'{shard.path}: {exc}'))
+                break
+            count += 1
+            yield _item(shard, sample, config)
     yield 'end', dict(samples=count, error=error)
 
 

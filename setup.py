@@ -46,10 +46,16 @@ EXTRAS_REQUIRE = {
     'metrics': ['pyiqa'],
     # the documentation site (`mkdocs build --strict`; 1.6 validates anchors)
     'docs': ['mkdocs>=1.6', 'mkdocs-include-markdown-plugin>=6.0'],
+    # the web-scale dataset builder (docs/portrait_data.md): img2dataset's webdataset shards in, the scan on Ray Data,
+    # identity pairs with faiss. Ray below 2.64: an actor stage's restarts are set through **ray_remote_args, which
+    # Ray 2.60 deprecates for removal in 2.64.
+    'webscale': ['ray[data]>=2.51,<2.64', 'webdataset>=1.0', 'faiss-cpu>=1.8'],
     # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; sewar (MIT)
-    # for the VIFp parity test; mkdocs for the docs-build test
+    # for the VIFp parity test; mkdocs for the docs-build test; the web-scale extra and psutil (its tests kill a Ray
+    # driver and the processes it started)
     'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'sewar', 'mkdocs>=1.6',
-            'mkdocs-include-markdown-plugin>=6.0'],
+            'mkdocs-include-markdown-plugin>=6.0', 'ray[data]>=2.51,<2.64', 'webdataset>=1.0', 'faiss-cpu>=1.8',
+            'psutil'],
 }
 
 setup(

@@ -67,12 +67,15 @@ def main() -> None:
     if engine == 'ray':
         import ray
 
-        from portraitisr.datasets.builder.ray_scan import RayScanOptions, scan_shards_ray
+        from portraitisr.datasets.builder.ray_scan import RayScanOptions, StageResources, scan_shards_ray
 
         ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False,
                  runtime_env=dict(env_vars=dict(PYTHONPATH=ROOT)))
         try:
-            scan_shards_ray(shards, out, config(), RayScanOptions(workers=workers))
+            # embed one photo at a time: Ray Data holds rows until a batch is full, and while the test stalls the
+            # scan no batch of 16 would fill, so the first shard would never finish before the kill
+            options = RayScanOptions(workers=workers, stages=dict(embed=StageResources(batch_size=1)))
+            scan_shards_ray(shards, out, config(), options)
         finally:
             ray.shutdown()
     else:

@@ -131,9 +131,33 @@ def _search(index_for_shard, screen: np.ndarray, queries: np.ndarray, image_inde
     return key // count, key % count
 
 
-def _decide(exact: np.ndarray, i: np.ndarray, j: np.ndarray, threshold: float) -> Tuple[np.ndarray, ...]:
+#: rows normalised in float64 at a time (the float64 copy of a million faces would be 1 GB at 128-d, 4 GB at 512-d)
+_ROWS = 65536
+
+
+def _similarities(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """:func:`~.pairs.exact_similarities` of the pairs, with the rows normalised in float64 as they are gathered
+    (row by row the same values as normalising the whole matrix first, as ``find_pairs`` does)."""
+    out = np.empty(len(i), np.float64)
+    for k in range(0, len(i), _ROWS):
+        a = normalise(np.asarray(embeddings[i[k:k + _ROWS]], dtype=np.float64))
+        b = normalise(np.asarray(embeddings[j[k:k + _ROWS]], dtype=np.float64))
+        out[k:k + _ROWS] = exact_similarities(np.concatenate([a, b]), np.arange(len(a)),
+                                              np.arange(len(a), 2 * len(a)))
+    return out
+
+
+def _screen(embeddings: np.ndarray) -> np.ndarray:
+    """float32 copy of the normalised embeddings, for the index (normalised in float64, ``_ROWS`` at a time)."""
+    screen = np.empty(embeddings.shape, np.float32)
+    for k in range(0, len(embeddings), _ROWS):
+        screen[k:k + _ROWS] = normalise(np.asarray(embeddings[k:k + _ROWS], dtype=np.float64))
+    return screen
+
+
+def _decide(embeddings: np.ndarray, i: np.ndarray, j: np.ndarray, threshold: float) -> Tuple[np.ndarray, ...]:
     """The float64 decision on candidates: pairs strictly above ``threshold``, sorted by ``(i, j)``."""
-    similarity = exact_similarities(exact, i, j)
+    similarity = _similarities(embeddings, i, j)
     above = similarity > threshold
     i, j, similarity = i[above], j[above], similarity[above]
     order = np.lexsort((j, i))
@@ -156,22 +180,22 @@ def _ivf_for(screen: np.ndarray, trained: faiss.Index):
     return build
 
 
-def exact_pairs_of(screen: np.ndarray, exact: np.ndarray, image_index: np.ndarray, queries: np.ndarray,
+def exact_pairs_of(screen: np.ndarray, embeddings: np.ndarray, image_index: np.ndarray, queries: np.ndarray,
                    threshold: float, config: AnnConfig) -> set:
     """``{(i, j)}`` of every pair (above ``threshold``, i < j) that has one face in ``queries``: exact search."""
     i, j = _search(_flat_for(screen), screen, queries, image_index, threshold - SCREEN_MARGIN, config)
-    i, j, _ = _decide(exact, i, j, threshold)
+    i, j, _ = _decide(embeddings, i, j, threshold)
     return set(zip(i.tolist(), j.tolist()))
 
 
-def measure_recall(found: Sequence[Tuple[int, int]], screen: np.ndarray, exact: np.ndarray, image_index: np.ndarray,
-                   threshold: float, config: AnnConfig) -> dict:
+def measure_recall(found: Sequence[Tuple[int, int]], screen: np.ndarray, embeddings: np.ndarray,
+                   image_index: np.ndarray, threshold: float, config: AnnConfig) -> dict:
     """Recall of ``found`` pairs: the share of the exact pairs of ``recall_sample`` random faces that are in it."""
     count = len(screen)
     size = min(config.recall_sample, count)
     rng = np.random.default_rng(config.seed + 1)
     queries = np.sort(rng.choice(count, size, replace=False)).astype(np.int64)
-    truth = exact_pairs_of(screen, exact, image_index, queries, threshold, config)
+    truth = exact_pairs_of(screen, embeddings, image_index, queries, threshold, config)
     chosen = set(queries.tolist())
     approx = {(i, j) for i, j in found if i in chosen or j in chosen}
     hit = len(truth & approx)
@@ -201,8 +225,7 @@ def ann_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: flo
         raise ValueError(f'embeddings must be M x D and image_index M, got {embeddings.shape} and '
                          f'{image_index.shape}')
     count = len(embeddings)
-    exact = normalise(embeddings.astype(np.float64))
-    screen = np.ascontiguousarray(exact.astype(np.float32))
+    screen = _screen(embeddings)
     method = config.method_for(count)
     shards = max(1, math.ceil(count / (config.shard_faces or max(count, 1))))
     info = dict(method=f'faiss {"IndexFlatIP (exact)" if method == "flat" else "IndexIVFFlat"}', faces=count,
@@ -217,13 +240,14 @@ def ann_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: flo
         trained, nlist = _train_ivf(screen, config)
         info.update(nlist=nlist, nprobe=int(trained.nprobe))
         i, j = _search(_ivf_for(screen, trained), screen, queries, image_index, radius, config)
-    i, j, similarity = _decide(exact, i, j, threshold)
+    i, j, similarity = _decide(embeddings, i, j, threshold)
     pairs = list(zip(i.tolist(), j.tolist(), similarity.tolist()))
     info['search_seconds'] = round(time.perf_counter() - start, 3)
     if method == 'flat':
         info.update(recall=1.0, recall_pairs=None, recall_faces=None)
     elif config.recall_sample > 0:
-        info.update(measure_recall(list(zip(i.tolist(), j.tolist())), screen, exact, image_index, threshold, config))
+        info.update(measure_recall(list(zip(i.tolist(), j.tolist())), screen, embeddings, image_index, threshold,
+                                   config))
     else:
         info.update(recall=None, recall_pairs=0, recall_faces=0)
     info['seconds'] = round(time.perf_counter() - start, 3)

@@ -377,7 +377,8 @@ def _identity_size(config: ScanConfig) -> int:
 
 def build_pipeline(pending: Sequence[Shard], out_dir: Path, config: ScanConfig,
                    options: RayScanOptions) -> 'ray.data.Dataset':
-    """The Ray Data pipeline over the pending shards (see the module doc); rows ``shard, image, state``."""
+    """The Ray Data pipeline over the pending shards (see the module doc); the driver reads ``shard`` and ``state``
+    of its rows (the other columns are empty by then)."""
     from dataclasses import asdict
 
     with_score = config.scorer is not None
@@ -395,7 +396,8 @@ def build_pipeline(pending: Sequence[Shard], out_dir: Path, config: ScanConfig,
         resources = options.stage(name, with_score)
         args = (config_dict, str(out_dir), _threads(resources), identity_size)
         dataset = _map(dataset, stage, resources, args, options.retries)
-    return dataset.select_columns(['shard', 'image', 'state'])
+    # no projection operator at the end: Ray would reserve a CPU for it; the driver reads shard and state
+    return dataset
 
 
 class _Collector:

@@ -106,6 +106,29 @@ def test_ray_scan_equals_the_single_machine_scan_after_a_worker_is_killed(shards
     assert_same_output(out, reference)
 
 
+def test_a_photo_that_always_kills_its_worker_costs_one_record(shards, reference, tmp_path):
+    """Ray gives up on hopper.png (every worker that scores it dies); its shard is scanned on this machine in a
+    worker process, where only hopper.png gets a `crashed` record."""
+    env = dict(PYTHONPATH=str(REPO_ROOT), WEBSCALE_KILL_SIZE=KILL_SIZE)
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False,
+             runtime_env=dict(env_vars=env))
+    os.environ['WEBSCALE_KILL_SIZE'] = KILL_SIZE  # the local fallback's worker process inherits it
+    try:
+        out = tmp_path / 'out'
+        scan_shards_ray([shards / '00001.tar'], out, config(), RayScanOptions(workers=1, retries=0))
+    finally:
+        del os.environ['WEBSCALE_KILL_SIZE']
+        ray.shutdown()
+    assert [(s['shard'], s['engine']) for s in read_shard_stats(out)] == [('00001', 'local')]
+    records = {json.loads(line)['image']: json.loads(line)
+               for line in (out / 'records' / '00001.jsonl').read_text().splitlines()}
+    expected = {json.loads(line)['image']: json.loads(line)
+                for line in (reference / 'records' / '00001.jsonl').read_text().splitlines()}
+    hopper = '00001/000011.png'
+    assert records[hopper]['status'] == 'error' and records[hopper]['reason'].startswith('crashed: ')
+    assert {k: v for k, v in records.items() if k != hopper} == {k: v for k, v in expected.items() if k != hopper}
+
+
 def _run_driver(shards: Path, out: Path, **env) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(HELPER), 'ray', str(shards), str(out)], cwd=REPO_ROOT,
                             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT), **env), stdout=subprocess.DEVNULL,

@@ -4,7 +4,8 @@
 environment):
 
 * ``WEBSCALE_KILL_SIZE=WxH`` and ``WEBSCALE_KILL_MARKER=PATH``: on a photo of that size, if PATH does not exist yet,
-  create it and SIGKILL its own process (as the kernel's OOM killer would): one worker dies once;
+  create it and SIGKILL its own process (as the kernel's OOM killer would): one worker dies once; without
+  ``WEBSCALE_KILL_MARKER``, every process that scores that photo dies (a photo that always kills its worker);
 * ``WEBSCALE_STALL_SIZE=WxH``: sleep ``WEBSCALE_STALL_SECONDS`` (default 600) on a photo of that size, so that a
   test can kill the driver while the scan is surely in the middle.
 
@@ -38,7 +39,9 @@ class FaultScorer:
 
     def score(self, image: np.ndarray) -> float:
         if image.shape[:2] == _size('WEBSCALE_KILL_SIZE'):
-            marker = os.environ['WEBSCALE_KILL_MARKER']
+            marker = os.environ.get('WEBSCALE_KILL_MARKER')
+            if marker is None:
+                os.kill(os.getpid(), signal.SIGKILL)
             try:
                 fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:

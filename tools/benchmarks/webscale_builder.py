@@ -13,7 +13,7 @@ to ``--exact-max``, by the exact blockwise ``find_pairs``. Each size runs in its
 memory (``ru_maxrss``) is its own. The IVF recall is measured against exact search on 1000 sampled faces.
 
     python tools/benchmarks/webscale_builder.py                         # scan: 24 photos; pairing: 1e4, 1e5, 1e6
-    python tools/benchmarks/webscale_builder.py --skip-scan --sizes 10000 100000
+    python tools/benchmarks/webscale_builder.py --skip-scan --sizes 10000 30000 100000 1000000 --nprobe 8
 """
 import argparse
 import json
@@ -31,7 +31,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
-sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, 'tools'))  # make_webdataset_shards
+sys.path.insert(0, HERE)  # portrait_builder
 
 #: DlibResNet.verification_threshold (the offline identity model's, see portraitisr/models/identity/dlib_resnet.py)
 THRESHOLD = 0.91
@@ -61,7 +62,7 @@ def synthetic_embeddings(count: int, seed: int = 0):
     return out, np.arange(count), labels
 
 
-def pairing_one(size: int, method: str) -> dict:
+def pairing_one(size: int, method: str, nprobe: int) -> dict:
     """Pair ``size`` synthetic faces with ``method`` ('faiss' or 'exact') in this process; time and peak memory."""
     vectors, images, labels = synthetic_embeddings(size)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -71,9 +72,9 @@ def pairing_one(size: int, method: str) -> dict:
 
         pairs, info = find_pairs(vectors, images, THRESHOLD), dict(method='exact (blockwise)', recall=1.0)
     else:
-        from portraitisr.datasets.builder.ann import ann_pairs
+        from portraitisr.datasets.builder.ann import AnnConfig, ann_pairs
 
-        pairs, info = ann_pairs(vectors, images, THRESHOLD)
+        pairs, info = ann_pairs(vectors, images, THRESHOLD, AnnConfig(nprobe=nprobe))
     seconds = time.perf_counter() - start
     same = sum(labels[i] == labels[j] for i, j, _ in pairs)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -82,11 +83,11 @@ def pairing_one(size: int, method: str) -> dict:
                 nprobe=info.get('nprobe'), peak_mib=round(peak / 1024), data_mib=round(base_rss / 1024))
 
 
-def run_pairing(sizes, exact_max: int) -> list:
+def run_pairing(sizes, exact_max: int, nprobe: int) -> list:
     results = []
     for size in sizes:
         for method in (['exact'] if size <= exact_max else []) + ['faiss']:
-            output = subprocess.run([sys.executable, __file__, '--pairing-one', str(size), method],
+            output = subprocess.run([sys.executable, __file__, '--pairing-one', str(size), method, str(nprobe)],
                                     capture_output=True, text=True, check=True)
             result = json.loads(output.stdout.strip().splitlines()[-1])
             results.append(result)
@@ -146,15 +147,16 @@ def main() -> None:
     parser.add_argument('--ray-cpus', type=int, default=2)
     parser.add_argument('--per-shard', type=int, default=4, help='photos per shard')
     parser.add_argument('--sizes', type=int, nargs='+', default=[10_000, 100_000, 1_000_000])
-    parser.add_argument('--exact-max', type=int, default=100_000, help='largest size also paired exactly')
+    parser.add_argument('--exact-max', type=int, default=30_000, help='largest size also paired exactly')
+    parser.add_argument('--nprobe', type=int, default=32, help='IVF cells searched per face')
     parser.add_argument('--skip-scan', action='store_true')
     parser.add_argument('--skip-pairing', action='store_true')
     parser.add_argument('--work-dir', help='keep photos, shards and outputs here (default: a temporary folder)')
     parser.add_argument('--json', help='also write the results here')
-    parser.add_argument('--pairing-one', nargs=2, metavar=('SIZE', 'METHOD'), help=argparse.SUPPRESS)
+    parser.add_argument('--pairing-one', nargs=3, metavar=('SIZE', 'METHOD', 'NPROBE'), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pairing_one:
-        print(json.dumps(pairing_one(int(args.pairing_one[0]), args.pairing_one[1])))
+        print(json.dumps(pairing_one(int(args.pairing_one[0]), args.pairing_one[1], int(args.pairing_one[2]))))
         return
     results = {}
     if not args.skip_scan:
@@ -165,10 +167,11 @@ def main() -> None:
         if not args.work_dir:
             shutil.rmtree(root, ignore_errors=True)
     if not args.skip_pairing:
-        print(f'pairing at {THRESHOLD} (DlibResNet), synthetic 128-d embeddings, 4 faces per person')
+        print(f'pairing at {THRESHOLD} (DlibResNet), synthetic 128-d embeddings, 4 faces per person, IVF nprobe '
+              f'{args.nprobe}')
         print(f'{"faces":>9}  {"method":<28}  {"seconds":>9}  {"pairs":>9}  {"recall":>8}  {"peak MiB":>9}  '
               f'{"data MiB":>9}')
-        results['pairing'] = run_pairing(args.sizes, args.exact_max)
+        results['pairing'] = run_pairing(args.sizes, args.exact_max, args.nprobe)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + '\n', encoding='utf-8')
 

@@ -53,7 +53,7 @@ class AnnConfig:
             of 2 CPU cores takes about half a minute; see the module doc).
         nlist: IVF cells; None: ``4 sqrt(N)``, at most ``N / 39`` (faiss wants 39 training points per cell).
         nprobe: cells searched per face (more: higher recall, slower).
-        train_size: faces the k-means is trained on; None: ``min(N, 64 nlist)``.
+        train_size: faces the k-means is trained on; None: ``min(N, 40 nlist)`` (faiss wants at least 39 a cell).
         shard_faces: faces per database shard (see the module doc); None: one shard.
         query_chunk: faces searched at a time (bounds the memory of the results).
         recall_sample: faces whose pairs are also found exactly, for the recall; 0 skips it.
@@ -93,7 +93,7 @@ def _train_ivf(screen: np.ndarray, config: AnnConfig) -> Tuple[faiss.Index, int]
     """An empty, trained ``IndexIVFFlat`` (inner product) for these faces, and its ``nlist``."""
     count, dim = screen.shape
     nlist = config.nlist_for(count)
-    size = min(count, config.train_size or 64 * nlist)
+    size = min(count, config.train_size or 40 * nlist)
     rng = np.random.default_rng(config.seed)
     sample = screen[np.sort(rng.choice(count, size, replace=False))] if size < count else screen
     quantizer = faiss.IndexFlatIP(dim)

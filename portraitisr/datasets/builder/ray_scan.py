@@ -23,12 +23,13 @@ isolates the guilty photo (a ``crashed`` record) and scans the others.
 ``ray`` is imported here, at the top: this module is imported only by the web-scale entry points, and
 ``portraitisr.datasets.builder`` imports without it.
 """
+import contextlib
 import io
 import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
@@ -37,6 +38,8 @@ import numpy as np
 import ray
 import ray.data
 from mmengine.logging import print_log
+
+from portraitisr.registry import IDENTITY_EXTRACTORS
 
 from .scan import ScanConfig, fail, new_record
 from .shards import (STEPS, Shard, ShardResult, add_timings, log_shard, prepare_scan, read_shard, scan_shards,
@@ -337,14 +340,22 @@ def _map(dataset: 'ray.data.Dataset', stage: type, resources: StageResources, ar
     is_actor = stage.step in MODEL_STAGES
     kwargs: Dict[str, Any] = dict(batch_size=resources.batch_size, batch_format='numpy', num_cpus=resources.num_cpus,
                                   num_gpus=resources.num_gpus or None, zero_copy_batch=False)
-    if is_actor:
-        with warnings.catch_warnings():  # Ray 2.6x: no named parameter for an actor's restarts yet
-            warnings.simplefilter('ignore', DeprecationWarning)
+    with _remote_args():
+        if is_actor:
             return dataset.map_batches(stage, fn_constructor_args=args, compute=ray.data.ActorPoolStrategy(
                 size=resources.workers), max_restarts=retries, max_task_retries=retries, **kwargs)
-    return dataset.map_batches(partial(_run_task_stage, stage, args),
-                               compute=ray.data.TaskPoolStrategy(size=resources.workers),
-                               ray_remote_args_fn=partial(dict, max_retries=retries), **kwargs)
+        return dataset.map_batches(partial(_run_task_stage, stage, args),
+                                   compute=ray.data.TaskPoolStrategy(size=resources.workers), max_retries=retries,
+                                   **kwargs)
+
+
+@contextlib.contextmanager
+def _remote_args() -> Iterator[None]:
+    """Ray 2.60 deprecates ``**ray_remote_args`` (removal in 2.64, hence the extra's bound) but has no named
+    parameter for the retries and restarts yet: its warning is silenced where they are set."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='`ray_remote_args', category=DeprecationWarning)
+        yield
 
 
 _TASK_STAGES: Dict[tuple, _Stage] = {}
@@ -370,8 +381,6 @@ def _runtime_env() -> dict:
 def _identity_size(config: ScanConfig) -> int:
     """The identity crop size (builds the identity model once here: a wrong config or missing weights fail now,
     with their reason, not in every worker)."""
-    from portraitisr.registry import IDENTITY_EXTRACTORS
-
     return identity_size_of(config, IDENTITY_EXTRACTORS.build(dict(config.extractor)))
 
 
@@ -379,17 +388,15 @@ def build_pipeline(pending: Sequence[Shard], out_dir: Path, config: ScanConfig,
                    options: RayScanOptions) -> 'ray.data.Dataset':
     """The Ray Data pipeline over the pending shards (see the module doc); the driver reads ``shard`` and ``state``
     of its rows (the other columns are empty by then)."""
-    from dataclasses import asdict
-
     with_score = config.scorer is not None
     config_dict = asdict(config)
     identity_size = _identity_size(config)
     read = options.stage('read', with_score)
     items = [dict(shard=json.dumps(asdict(shard))) for shard in pending]
     dataset = ray.data.from_items(items, override_num_blocks=max(len(items), 1))
-    dataset = dataset.flat_map(read_rows, fn_kwargs=dict(config=config), num_cpus=read.num_cpus,
-                               compute=ray.data.TaskPoolStrategy(size=read.workers),
-                               ray_remote_args_fn=partial(dict, max_retries=options.retries))
+    with _remote_args():
+        dataset = dataset.flat_map(read_rows, fn_kwargs=dict(config=config), num_cpus=read.num_cpus,
+                                   compute=ray.data.TaskPoolStrategy(size=read.workers), max_retries=options.retries)
     stages = [('decode', DecodeStage)] + ([('score', ScoreStage)] if with_score else []) + [
         ('detect', DetectStage), ('align', AlignStage), ('embed', EmbedStage)]
     for name, stage in stages:

@@ -20,7 +20,8 @@ Coordinates are full-resolution pixels of the (EXIF-oriented) image. An ``error`
 ``unreadable`` (missing, truncated or corrupt), ``crashed`` (the worker process died on it, e.g. killed for memory),
 or the exception's type for anything unexpected.
 
-The scan is resumable (a killed run, run again, ends with the same records), deterministic, streams the images (one
+The steps themselves are in ``stages.py`` (shared with the web-scale engines). The scan is resumable (a killed run,
+run again, ends with the same records), deterministic, streams the images (one
 decoded photo per worker at a time) and can run in several processes, with the parent as the only writer of
 ``records.jsonl``. On resume, records whose photo was deleted are dropped and records whose photo changed (size or
 modification time) are scanned again, each with a warning; ``error`` records are retried (the limit may have been

@@ -4,9 +4,9 @@
 the faces of one split are put in a faiss index and each face asks it for the faces whose inner product (the
 cosine of normalised embeddings) is above the threshold, a range search:
 
-* up to ``exact_max_faces`` faces (default 50 000, about the 40k faces of PortraitSR-4K's 30k photos):
-  ``IndexFlatIP``, exact. It still compares all pairs, with faiss's blocked BLAS: about 4 s for 20 000 faces and
-  25 s for 50 000 (128-d dlib embeddings, 2 CPU cores; ``tools/benchmarks/webscale_builder.py``);
+* up to ``exact_max_faces`` faces (default 50 000, our choice: the faces of PortraitSR-4K's 30k photos, one or a
+  few per photo, are then paired exactly): ``IndexFlatIP``, exact. It still compares all pairs: 9 s for 10 000 faces,
+  77 s for 30 000 (128-d, 2 heavily shared CPU cores; ``tools/benchmarks/webscale_builder.py``);
 * above: ``IndexIVFFlat`` (inner product): k-means cells (``nlist``, default ``4 sqrt(N)``), each face searching
   the ``nprobe`` cells nearest to it (default 32). Work per face ``nprobe / nlist`` of the faces, so the total grows
   as ``N^1.5``, not ``N^2``. Approximate: a pair whose faces fall in cells too far apart is missed.
@@ -49,8 +49,7 @@ class AnnConfig:
 
     Attributes:
         method: ``'auto'`` (flat up to ``exact_max_faces``, IVF above), ``'flat'`` or ``'ivf'``.
-        exact_max_faces: the largest set searched exactly with ``method='auto'`` (our choice: where the flat search
-            of 2 CPU cores takes about half a minute; see the module doc).
+        exact_max_faces: the largest set searched exactly with ``method='auto'`` (our choice, see the module doc).
         nlist: IVF cells; None: ``4 sqrt(N)``, at most ``N / 39`` (faiss wants 39 training points per cell).
         nprobe: cells searched per face (more: higher recall, slower).
         train_size: faces the k-means is trained on; None: ``min(N, 40 nlist)`` (faiss wants at least 39 a cell).

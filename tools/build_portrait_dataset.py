@@ -144,6 +144,8 @@ def _one_line_warnings() -> None:
 
     warnings.showwarning = show
     warnings.simplefilter('always')
+    # Ray's own deprecation notices (its settings renamed between releases) are not about the build
+    warnings.filterwarnings('ignore', category=DeprecationWarning, module=r'ray(\.|$)')
 
 
 def _summary(records: dict, out: str) -> int:

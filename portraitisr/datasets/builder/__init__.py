@@ -3,7 +3,12 @@
 Stage 1, :func:`scan_images`, writes one JSON record per photo (faces, crops, identity embeddings). Stage 2,
 :func:`build_manifests`, pairs faces of one identity within a train/test split by image and writes the manifests;
 :func:`write_report` summarises both. ``photos`` finds the photos (links followed, loops warned about); ``scorers``
-holds the ``IMAGE_SCORERS`` plug-ins of the quality filter; importing this package registers them.
+holds the ``IMAGE_SCORERS`` plug-ins of the quality filter; importing this package registers them. ``stages``
+holds the per-photo steps of the scan, shared by both engines.
+
+At web scale (``pip install -e ".[webscale]"``), three modules that this package does not import add webdataset
+shards as input (``shards``), the scan on Ray Data (``ray_scan``) and faiss pair search (``ann``); they import
+``webdataset``, ``ray`` and ``faiss``, and only the web-scale entry points import them.
 """
 from . import scorers
 from .pairs import PairConfig, build_manifests, find_pairs, identity_threshold, split_images

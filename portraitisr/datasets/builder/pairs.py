@@ -31,10 +31,11 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -132,14 +133,22 @@ def split_images(image_ids: Iterable[str], test_ratio: float = 0.1, seed: int = 
 
 # ---------------------------------------------------------------------------------------------- pairs
 #: Screening margin: a float32 block keeps candidates above ``threshold - margin``; float64 decides.
-_SCREEN_MARGIN = 1e-4
+SCREEN_MARGIN = 1e-4
 #: Candidates measured again in float64 at a time (bounds the gathered rows' memory).
 _RECHECK_CHUNK = 16384
 
 
-def _normalise(embeddings: np.ndarray) -> np.ndarray:
+def normalise(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows left as they are), so that cosine = dot product."""
     norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
     return embeddings / np.where(norms > 0, norms, 1.0)
+
+
+def exact_similarities(exact: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """float64 dot products of the row pairs ``(i[k], j[k])`` of normalised float64 embeddings: the similarity
+    every pair finder decides on, one dot product per pair (the same value however the pair was found)."""
+    return np.concatenate([np.einsum('kd,kd->k', exact[i[k:k + _RECHECK_CHUNK]], exact[j[k:k + _RECHECK_CHUNK]])
+                           for k in range(0, len(i), _RECHECK_CHUNK)] or [np.zeros(0)])
 
 
 def find_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: float,
@@ -166,7 +175,7 @@ def find_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: fl
                          f'{image_index.shape}')
     if block_size < 1:
         raise ValueError(f'block_size must be positive, got {block_size}')
-    exact = _normalise(embeddings)
+    exact = normalise(embeddings)
     screen = exact.astype(np.float32)
     count = len(embeddings)
     rows_out: List[np.ndarray] = []
@@ -178,15 +187,13 @@ def find_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: fl
         for c0 in range(r0, count, block_size):
             c1 = min(c0 + block_size, count)
             block = screen[r0:r1] @ screen[c0:c1].T
-            keep = block > threshold - _SCREEN_MARGIN
+            keep = block > threshold - SCREEN_MARGIN
             keep &= image_index[r0:r1, None] != image_index[None, c0:c1]
             if c0 == r0:  # the diagonal block: upper triangle only
                 keep &= np.triu(np.ones(keep.shape, dtype=bool), k=1)
             i, j = np.nonzero(keep)
             i, j = i + r0, j + c0
-            similarity = np.concatenate([np.einsum('kd,kd->k', exact[i[k:k + _RECHECK_CHUNK]],
-                                                   exact[j[k:k + _RECHECK_CHUNK]])
-                                         for k in range(0, len(i), _RECHECK_CHUNK)] or [np.zeros(0)])
+            similarity = exact_similarities(exact, i, j)
             above = similarity > threshold
             rows.append(i[above])
             cols.append(j[above])
@@ -200,6 +207,24 @@ def find_pairs(embeddings: np.ndarray, image_index: Sequence[int], threshold: fl
         return []
     i, j, s = np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(sims_out)
     return [(int(a), int(b), float(c)) for a, b, c in zip(i.tolist(), j.tolist(), s.tolist())]
+
+
+#: ``(embeddings M x D, image ids M, threshold) -> (pairs as find_pairs returns them, info)``; ``info`` describes
+#: the search for the report: ``method`` and ``recall`` (measured against exact search; 1.0 for an exact method)
+PairFinder = Callable[[np.ndarray, np.ndarray, float], Tuple[List[Tuple[int, int, float]], dict]]
+
+
+def exact_pair_finder(block_size: int = 4096) -> PairFinder:
+    """The exact, blockwise pair finder (:func:`find_pairs`): the default of :func:`build_manifests`. Its time grows
+    with the square of the number of faces; ``ann.faiss_pair_finder`` is the web-scale one."""
+
+    def find(embeddings: np.ndarray, image_index: np.ndarray, threshold: float) -> Tuple[list, dict]:
+        start = time.perf_counter()
+        pairs = find_pairs(embeddings, image_index, threshold, block_size)
+        return pairs, dict(method='exact (blockwise)', faces=len(embeddings), recall=1.0,
+                           seconds=round(time.perf_counter() - start, 3))
+
+    return find
 
 
 # ---------------------------------------------------------------------------------------------- manifests
@@ -306,15 +331,34 @@ def _manifest_face(face: dict, references: List[dict]) -> dict:
     return out
 
 
-def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optional[PathLike] = None,
-                    config: Optional[PairConfig] = None) -> dict:
+def _read_all(paths: Sequence[PathLike]) -> Tuple[Dict[str, dict], Dict[str, int]]:
+    """The records of several files (the shards of a web-scale scan) as one ``{image: record}``, stats summed."""
+    records: Dict[str, dict] = {}
+    total: Dict[str, int] = {}
+    for path in paths:
+        part, stats = read_records_with_stats(path)
+        for image in set(part) & set(records):
+            total['duplicates'] = total.get('duplicates', 0) + 1
+            del records[image]
+        records.update(part)
+        for key, value in stats.items():
+            total[key] = total.get(key, 0) + value
+    return records, total
+
+
+def build_manifests(out_dir: PathLike, input_root: PathLike,
+                    records_path: Optional[Union[PathLike, Sequence[PathLike]]] = None,
+                    config: Optional[PairConfig] = None, pair_finder: Optional[PairFinder] = None) -> dict:
     """Stage 2: ``records.jsonl`` -> ``<out_dir>/train.jsonl`` and ``<out_dir>/test.jsonl``.
 
     Args:
         out_dir: stage 1's output folder (crops and embeddings are relative to it); the manifests go there too.
         input_root: the folder the records' ``image`` paths are relative to (stage 1's input).
-        records_path: the records, by default ``<out_dir>/records.jsonl``.
+        records_path: the records, by default ``<out_dir>/records.jsonl``; or a list of records files (one per
+            shard of a web-scale scan).
         config: thresholds, split and reference options.
+        pair_finder: how pairs are found in each split (default :func:`exact_pair_finder`); the same pairs give
+            the same manifests whatever found them.
 
     Only ``status == "ok"`` records with at least one face, whose photo is unchanged since the scan, are used.
     Both faces of a pair get the other as a reference, sorted by similarity (highest first, ties by path). Each
@@ -323,8 +367,9 @@ def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optio
 
     Returns:
         A summary: image, face, pair and reference counts per split, skipped and stale images, what the records
-        file held, the identity model, threshold and its source, and ``pair_similarities``
-        (``{split: [similarity, ...]}``, for the report).
+        file held, the identity model, threshold and its source, ``pair_similarities``
+        (``{split: [similarity, ...]}``, for the report) and ``pairing`` (``{split: info}`` of the pair finder:
+        method, recall, time).
 
     Raises:
         ValueError: no threshold is given and none can be found (no ``scan.json``, or a model without one).
@@ -332,7 +377,11 @@ def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optio
     config = config or PairConfig()
     out_dir = Path(out_dir)
     threshold, identity_model, threshold_source = _resolve_threshold(config, out_dir)
-    records, read_stats = read_records_with_stats(records_path or out_dir / RECORDS_FILE)
+    if records_path is None or isinstance(records_path, (str, os.PathLike)):
+        records, read_stats = read_records_with_stats(records_path or out_dir / RECORDS_FILE)
+    else:
+        records, read_stats = _read_all(list(records_path))
+    pair_finder = pair_finder or exact_pair_finder(config.block_size)
 
     faces: List[_Face] = []
     embeddings: List[np.ndarray] = []
@@ -368,10 +417,12 @@ def build_manifests(out_dir: PathLike, input_root: PathLike, records_path: Optio
     summary: dict = dict(records=len(records), **{f'records_{k}': v for k, v in read_stats.items()},
                          images_skipped=skipped, images_stale=stale, identity_model=identity_model,
                          similarity_threshold=threshold, threshold_source=threshold_source,
-                         test_ratio=config.test_ratio, seed=config.seed, pair_similarities={})
+                         test_ratio=config.test_ratio, seed=config.seed, pair_similarities={}, pairing={})
     for split in SPLITS:
         members = np.array([n for n, f in enumerate(faces) if f.split == split], dtype=np.int64)
-        pairs = find_pairs(matrix[members], groups[members], threshold, config.block_size) if len(members) else []
+        pairs, info = pair_finder(matrix[members], groups[members], threshold) if len(members) else (
+            [], dict(method='none (no faces)', faces=0, recall=None))
+        summary['pairing'][split] = info
         sims = []
         for i, j, similarity in pairs:
             a, b = int(members[i]), int(members[j])

@@ -28,6 +28,9 @@ PathLike = Union[str, os.PathLike]
 RECORDS_FILE = 'records.jsonl'
 #: The scan's settings (the ``ScanConfig`` as JSON), written by its first run and checked by every resumed one.
 SETTINGS_FILE = 'scan.json'
+#: Web-scale scans write the records of each shard to ``records/<shard>.jsonl`` (see ``shards.py``).
+SHARD_RECORDS_DIR = 'records'
+SHARD_RECORDS_SUFFIX = '.jsonl'
 #: The keys of one record, in the order they are written (the schema is in ``scan.py``'s module docstring).
 RECORD_KEYS = ('image', 'image_id', 'file_size', 'file_mtime_ns', 'status', 'reason', 'width', 'height', 'score',
                'faces', 'embeddings', 'dropped_small_faces')

@@ -20,7 +20,8 @@ Coordinates are full-resolution pixels of the (EXIF-oriented) image. An ``error`
 ``unreadable`` (missing, truncated or corrupt), ``crashed`` (the worker process died on it, e.g. killed for memory),
 or the exception's type for anything unexpected.
 
-The scan is resumable (a killed run, run again, ends with the same records), deterministic, streams the images (one
+The steps themselves are in ``stages.py`` (shared with the web-scale engines). The scan is resumable (a killed run,
+run again, ends with the same records), deterministic, streams the images (one
 decoded photo per worker at a time) and can run in several processes, with the parent as the only writer of
 ``records.jsonl``. On resume, records whose photo was deleted are dropped and records whose photo changed (size or
 modification time) are scanned again, each with a warning; ``error`` records are retried (the limit may have been
@@ -41,19 +42,19 @@ import cv2
 import numpy as np
 from mmengine.logging import print_log
 
-from portraitisr.utils.image_io import ImageReadError, ImageTooLargeError, check_image_size, read_image_size
+from portraitisr.utils.image_io import ImageReadError, ImageTooLargeError
 
 from .photos import BuilderWarning, builder_warning, find_photos
-from .records import (RECORDS_FILE, SETTINGS_FILE, RecordWriter, file_stamp, load_records, rewrite_records,
-                      stamp_status)
+from .records import (RECORDS_FILE, SETTINGS_FILE, SHARD_RECORDS_DIR, SHARD_RECORDS_SUFFIX, RecordWriter, file_stamp,
+                      load_records, rewrite_records, stamp_status)
+from .stages import (EMBEDDINGS_DIR, FACES_DIR, AlignStep, DetectStep, EmbedStep, ScoreStep, scan_photo,
+                     size_reject_reason)
 
 if TYPE_CHECKING:
     from portraitisr.models.face_detectors.base_detector import FaceDetections
 
 PathLike = Union[str, os.PathLike]
 
-FACES_DIR = 'faces'
-EMBEDDINGS_DIR = 'embeddings'
 #: settings that may change between runs of one scan (they decide only which files fail, and failures are retried)
 RESUMABLE_SETTINGS = ('max_pixels',)
 
@@ -104,16 +105,6 @@ def image_id_of(relative_path: str) -> str:
     return hashlib.sha1(relative_path.encode('utf-8')).hexdigest()[:16]
 
 
-def size_reject_reason(width: int, height: int, config: ScanConfig) -> Optional[str]:
-    """``'too_small'``, ``'aspect'`` or None (a candidate) for an image of ``width x height``."""
-    if max(width, height) < config.min_long_side or min(width, height) < config.min_short_side:
-        return 'too_small'
-    low, high = config.aspect_range
-    if not low <= width / height <= high:
-        return 'aspect'
-    return None
-
-
 def error_reason(error: BaseException) -> str:
     """The reason of an ``error`` record: ``'<code>: <message>'`` with code ``too_large`` (over the pixel limit),
     ``unreadable`` (missing, truncated, corrupt) or the exception's type name (anything unexpected)."""
@@ -127,37 +118,48 @@ def error_reason(error: BaseException) -> str:
     return f'{code}: {message}'
 
 
-def _round(values: Any, digits: int = 3) -> Any:
-    return np.round(np.asarray(values, np.float64), digits).tolist()
-
-
-def _new_record(relative: str) -> dict:
+def new_record(relative: str) -> dict:
+    """A record in progress: status ``ok`` until a step rejects the photo or fails."""
     return dict(image=relative, image_id=image_id_of(relative), file_size=None, file_mtime_ns=None, status='ok',
                 reason=None, width=None, height=None, score=None, faces=[], embeddings=None, dropped_small_faces=0)
 
 
-def _error_record(path: PathLike, relative: str, reason: str) -> dict:
-    record = _new_record(relative)
-    try:
-        record.update(file_stamp(path))
-    except OSError:
-        pass
-    record.update(status='error', reason=reason)
+def fail(record: dict, error: BaseException) -> dict:
+    """Turn ``record`` into the ``error`` record of ``error`` (no faces, no embeddings)."""
+    record.update(status='error', reason=error_reason(error), faces=[], embeddings=None)
     return record
 
 
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+@dataclass(frozen=True)
+class Sample:
+    """A photo that is not a file of its own: the image member of a webdataset shard.
+
+    Attributes:
+        image: its record name, ``<shard>/<key>.<ext>`` (the shard's path relative to the shards' folder, without
+            ``.tar``).
+        data: the image file's bytes.
+        file_mtime_ns: the shard's modification time: with ``len(data)``, the sample's file stamp.
+        keep_as: where its bytes are written when it is kept (the manifests point there), or None.
+    """
+
+    image: str
+    data: bytes
+    file_mtime_ns: int
+    keep_as: Optional[str] = None
+
+
+def _error_record(source: Union[PathLike, Sample], relative: str, reason: str) -> dict:
+    record = new_record(relative)
+    if isinstance(source, Sample):
+        record.update(file_size=len(source.data), file_mtime_ns=source.file_mtime_ns)
+    else:
+        try:
+            record.update(file_stamp(source))
+        except OSError:
+            pass
+    record.update(status='error', reason=reason)
+    return record
+
 
 
 class ImageScanner:
@@ -169,104 +171,42 @@ class ImageScanner:
     """
 
     def __init__(self, config: ScanConfig, out_dir: PathLike) -> None:
-        from portraitisr.models.aligners.face_aligner import FaceAligner
-        from portraitisr.registry import FACE_DETECTORS, IDENTITY_EXTRACTORS, IMAGE_SCORERS
-
         self.config = config
         self.out_dir = Path(out_dir)
-        self.scorer = IMAGE_SCORERS.build(dict(config.scorer)) if config.scorer is not None else None
-        self.detector = FACE_DETECTORS.build(dict(config.detector))
-        self.crop_aligner = FaceAligner(template='ffhq512', output_size=config.crop_size)
-        self.extractor = IDENTITY_EXTRACTORS.build(dict(config.extractor))
-        identity_size = config.identity_size or int(getattr(self.extractor, 'work_size', self.extractor.input_size))
-        # the identity metrics' aligner: ArcFace 112 template, black border
-        self.identity_aligner = FaceAligner(template='arcface112', output_size=identity_size, border_value=(0, 0, 0))
+        self.score = ScoreStep(config)
+        self.detect_step = DetectStep(config)
+        self.embed = EmbedStep(config, out_dir)
+        self.align = AlignStep(config, out_dir, self.embed.identity_size)
+
+    @property
+    def extractor(self) -> Any:
+        return self.embed.extractor
 
     def detect(self, rgb: np.ndarray) -> 'FaceDetections':
         """Faces of a full-resolution ``H x W x 3`` float image, detected on a shrunk copy, in full-res pixels."""
-        from .scorers import shrink_to_max_side
+        return self.detect_step.detect(rgb)
 
-        small = shrink_to_max_side(rgb, self.config.detect_max_side)
-        dets = self.detector.detect(small)[0]
-        if small.shape[:2] != rgb.shape[:2]:
-            dets = dets.transformed(rgb.shape[1] / small.shape[1])
-        return dets
-
-    def scan(self, path: PathLike, relative: str) -> dict:
+    def scan(self, source: Union[PathLike, Sample], relative: str) -> dict:
         """The record of one photo (its crops and embeddings are written first); errors become ``'error'`` records
-        (reason ``'<code>: <message>'``, see :func:`error_reason`), so one bad file never stops a scan."""
-        record = _new_record(relative)
+        (reason ``'<code>: <message>'``, see :func:`error_reason`), so one bad file never stops a scan.
+
+        ``source`` is the photo's path, or a :class:`Sample` of a shard (then ``relative`` is its ``image``). The
+        record also carries ``_timings`` (``{step: seconds}``, for the report; record writers leave it out).
+        """
+        record = new_record(relative)
+        steps = (self.score, self.detect_step, self.align, self.embed)
+        record['_timings'] = timings = {}
         try:
-            record.update(file_stamp(path))  # before reading: a file changed meanwhile is rescanned next time
-            self._scan(Path(path), record)
+            if isinstance(source, Sample):
+                record.update(file_size=len(source.data), file_mtime_ns=source.file_mtime_ns)
+                keep = None if source.keep_as is None else (self.out_dir / source.keep_as, source.file_mtime_ns)
+                scan_photo(record, source.data, relative, self.config, steps, keep_photo=keep, timings=timings)
+            else:
+                record.update(file_stamp(source))  # before reading: a file changed meanwhile is rescanned next time
+                scan_photo(record, Path(source), str(source), self.config, steps, timings=timings)
         except Exception as exc:  # noqa: BLE001 - one bad file never stops a scan of a million photos
-            record.update(status='error', reason=error_reason(exc), faces=[], embeddings=None)
+            fail(record, exc)
         return record
-
-    def _reject(self, record: dict, reason: str) -> None:
-        record.update(status='rejected', reason=reason)
-
-    def _scan(self, path: Path, record: dict) -> None:
-        import torch
-
-        from portraitisr.utils.image_io import read_image, write_image
-
-        from .scorers import passes_threshold
-
-        config = self.config
-        try:
-            size = read_image_size(path)
-        except ImageReadError:
-            size = None  # no header Pillow knows: read_image below gives the precise error
-        if size is not None:  # the pixel limit, then the size filter, from the header alone: no pixel decode
-            check_image_size(*size, str(path), config.max_pixels)
-            record['width'], record['height'] = size
-            reason = size_reject_reason(*size, config)
-            if reason is not None:
-                return self._reject(record, reason)
-        rgb = read_image(path, max_pixels=config.max_pixels).rgb
-        height, width = rgb.shape[:2]
-        record['width'], record['height'] = int(width), int(height)
-        reason = size_reject_reason(width, height, config)
-        if reason is not None:
-            return self._reject(record, reason)
-        if self.scorer is not None:
-            record['score'] = round(float(self.scorer.score(rgb)), 6)
-            if not passes_threshold(record['score'], config.score_threshold, self.scorer.higher_is_better):
-                return self._reject(record, 'low_score')
-        dets = self.detect(rgb)
-        if len(dets) == 0:
-            return self._reject(record, 'no_face')
-        keep = dets.eye_distances() >= config.min_eye_distance
-        record['dropped_small_faces'] = int((~keep).sum())
-        if not keep.any():
-            return self._reject(record, 'small_faces')
-        dets = dets.select(keep)
-
-        # a 1 x 3 x H x W view of the H x W x 3 photo: the warps read it in place (same crops as from a contiguous
-        # copy, bit for bit), so a 4K photo is not held twice (133 MB as float32)
-        image = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        del rgb
-        image_id = record['image_id']
-        faces, id_crops = [], []
-        with torch.no_grad():
-            matrices = self.crop_aligner.estimate(dets.landmarks.astype(np.float64)).float()
-            id_matrices = self.identity_aligner.estimate(dets.landmarks.astype(np.float64)).float()
-            for k in range(len(dets)):  # one face at a time: align() would copy the 4K image per face
-                crop = self.crop_aligner.align(image, matrices[k:k + 1])[0]
-                id_crops.append(self.identity_aligner.align(image, id_matrices[k:k + 1]))
-                crop_name = f'{FACES_DIR}/{image_id}_{k}.png'
-                write_image(self.out_dir / crop_name, crop.permute(1, 2, 0).clamp(0, 1).numpy())
-                faces.append(dict(box=_round(dets.boxes[k]), landmarks=_round(dets.landmarks[k]),
-                                  score=round(float(dets.scores[k]), 6),
-                                  eye_distance=round(float(dets.eye_distances()[k]), 3), crop=crop_name))
-            del image
-            embeddings = self.extractor(torch.cat(id_crops).clamp(0, 1)).float().cpu().numpy().astype(np.float32)
-        if embeddings.shape[0] != len(faces):
-            raise RuntimeError(f'the extractor gave {embeddings.shape[0]} embeddings for {len(faces)} faces')
-        emb_name = f'{EMBEDDINGS_DIR}/{image_id}.npy'
-        _save_npy_atomic(self.out_dir / emb_name, embeddings)
-        record.update(faces=faces, embeddings=emb_name)
 
 
 # ---------------------------------------------------------------------------------------------------- workers
@@ -390,7 +330,10 @@ def check_settings(out_dir: PathLike, config: ScanConfig) -> None:
     path = Path(out_dir) / SETTINGS_FILE
     settings = _settings_of(config)
     records = Path(out_dir) / RECORDS_FILE
-    if path.is_file() and records.is_file() and records.stat().st_size > 0:
+    shard_records = Path(out_dir) / SHARD_RECORDS_DIR
+    recorded = (records.is_file() and records.stat().st_size > 0) or (
+        shard_records.is_dir() and any(shard_records.rglob(f'*{SHARD_RECORDS_SUFFIX}')))
+    if path.is_file() and recorded:
         try:
             saved = json.loads(path.read_text(encoding='utf-8'))
         except (OSError, ValueError) as error:

@@ -1,4 +1,5 @@
-"""The ``portraitisr`` command: ``restore`` photos, ``download`` model-zoo weights, list ``models``.
+"""The ``portraitisr`` command: ``restore`` photos, ``download`` model-zoo weights, list ``models``, run a user
+``study`` (:mod:`portraitisr.study.cli`).
 
 A thin layer over :class:`~portraitisr.apis.portrait_restorer.PortraitRestorer` and
 :mod:`~portraitisr.apis.model_zoo`; see ``docs/command_line.md``. Heavy imports (torch, the models) happen only
@@ -17,6 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from portraitisr.study.cli import add_study_subcommands, run as run_study  # argparse only: cheap to import
+from portraitisr.utils.import_guards import hide_bitsandbytes  # stdlib only: cheap to import
 
 __all__ = ['main', 'build_parser', 'collect_inputs', 'plan_outputs', 'SetupError', 'RestoreJob']
 
@@ -102,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser('models', help='list the model zoo')
     models.add_argument('--weights', action='store_true', help='list the weight files instead')
+    add_study_subcommands(sub)  # portraitisr study create | serve | results
     return parser
 
 
@@ -568,7 +573,7 @@ def _models(args: argparse.Namespace) -> int:
     if args.weights:
         for entry in (zoo.weights[name] for name in sorted(zoo.weights)):
             where = entry.hub_id if entry.is_folder else entry.url
-            check = 'hub' if entry.is_folder else ('sha256 verified' if entry.verified else 'UNVERIFIED')
+            check = {'hub': 'hub', 'pinned': 'sha256 pinned', 'TOFU': 'TOFU (no sha256)'}[entry.trust]
             print(f'{entry.name:34s} {check:16s} {entry.licence}\n{"":34s} {where}')
         return 0
     for entry in model_zoo.list_models(zoo):
@@ -580,7 +585,8 @@ def _models(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``portraitisr`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    handlers = {'restore': _restore, 'download': _download, 'models': _models}
+    hide_bitsandbytes()  # before any subcommand imports mmengine: see import_guards
+    handlers = {'restore': _restore, 'download': _download, 'models': _models, 'study': run_study}
     try:
         return handlers[args.command](args)
     except SetupError as error:

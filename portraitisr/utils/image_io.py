@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'DEFAULT_MAX_IMAGE_PIXELS', 'ImageReadError', 'ImageTooLargeError', 'ImageRecord',
-    'max_image_pixels', 'read_image_size', 'check_image_size', 'read_image', 'write_image', 'image_to_tensor',
-    'tensor_to_image', 'list_images', 'output_suffix', 'unit_float_image', 'WRITE_REWRITES'
+    'max_image_pixels', 'read_image_size', 'check_image_size', 'read_image', 'decode_image', 'write_image',
+    'image_to_tensor', 'tensor_to_image', 'list_images', 'output_suffix', 'unit_float_image', 'WRITE_REWRITES'
 ]
 
 PathLike = Union[str, 'os.PathLike[str]']
@@ -279,6 +279,23 @@ def read_image(path: PathLike, max_pixels: Optional[int] = None) -> ImageRecord:
         raise FileNotFoundError(f'image file {path} does not exist') from None
     except OSError as error:
         raise ImageReadError(f'cannot read image file {path}: {error}') from error
+    return decode_image(data, path, max_pixels)
+
+
+def decode_image(data: bytes, name: PathLike = '<bytes>', max_pixels: Optional[int] = None) -> ImageRecord:
+    """Decode the bytes of an image file (a file read already, or a member of a tar shard) as :func:`read_image`
+    does, with the same checks and the same result for the same bytes.
+
+    Args:
+        data: the encoded image (JPEG, PNG, WebP, TIFF, ...).
+        name: how errors name the image (a path, or a name such as ``shard/key.jpg``); ``ImageRecord.path``.
+        max_pixels: as in :func:`read_image`.
+
+    Raises:
+        ImageReadError: empty, truncated or corrupt data, or an unsupported sample type.
+        ImageTooLargeError: the header claims more pixels than the limit.
+    """
+    path = Path(name)
     if not data:
         raise ImageReadError(f'cannot read image file {path}: the file is empty (0 bytes)')
 
@@ -331,19 +348,29 @@ def read_image(path: PathLike, max_pixels: Optional[int] = None) -> ImageRecord:
         rgb = _apply_orientation(rgb, orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, orientation)
 
-    rgb = (rgb.astype(np.float32) / scale)
-    alpha = None if alpha is None else alpha.astype(np.float32) / scale
-    return ImageRecord(rgb=np.ascontiguousarray(rgb), alpha=alpha, bit_depth=bit_depth, path=path)
+    # One float copy each, divided in place: ``astype(...) / scale`` would hold two float copies of a large image.
+    rgb = rgb.astype(np.float32, order='C')
+    rgb /= scale
+    if alpha is not None:
+        alpha = alpha.astype(np.float32, order='C')
+        alpha /= scale
+    return ImageRecord(rgb=rgb, alpha=alpha, bit_depth=bit_depth, path=path)
 
 
 # ------------------------------------------------------------------------------------------------ writing
+def _integer_to_unit_float(array: np.ndarray) -> np.ndarray:
+    """uint8 / 255 or uint16 / 65535 as float32, divided in place (one float copy, not two)."""
+    scale = 255.0 if array.dtype == np.uint8 else 65535.0
+    result = array.astype(np.float32)
+    result /= scale
+    return result
+
+
 def _to_unit_float(array: np.ndarray, what: str) -> np.ndarray:
     """Integer arrays are read by their dtype's range (uint8 / 255, uint16 / 65535); floats are clipped."""
     array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
+    if array.dtype in (np.uint8, np.uint16):
+        return _integer_to_unit_float(array)
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f'{what} must be a float array in [0, 1], uint8 or uint16, got {array.dtype}')
     return np.clip(array.astype(np.float32), 0.0, 1.0)
@@ -440,10 +467,8 @@ def unit_float_image(array: np.ndarray, what: str = 'image') -> np.ndarray:
         ValueError: non-finite values or values outside [0, 1].
     """
     array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
+    if array.dtype in (np.uint8, np.uint16):
+        return _integer_to_unit_float(array)
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f'{what} must be uint8, uint16 or float in [0, 1], got {array.dtype}: convert it first '
                         '(e.g. uint8 for 0..255 integers)')

@@ -25,6 +25,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
+
 from portraitisr.evaluation.folder_evaluation import MEAN_ROW, build_metrics, evaluate_folders  # noqa: E402
 from portraitisr.evaluation.metric_presets import METRIC_PRESETS, OSEDIFF_TABLE  # noqa: E402
 

@@ -28,6 +28,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
+
 from portraitisr.utils.image_io import read_image  # noqa: E402
 
 PHOTOS = ('sample://astronaut', 'sample://grace_hopper')

@@ -33,6 +33,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
+
 from portraitisr.utils.image_io import ImageReadError, list_images, read_image, write_image  # noqa: E402
 
 BICUBIC = 'bicubic'

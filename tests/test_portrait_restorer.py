@@ -294,7 +294,7 @@ def test_zoo_configs_come_from_the_package_not_the_current_folder(tmp_path, monk
 
 
 def test_untrained_models_say_so_once(tmp_path):
-    from portraitisr.apis.portrait_restorer import UntrainedModelWarning, checkpoint_iterations
+    from portraitisr.apis.portrait_restorer import UntrainedModelWarning
     from portraitisr.engine.hooks.trainable_checkpoint_hook import trainable_names
     from portraitisr.registry import MODELS
     from mmengine.config import Config
@@ -315,4 +315,10 @@ def test_untrained_models_say_so_once(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('error', UntrainedModelWarning)
         assert PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu').training_iterations == 5000
-    assert checkpoint_iterations({'state_dict': {}}) is None and checkpoint_iterations({'meta': {'iter': True}}) is None
+    torch.save({'meta': {'trained_iters': 0, 'iter': 0}, 'state_dict': state}, path)  # saved before any step
+    with pytest.warns(UntrainedModelWarning, match='only 0 iteration'):
+        PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu')
+    torch.save({'state_dict': state}, path)  # no meta: a release file says nothing about its training
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UntrainedModelWarning)
+        assert PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu').training_iterations is None

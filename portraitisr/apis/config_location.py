@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import portraitisr
+
 __all__ = ['package_root', 'zoo_config_path']
 
 
 def package_root() -> Path:
     """The folder that holds the imported ``portraitisr`` package (and ``configs/`` beside it)."""
-    import portraitisr
-
     return Path(portraitisr.__file__).resolve().parent.parent
 
 

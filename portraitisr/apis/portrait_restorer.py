@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from portraitisr.engine.checkpoint_loading import checkpoint_training_info
 from portraitisr.models.restorers.tiling import report_tiles
 from portraitisr.utils.image_io import (ImageRecord, image_to_tensor, output_suffix, read_image, tensor_to_image,
                                         unit_float_image, write_image)
@@ -36,7 +37,7 @@ from . import memory_plan
 from .config_location import zoo_config_path
 from .streamed_restore import BAND_ROWS, RowSink, UpscaledImage, can_stream, restore_streamed
 
-__all__ = ['PortraitRestorer', 'RestoredImage', 'UntrainedModelWarning', 'FEW_ITERATIONS', 'checkpoint_iterations']
+__all__ = ['PortraitRestorer', 'RestoredImage', 'UntrainedModelWarning', 'FEW_ITERATIONS']
 
 PathLike = Union[str, 'os.PathLike[str]']
 #: ITU-R BT.601 luma weights, the ones OpenCV's RGB2GRAY uses, to turn a restored gray photo back into one plane.
@@ -82,19 +83,11 @@ def without_training_parts(model_cfg: dict) -> Tuple[dict, Tuple[str, ...]]:
     return dict(model_cfg, **{key: None for key in dropped}), dropped
 
 
-def checkpoint_iterations(checkpoint: dict) -> Optional[int]:
-    """How many iterations a loaded training checkpoint was trained for: mmengine's ``meta['iter']``, which
-    ``CheckpointHook`` writes into every checkpoint of the runner; None when the checkpoint does not say (a state
-    dict exported without its meta)."""
-    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
-    value = meta.get('iter') if isinstance(meta, dict) else None
-    return int(value) if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else None
-
-
 def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike,
                         dropped_parts: Sequence[str] = ()) -> Optional[int]:
     """Load a training checkpoint of this library (trainable tensors only, or a full state dict) strictly; returns
-    its training length in iterations (:func:`checkpoint_iterations`).
+    its training length in iterations (``trained_iters`` of
+    :func:`~portraitisr.engine.checkpoint_loading.checkpoint_training_info`; None when the file does not say).
 
     Frozen pretrained parts (SD, face networks) come from the config; every trainable tensor of the model must be
     in the checkpoint and nothing else may be, so a checkpoint of another config fails loudly. Tensors of
@@ -115,7 +108,7 @@ def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike,
                        f'(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})')
     # Only the checkpoint's tensors are copied; the frozen rest (checked above to be all that is absent) stays.
     model.load_state_dict(state, strict=False)
-    return checkpoint_iterations(loaded)
+    return checkpoint_training_info(checkpoint)['trained_iters']
 
 
 def _untrained_note(model, model_cfg: dict, checkpoint: Optional[PathLike], iterations: Optional[int]) -> str:

@@ -146,8 +146,8 @@ def evaluate_folders(pred_dir: str, gt_dir: Optional[str], metrics: Dict[str, ob
             on_failure(pred_path, scores.failed[name])
             continue
         row = {}
+        metric_pred = torch.round(pred.clamp(0, 1) * 255) / 255 if quantize else pred  # as an 8-bit PNG holds it
         for metric_name, metric in per_image.items():
-            metric_pred = torch.round(pred.clamp(0, 1) * 255) / 255 if quantize else pred
             value = metric.score(metric_pred, gt if metric.needs_gt else None, None)
             row[metric_name] = float(value.reshape(-1)[0]) if value.numel() else math.nan
         scores.rows[name] = row

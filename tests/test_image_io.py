@@ -365,3 +365,14 @@ def test_output_suffix_and_strict_unit_float():
         unit_float_image(np.full((2, 2), 255.0))
     with pytest.raises(ValueError, match='NaN'):
         unit_float_image(np.array([[np.nan]]))
+
+
+def test_corrupt_file_error_is_the_only_output(tmp_path, capfd):
+    """OpenCV's own log line (``[ERROR:0@..] global grfmt_png.cpp ... readHeader``) is not printed beside ours."""
+    bad = tmp_path / 'bad.png'
+    bad.write_bytes(b'\x89PNG\r\n\x1a\nbroken')
+    capfd.readouterr()
+    with pytest.raises(ImageReadError, match='bad.png'):
+        read_image(bad)
+    captured = capfd.readouterr()
+    assert captured.err == '' and captured.out == ''

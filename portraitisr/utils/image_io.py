@@ -228,6 +228,21 @@ def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+_CV_LOG_LOCK = threading.Lock()
+
+
+def _quiet_imdecode(data: bytes) -> Optional[np.ndarray]:
+    """``cv2.imdecode(..., IMREAD_UNCHANGED)`` without OpenCV's own log lines on stderr (``[ERROR:0@..] ...
+    readHeader ...`` for a corrupt file): the error our caller raises already names the file, in one line. Only
+    for data whose header Pillow could not read (almost always corrupt), since the lock serialises decoding."""
+    with _CV_LOG_LOCK:
+        previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        finally:
+            cv2.utils.logging.setLogLevel(previous)
+
+
 def _decode_with_pil(data: bytes) -> np.ndarray:
     """Decode with Pillow into an OpenCV-style array (BGR / BGRA channel order, uint8 or uint16)."""
     with Image.open(io.BytesIO(data)) as im:
@@ -302,8 +317,9 @@ def decode_image(data: bytes, name: PathLike = '<bytes>', max_pixels: Optional[i
     try:
         width, height = read_image_size(data)
     except ImageReadError:
-        pass  # no header Pillow knows: the decoders below give the precise error
+        header_known = False  # no header Pillow knows: the decoders below give the precise error
     else:
+        header_known = True
         check_image_size(width, height, str(path), max_pixels)
 
     is_jpeg = data[:3] == b'\xff\xd8\xff'
@@ -311,7 +327,7 @@ def decode_image(data: bytes, name: PathLike = '<bytes>', max_pixels: Optional[i
         raise ImageReadError(f'cannot read image file {path}: the JPEG data is truncated (no end-of-image marker)')
 
     # IMREAD_UNCHANGED keeps alpha and 16-bit samples; it also leaves EXIF orientation alone (handled below).
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if header_known else _quiet_imdecode(data)
     if array is None:
         try:
             array = _decode_with_pil(data)

@@ -1,5 +1,6 @@
 from .aligned_face_dataset import AlignedFaceDataset
 from .collate import portrait_collate
+from .identity_face_dataset import IdentityFaceDataset
 from .image_folder_dataset import ImageFolderDataset, PairedImageFolderDataset
 from .mixture import MixedDataset
 from .portrait_triplet_dataset import (ManifestError, PortraitDataError, PortraitTripletDataset, load_manifest,
@@ -7,6 +8,7 @@ from .portrait_triplet_dataset import (ManifestError, PortraitDataError, Portrai
 from .sample_images import SAMPLE_IMAGES, load_sample_image
 from .samplers import MixtureSampler
 
-__all__ = ['AlignedFaceDataset', 'ImageFolderDataset', 'PairedImageFolderDataset', 'SAMPLE_IMAGES', 'load_sample_image',
+__all__ = ['AlignedFaceDataset', 'IdentityFaceDataset',
+           'ImageFolderDataset', 'PairedImageFolderDataset', 'SAMPLE_IMAGES', 'load_sample_image',
            'PortraitTripletDataset', 'ManifestError', 'PortraitDataError', 'load_manifest', 'manifest_line',
            'MixedDataset', 'MixtureSampler', 'portrait_collate']

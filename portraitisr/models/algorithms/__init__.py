@@ -1,6 +1,7 @@
 from .blending_restorer import BlendingDataPreprocessor, BlendingRestorer
 from .color_fix import adain_color_fix
 from .headsup import HeadsUp
+from .idfsr import IDFSR, diffae_schedulers
 from .one_step_restorer import OneStepRestorer
 from .osediff import OSEDIFF_NEGATIVE_PROMPT, OSEDiff
 from .pisasr import PISASR_NEGATIVE_PROMPT, PiSASR
@@ -9,4 +10,5 @@ from .vsd_regularizer import VSDRegularizer, vsd_loss
 
 __all__ = ['OneStepRestorer', 'OSEDiff', 'HeadsUp', 'OSEDIFF_NEGATIVE_PROMPT', 'VSDRegularizer', 'vsd_loss',
            'adain_color_fix', 'BlendingDataPreprocessor', 'BlendingRestorer',
-           'PortraitSR', 'PortraitSRDataPreprocessor', 'PiSASR', 'PISASR_NEGATIVE_PROMPT']
+           'PortraitSR', 'PortraitSRDataPreprocessor', 'PiSASR', 'PISASR_NEGATIVE_PROMPT', 'IDFSR',
+           'diffae_schedulers']

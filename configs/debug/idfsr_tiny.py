@@ -5,14 +5,14 @@
 # with a random misalignment so that the warp has work to do), 6-channel UNet input, AdaGN on time and style, identity
 # cross-attention, DDPM (T = 1000, linear) training and DDIM-20 validation. The identity network is dlib's ResNet
 # (128-d, real weights from the face_recognition_models package): the only face recogniser that reaches this machine
-# offline.
+# offline. The identity attention works on 64 channels (two per GroupNorm group; see IdentityCrossAttention).
 _base_ = ['../_base_/default_runtime.py', '../_base_/schedules/idfsr_adam.py']
 
 size, scale = 64, 8
 
 model = dict(
     type='IDFSR',
-    unet=dict(type='DiffAEUNet', image_size=size, in_channels=6, model_channels=16, channel_mult=(1, 1),
+    unet=dict(type='DiffAEUNet', image_size=size, in_channels=6, model_channels=32, channel_mult=(1, 2),
               num_res_blocks=1, attention_resolutions=(32, ), embed_channels=64, dropout=0.1, enc_in_channels=3,
               enc_channel_mult=(1, 1, 2), enc_num_res_blocks=1, enc_out_channels=64, attention='identity',
               id_channels=128),

@@ -4,9 +4,10 @@ Layout (``shared/reference/diffae_idfsr.md`` section 6): a Lightning 1.4.5 check
 trained network under ``model.`` and its EMA copy under ``ema_model.`` (the one to use), the sampling buffer ``x_T``,
 and for latent-DPM models ``conds_mean``/``conds_std`` and ``*.latent_net.*``. Lightning keys ``callbacks`` by the
 callback *class*, and may pickle ``AttributeDict`` hyper-parameters, so ``torch.load(weights_only=True)`` refuses the
-file. :func:`load_lightning_checkpoint` loads it without running any of that code: every ``pytorch_lightning.*`` /
-``lightning.*`` global the pickle names is replaced by an inert stand-in class (a plain ``dict`` subclass) that is
-allow-listed under that exact name; anything else that is not a tensor or a container is still refused.
+file. :func:`load_lightning_checkpoint` loads it with ``weights_only=True`` and without running any of that code:
+every ``pytorch_lightning.*`` / ``lightning.*`` global the pickle names is allow-listed under that exact name with an
+inert stand-in (an empty class; ``OrderedDict`` for ``AttributeDict``); anything else that is not a tensor or a
+container is still refused.
 
 :func:`convert_diffae_state_dict` maps DiffAE's names onto a (possibly IDFSR-shaped) :class:`DiffAEUNet` and says
 exactly which tensors are new:
@@ -22,6 +23,7 @@ exactly which tensors are new:
 
 Every checkpoint tensor must be used and every model tensor set, then ``load_state_dict(strict=True)`` runs.
 """
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
@@ -43,10 +45,14 @@ _NON_NETWORK_KEYS = ('x_T', 'conds_mean', 'conds_std')
 
 
 def _stand_in(full_name: str) -> type:
-    """An inert class named like ``full_name`` (a dict subclass: takes Lightning's class-keyed dicts and its
-    ``AttributeDict`` items; its ``__dict__`` takes any pickled instance state). It runs no code of the original."""
+    """What replaces the Lightning global ``full_name`` while unpickling. Lightning's ``AttributeDict`` (a ``dict``
+    subclass holding the hyper-parameters) becomes a plain ``OrderedDict`` (the safe unpickler fills only real dicts);
+    anything else - the callback classes that key ``checkpoint['callbacks']`` - becomes an empty class of the same
+    name. Neither runs any code of the original."""
     module, _, name = full_name.rpartition('.')
-    return type(name, (dict, ), {'__module__': module, '__doc__': f'inert stand-in for {full_name}'})
+    if name == 'AttributeDict':
+        return OrderedDict
+    return type(name, (), {'__module__': module, '__doc__': f'inert stand-in for {full_name}'})
 
 
 def load_lightning_checkpoint(path) -> dict:

@@ -12,10 +12,15 @@ swap adds no parameters.
 One embedding is one token. With a single token the softmax over keys is 1 everywhere, so the block adds
 ``proj_out(W_v z_id)`` to every position: a learned, identity-dependent per-channel shift. That is what
 cross-attention to one 512-d vector computes; queries and keys only start to matter with several tokens (e.g. the
-embeddings of several references, ``B x N x D``).
+embeddings of several references, ``B x N x D``). The GroupNorm that every following block starts with removes
+each group's mean, so the shift acts through the differences between the channels of a group: with one channel per
+group (GroupNorm(min(32, C), C) and C <= 32) it would have no effect at all, which is why :class:`DiffAEUNet`
+refuses identity attention on 32 channels or fewer (DiffAE-256 has 512 channels, 16 per group, at its attention
+levels).
 """
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -23,10 +28,13 @@ from portraitisr.registry import MODELS
 
 
 class Float32GroupNorm(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back (DiffAE's ``GroupNorm32``): stable under fp16/bf16."""
+    """GroupNorm computed in (at least) float32 and cast back (DiffAE's ``GroupNorm32``): stable under fp16/bf16;
+    float32 and float64 inputs are normalised in their own precision."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).type(x.dtype)
+        return super().forward(x)
 
 
 def identity_tokens(identity: Tensor, batch: int) -> Tensor:

@@ -61,7 +61,7 @@ def model():
     (dict(unet=dict(in_channels=3)), 'in_channels=3'),
     (dict(unet=dict(attention='self')), "attention='self'"),
     (dict(unet=dict(id_channels=512)), 'id_channels=512'),
-    (dict(unet=dict(model_channels=16)), 'identity cross-attention on 32 channels has no effect'),
+    (dict(unet=dict(attention_resolutions=(32, ))), 'identity cross-attention on 32 channels has no effect'),
     (dict(style_source='none'), 'use_style=True'),
     (dict(lr_condition='blurred'), 'lr_condition must be one of'),
 ])

@@ -41,6 +41,7 @@ from portraitisr.models.aligners.templates import FFHQ_512
 from portraitisr.models.backbones.diffae_checkpoint import DiffAELoadReport, load_diffae_checkpoint
 from portraitisr.models.backbones.diffae_unet import DiffAEUNet
 from portraitisr.models.conditioning import identity_embedder as id_file
+from portraitisr.models.conditioning.identity_cross_attention import IdentityCrossAttention
 from portraitisr.registry import BACKBONES, MODELS
 from .one_step_restorer import pack_outputs
 
@@ -139,6 +140,13 @@ class IDFSR(BaseModel):
         elif self.identity_embedder is not None and unet.id_channels != self.identity_embedder.embedding_dim:
             problems.append(f'unet.id_channels={unet.id_channels} but the identity embedder gives '
                             f'{self.identity_embedder.embedding_dim}-d embeddings')
+        narrow = sorted({m.channels for m in unet.modules()
+                         if isinstance(m, IdentityCrossAttention) and m.channels <= 32})
+        if narrow:
+            # one channel per GroupNorm group: the next GroupNorm removes the per-channel shift one identity token adds
+            problems.append(f'identity cross-attention on {narrow[0]} channels has no effect (GroupNorm(min(32, C), C) '
+                            'removes the per-channel shift a single identity token adds): give the attention levels '
+                            'more than 32 channels')
         if problems:
             raise ValueError('IDFSR configuration mismatch: ' + '; '.join(problems))
 
@@ -231,20 +239,22 @@ class IDFSR(BaseModel):
                                   generator=generator).prev_sample
         return ((x + 1) / 2).clamp(0, 1)
 
-    def load_checkpoint(self, checkpoint) -> None:
+    def load_checkpoint(self, checkpoint: Union[str, os.PathLike, dict]) -> None:
         """Load a training checkpoint of this library (``work_dir/iter_N.pth``, trainable tensors under
-        ``state_dict``) or a bare state dict: every UNet tensor must be in it and nothing unknown; the frozen
-        identity network keeps the weights its config gave it."""
+        ``state_dict``) or a bare state dict, as a file (a weight spec) or already loaded: every UNet tensor must be
+        in it and nothing unknown; the frozen identity network keeps the weights its config gave it."""
         from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
 
-        loaded = load_state_dict(resolve_file(checkpoint))
+        given = isinstance(checkpoint, dict)
+        loaded = checkpoint if given else load_state_dict(resolve_file(checkpoint))
+        source = 'the given state dict' if given else f'checkpoint {checkpoint}'
         state = loaded.get('state_dict', loaded)
         state = {k.replace('.module.', '.').removeprefix('module.'): v for k, v in state.items()}
         own = self.state_dict()
         unexpected = sorted(set(state) - set(own))
         missing = sorted(k for k in own if k.startswith('unet.') and k not in state)
         if unexpected or missing:
-            raise KeyError(f'checkpoint {checkpoint} does not fit this IDFSR config: {len(missing)} UNet tensors '
+            raise KeyError(f'{source} does not fit this IDFSR config: {len(missing)} UNet tensors '
                            f'missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})')
         self.load_state_dict(state, strict=False)
 

@@ -41,11 +41,6 @@ FFHQ256_AUTOENC = dict(image_size=256, model_channels=128, channel_mult=(1, 1, 2
 
 def _attention(channels: int, kind: str, id_channels: int, num_heads: int, num_head_channels: int) -> nn.Module:
     if kind == 'identity':
-        if channels <= 32:
-            # one channel per GroupNorm group: the next GroupNorm would remove the identity's per-channel shift
-            raise ValueError(f'identity cross-attention on {channels} channels has no effect (GroupNorm(min(32, C), C) '
-                             'removes the per-channel shift a single identity token adds): give the attention levels '
-                             'more than 32 channels')
         return IdentityCrossAttention(channels, id_channels, num_heads, num_head_channels)
     return AttentionBlock(channels, num_heads, num_head_channels)
 

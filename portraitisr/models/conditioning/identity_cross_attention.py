@@ -14,9 +14,9 @@ One embedding is one token. With a single token the softmax over keys is 1 every
 cross-attention to one 512-d vector computes; queries and keys only start to matter with several tokens (e.g. the
 embeddings of several references, ``B x N x D``). The GroupNorm that every following block starts with removes
 each group's mean, so the shift acts through the differences between the channels of a group: with one channel per
-group (GroupNorm(min(32, C), C) and C <= 32) it would have no effect at all, which is why :class:`DiffAEUNet`
+group (GroupNorm(min(32, C), C) and C <= 32) it would have no effect at all, which is why :class:`IDFSR`
 refuses identity attention on 32 channels or fewer (DiffAE-256 has 512 channels, 16 per group, at its attention
-levels).
+levels). The UNet itself builds such blocks (a checkpoint conversion can be tested on a small network).
 """
 from typing import Optional
 

@@ -69,7 +69,7 @@ def load_lightning_checkpoint(path) -> dict:
     if not path.endswith('.safetensors'):
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # not a zip archive (legacy format, truncated file): load_state_dict reports it
+        except (ValueError, RuntimeError):  # not a zip archive (legacy format, junk): load_state_dict reports it
             unsafe = []
         stand_ins = [(_stand_in(name), name) for name in unsafe if name.split('.', 1)[0] in LIGHTNING_MODULES]
     return load_state_dict(path, safe_globals=stand_ins)

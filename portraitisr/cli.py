@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument('--model', help='model-zoo name (see `portraitisr models`)')
     restore.add_argument('--checkpoint', help='training checkpoint of this library for the config / model')
     restore.add_argument('--ref', help='reference face image (aligned, FFHQ template) for HeadsUp')
+    restore.add_argument('--identity', help='fitted identity embedding (.safetensors of tools/fit_identity.py) for '
+                         'IDFSR')
     restore.add_argument('--scale', type=int, help='output size / input size (default: the model\'s, else 4)')
     restore.add_argument('--tile', type=int, help='tile size in pixels for huge inputs (models with tiling)')
     restore.add_argument('--precision', choices=('auto', 'bf16', 'fp32', 'unmerged'), default='auto',
@@ -80,7 +82,8 @@ def _restore(args: argparse.Namespace) -> int:
     from portraitisr.apis.weight_resolver import WeightsNotFoundError
     from portraitisr.utils.image_io import ImageReadError
 
-    for what, path in (('checkpoint', args.checkpoint), ('reference face', args.ref)):
+    for what, path in (('checkpoint', args.checkpoint), ('reference face', args.ref),
+                       ('identity embedding', args.identity)):
         if path is not None and not Path(path).is_file():
             print(f'portraitisr restore: {what} {path} does not exist', file=sys.stderr)
             return 2
@@ -93,6 +96,11 @@ def _restore(args: argparse.Namespace) -> int:
             restorer = PortraitRestorer(args.config, **options)
     except (WeightsNotFoundError, KeyError, ValueError, FileNotFoundError) as error:
         print(f'portraitisr restore: cannot build the model:\n{error}', file=sys.stderr)
+        return 2
+    try:
+        restorer.set_identity(args.identity)
+    except ValueError as error:
+        print(f'portraitisr restore: --identity: {error}', file=sys.stderr)
         return 2
     # After the model: missing weights are reported before anything else (the model is what can be missing).
     try:

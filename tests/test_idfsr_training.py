@@ -3,6 +3,7 @@ tests (tools/test.py), and a person's identity is fitted by tools/fit_identity.p
 killed and leaves every network tensor untouched."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -106,3 +107,65 @@ def test_fit_identity_resumes_exactly_after_a_kill(straight_run, photos, tmp_pat
     assert torch.equal(load_identity_embedding(killed)[0], fitted)
     again = _run(_fit(straight_run, photos, killed))
     assert 'exists: kept' in again.stdout
+
+
+def test_portrait_restorer_restores_aligned_faces_with_a_fitted_identity(straight_run, tmp_path):
+    from portraitisr.apis import PortraitRestorer
+    from portraitisr.datasets import IdentityFaceDataset
+    from portraitisr.models.conditioning import save_identity_embedding
+
+    restorer = PortraitRestorer(TINY, checkpoint=str(straight_run / 'iter_4.pth'), device='cpu', scale=8,
+                                cfg_options={'model.sample_steps': 2})
+    item = IdentityFaceDataset(manifest='sample://portraits', size=64, scale=8, ref_choice='next')[0]
+    lq = item['lq'][None]  # an FFHQ-aligned 8 x 8 LR face
+    plain = restorer.restore_tensor(lq)
+    assert plain.shape == (1, 3, 64, 64) and torch.equal(plain, restorer.restore_tensor(lq))
+    identity = torch.nn.functional.normalize(torch.randn(128), dim=0)
+    save_identity_embedding(tmp_path / 'person.safetensors', identity)
+    restorer.set_identity(tmp_path / 'person.safetensors')
+    fitted = restorer.restore_tensor(lq)
+    upscaled = torch.nn.functional.interpolate(lq, size=(64, 64), mode='bicubic', align_corners=False).clamp(0, 1)
+    expected = restorer.model.restore(upscaled, identity=identity)
+    assert torch.equal(fitted, expected.clamp(0, 1)) and not torch.equal(fitted, plain)
+    restorer.set_identity(None)  # back to the reference-free identity of the LR itself
+    assert torch.equal(restorer.restore_tensor(lq), plain)
+
+
+def test_cli_restores_with_an_identity_file_and_refuses_bad_ones(straight_run, tmp_path, capsys):
+    from portraitisr import cli
+    from portraitisr.apis import PortraitRestorer
+    from portraitisr.datasets import IdentityFaceDataset
+    from portraitisr.models.conditioning import save_identity_embedding
+
+    item = IdentityFaceDataset(manifest='sample://portraits', size=64, scale=8, ref_choice='next')[0]
+    lr = (item['lq'].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(lr).save(tmp_path / 'face.png')
+    identity = torch.nn.functional.normalize(torch.randn(128), dim=0)
+    save_identity_embedding(tmp_path / 'person.safetensors', identity)
+    common = [str(tmp_path / 'face.png'), '--config', TINY, '--checkpoint', str(straight_run / 'iter_4.pth'),
+              '--scale', '8', '--device', 'cpu']
+    assert cli.main(['restore', *common, '-o', str(tmp_path / 'out'), '--identity',
+                     str(tmp_path / 'person.safetensors')]) == 0
+    restored = np.asarray(Image.open(tmp_path / 'out' / 'face.png'))
+    restorer = PortraitRestorer(TINY, checkpoint=str(straight_run / 'iter_4.pth'), device='cpu', scale=8)
+    restorer.set_identity(tmp_path / 'person.safetensors')
+    expected = restorer.restore_file(tmp_path / 'face.png', tmp_path / 'api.png')
+    assert np.array_equal(restored, np.asarray(Image.open(expected)))
+    capsys.readouterr()  # the progress bar of the run above
+
+    (tmp_path / 'junk.safetensors').write_bytes(b'not a safetensors file')
+    save_identity_embedding(tmp_path / 'wide.safetensors', torch.nn.functional.normalize(torch.randn(512), dim=0))
+    no_identity = tmp_path / 'no_identity.py'
+    no_identity.write_text(f"_base_ = [{str(REPO_ROOT / TINY)!r}]\n"
+                           "model = dict(identity_embedder=None, unet=dict(attention='self'))\n")
+    for config, identity, message in (
+            (TINY, 'junk.safetensors', 'is not a safetensors file'),
+            (TINY, 'wide.safetensors', 'the identity has 512 channels, the model takes 128'),
+            (TINY, 'missing.safetensors', 'identity embedding .*missing.safetensors does not exist'),
+            (str(no_identity), 'person.safetensors', 'IDFSR takes no identity embedding')):
+        argv = [str(tmp_path / 'face.png'), '--config', config, '--scale', '8', '--device', 'cpu',
+                '-o', str(tmp_path / 'refused'), '--identity', str(tmp_path / identity)]
+        assert cli.main(['restore', *argv]) == 2
+        error = capsys.readouterr().err
+        assert len(error.strip().splitlines()) == 1 and re.search(message, error), error
+    assert not (tmp_path / 'refused').exists()

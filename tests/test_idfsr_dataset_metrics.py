@@ -116,10 +116,17 @@ def test_verification_accuracy_uses_the_extractors_threshold(faces):
         metric.process(None, [dict(pred=pred[0], gt=gt[0], metainfo=sample['metainfo'])])
         assert metric.compute_metrics(metric.results) == {'IDV': 100.0 * expected}
     from portraitisr.models.identity import DlibResNet
+    from portraitisr.models.identity.dlib_resnet import SAME_PERSON_SIMILARITY
 
-    published = getattr(DlibResNet, 'verification_threshold', None)
-    if published is None:  # the extractor carries no threshold yet: a clear error, never a silent default
-        with pytest.raises(ValueError, match='DlibResNet has no verification_threshold'):
-            FaceVerificationAccuracy(extractor=dict(type='DlibResNet'))
-    else:
-        assert FaceVerificationAccuracy(extractor=dict(type='DlibResNet')).threshold == published
+    # IDV at the extractor's own threshold (dlib's: SAME_PERSON_SIMILARITY, 0.91 on the cosine)
+    assert FaceVerificationAccuracy(extractor=dict(type='DlibResNet')).threshold == SAME_PERSON_SIMILARITY == 0.91
+    assert DlibResNet.verification_threshold == SAME_PERSON_SIMILARITY
+
+
+def test_verification_accuracy_without_a_threshold_fails_clearly(monkeypatch):
+    from portraitisr.models.identity import DlibResNet
+
+    monkeypatch.setattr(DlibResNet, 'verification_threshold', None)
+    with pytest.raises(ValueError, match='DlibResNet has no verification_threshold .*pass threshold= explicitly'):
+        FaceVerificationAccuracy(extractor=dict(type='DlibResNet'))
+    assert FaceVerificationAccuracy(extractor=dict(type='DlibResNet'), threshold=0.5).threshold == 0.5

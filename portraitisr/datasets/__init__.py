@@ -1,4 +1,5 @@
 from .aligned_face_dataset import AlignedFaceDataset
+from .captioned_image_dataset import CaptionedImageDataset
 from .collate import portrait_collate
 from .identity_face_dataset import IdentityFaceDataset
 from .image_folder_dataset import ImageFolderDataset, PairedImageFolderDataset
@@ -8,7 +9,7 @@ from .portrait_triplet_dataset import (ManifestError, PortraitDataError, Portrai
 from .sample_images import SAMPLE_IMAGES, load_sample_image
 from .samplers import MixtureSampler
 
-__all__ = ['AlignedFaceDataset', 'IdentityFaceDataset',
+__all__ = ['AlignedFaceDataset', 'CaptionedImageDataset', 'IdentityFaceDataset',
            'ImageFolderDataset', 'PairedImageFolderDataset', 'SAMPLE_IMAGES', 'load_sample_image',
            'PortraitTripletDataset', 'ManifestError', 'PortraitDataError', 'load_manifest', 'manifest_line',
            'MixedDataset', 'MixtureSampler', 'portrait_collate']

@@ -1,3 +1,6 @@
+from .authface import AuthFace
+from .authface_facial_terms import FacialLossTerms
+from .authface_finetune import AuthFaceFineTune
 from .blending_restorer import BlendingDataPreprocessor, BlendingRestorer
 from .color_fix import adain_color_fix
 from .headsup import HeadsUp
@@ -10,5 +13,5 @@ from .vsd_regularizer import VSDRegularizer, vsd_loss
 
 __all__ = ['OneStepRestorer', 'OSEDiff', 'HeadsUp', 'OSEDIFF_NEGATIVE_PROMPT', 'VSDRegularizer', 'vsd_loss',
            'adain_color_fix', 'BlendingDataPreprocessor', 'BlendingRestorer',
-           'PortraitSR', 'PortraitSRDataPreprocessor', 'PiSASR', 'PISASR_NEGATIVE_PROMPT', 'IDFSR',
-           'diffae_schedulers']
+           'PortraitSR', 'PortraitSRDataPreprocessor', 'PiSASR', 'PISASR_NEGATIVE_PROMPT', 'AuthFace',
+           'AuthFaceFineTune', 'FacialLossTerms', 'IDFSR', 'diffae_schedulers']

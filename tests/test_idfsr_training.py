@@ -169,3 +169,20 @@ def test_cli_restores_with_an_identity_file_and_refuses_bad_ones(straight_run, t
         error = capsys.readouterr().err
         assert len(error.strip().splitlines()) == 1 and re.search(message, error), error
     assert not (tmp_path / 'refused').exists()
+
+
+def test_fit_identity_refuses_bad_checkpoints_and_models_without_identity(straight_run, photos, tmp_path):
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(b'not a checkpoint')
+    no_identity = tmp_path / 'no_identity.py'
+    no_identity.write_text(f"_base_ = [{str(REPO_ROOT / TINY)!r}]\n"
+                           "model = dict(identity_embedder=None, unet=dict(attention='self'))\n")
+    for config, checkpoint, message in (
+            (TINY, junk, 'junk.pth is not a readable torch checkpoint'),
+            (TINY, tmp_path / 'missing.pth', 'missing.pth does not exist'),
+            (no_identity, straight_run / 'iter_4.pth', 'IDFSR of .*no_identity.py has no identity embedding to fit')):
+        result = subprocess.run([sys.executable, 'tools/fit_identity.py', str(photos), '--config', str(config),
+                                 '--checkpoint', str(checkpoint), '-o', str(tmp_path / 'person.safetensors')],
+                                cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 1 and re.search(f'fit_identity: .*{message}', result.stderr), result.stderr
+    assert not (tmp_path / 'person.safetensors').exists()

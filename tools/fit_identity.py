@@ -16,7 +16,11 @@ random generator, step) is written next to the output as ``<output>.fitting.safe
 same command again after a kill continues from it exactly, and finished outputs are kept (``--restart`` ignores
 both). Settings default to the config's ``identity_fitting`` dict (steps, batch_size, lr, checkpoint_interval, seed).
 
-Restore with the fitted identity: ``IDFSR.set_identity('person.safetensors')`` (the CLI's ``--identity``).
+CKPT is verified before the model is built and loaded without unpickling code (``weights_only`` / safetensors); an
+https URL needs ``#sha256=<hex>`` or ``--trust-url``, as for ``tools/test.py``.
+
+Restore with the fitted identity: ``portraitisr restore ... --identity person.safetensors``
+(``PortraitRestorer.set_identity``).
 """
 import argparse
 import hashlib
@@ -63,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int)
     parser.add_argument('--device', default=None, help="'cuda', 'cpu', ... (default CUDA when available)")
     parser.add_argument('--restart', action='store_true', help='ignore saved progress and finished outputs')
+    parser.add_argument('--trust-url', action='store_true',
+                        help='download a checkpoint URL that has no #sha256= (still loaded with weights_only)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config entries')
     args = parser.parse_args(argv)
     if bool(args.photos) == bool(args.per_identity):
@@ -88,15 +94,20 @@ def expand_photos(paths: List[str]) -> List[str]:
 
 
 def build_model(cfg: Config, checkpoint: str, device: torch.device):
+    """The config's IDFSR with the trained weights of ``checkpoint`` (a verified local file)."""
     from mmengine.registry import init_default_scope
 
+    from portraitisr.engine.checkpoint_loading import load_checkpoint_file
     from portraitisr.registry import MODELS
 
     init_default_scope(cfg.get('default_scope', 'portraitisr'))
     model_cfg = dict(cfg.model)
     model_cfg['init_weights'] = None  # the trained checkpoint replaces DiffAE's initialisation
     model = MODELS.build(model_cfg)
-    model.load_checkpoint(checkpoint)
+    if not hasattr(model, 'load_checkpoint') or not getattr(model, 'uses_identity', False):
+        raise SystemExit(f'fit_identity: {type(model).__name__} of {cfg.filename} has no identity embedding to fit '
+                         '(an IDFSR config with an identity embedder has)')
+    model.load_checkpoint(load_checkpoint_file(checkpoint))  # weights_only / safetensors: nothing in it runs
     return model.to(device).eval()
 
 
@@ -185,7 +196,15 @@ def main(argv=None) -> None:
         if value is not None:
             settings[key] = value
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    model = build_model(cfg, args.checkpoint, device)
+    from portraitisr.engine.checkpoint_loading import CHECKPOINT_ERRORS, verify_checkpoint
+
+    try:  # before the model is built: a missing, refused or unreadable checkpoint is reported at once
+        checkpoint = str(verify_checkpoint(args.checkpoint, trust_url=args.trust_url))
+        model = build_model(cfg, checkpoint, device)
+    except CHECKPOINT_ERRORS as error:
+        raise SystemExit(f'fit_identity: {error}')
+    except KeyError as error:  # IDFSR.load_checkpoint: the checkpoint is of another config
+        raise SystemExit(f'fit_identity: {error.args[0]}')
     if args.per_identity:
         from portraitisr.datasets.identity_face_dataset import split_images
         from portraitisr.utils.image_io import list_images
@@ -209,12 +228,12 @@ def main(argv=None) -> None:
                 continue
             items = photo_items(cfg, photos, args)
             fit_one(model, items, photos[:len(items)], osp.join(args.output, f'{name}.safetensors'), settings,
-                    args.checkpoint, args.restart, label=name)
+                    checkpoint, args.restart, label=name)
         return
     photos = expand_photos(args.photos)
     items = photo_items(cfg, photos, args)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    fit_one(model, items, photos[:len(items)], args.output, settings, args.checkpoint, args.restart)
+    fit_one(model, items, photos[:len(items)], args.output, settings, checkpoint, args.restart)
 
 
 if __name__ == '__main__':

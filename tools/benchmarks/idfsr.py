@@ -38,15 +38,18 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, repeats: int, device: torch.device) -> list:
-    fn()  # warm-up (allocator, kernels)
+def _timed(fn, repeats: int, device: torch.device, warmup: bool = True) -> list:
+    """``[(wall seconds, process CPU seconds)]`` per repeat. On a shared CPU the wall time depends on what else runs;
+    the CPU time (all threads together) much less, so both are reported."""
+    if warmup:
+        fn()  # allocator, kernels
     times = []
     for _ in range(repeats):
         _sync(device)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
     return times
 
 
@@ -67,6 +70,7 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=1)
     parser.add_argument('--fit-batch', type=int, default=1, help='photos per fitting step')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--no-warmup', action='store_true', help='time the first call too (slow shared CPUs)')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,19 +107,19 @@ def main() -> None:
 
     fitter = IdentityFitter(model, (items * args.fit_batch)[:args.fit_batch], identity, lr=1e-4,
                             batch_size=args.fit_batch)
-    rows = [('UNet step (1 x 256^2)', _timed(unet_step, args.repeats, device)),
-            ('restore 256^2, DDIM-20', _timed(restore, args.repeats, device)),
-            ('ArcFace embedding of the reference', _timed(arcface, args.repeats, device)),
-            (f'fitting step (batch {args.fit_batch})', _timed(fit_step, args.repeats, device))]
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else \
         f'CPU ({torch.get_num_threads()} threads)'
     print(f'\nIDFSR full-size network ({params / 1e6:.1f}M UNet + style-encoder parameters), {args.dtype}, {name}, '
           f'torch {torch.__version__}\n')
-    print('| what | median s | min s |')
-    print('|---|---|---|')
-    for label, times in rows:
-        print(f'| {label} | {statistics.median(times):.3f} | {min(times):.3f} |')
-
+    print('| what | median wall s | min wall s | median CPU s (all threads) |')
+    print('|---|---|---|---|', flush=True)
+    for label, fn in (('UNet step (1 x 256^2)', unet_step), ('restore 256^2, DDIM-20', restore),
+                      ('ArcFace embedding of the reference', arcface), (f'fitting step (batch {args.fit_batch})',
+                                                                         fit_step)):
+        times = _timed(fn, args.repeats, device, not args.no_warmup)  # each row printed when measured
+        wall, cpu = [t[0] for t in times], [t[1] for t in times]
+        print(f'| {label} | {statistics.median(wall):.3f} | {min(wall):.3f} | {statistics.median(cpu):.3f} |',
+              flush=True)
 
 if __name__ == '__main__':
     main()

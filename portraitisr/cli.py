@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        'package\'s, never one in the current folder')
     restore.add_argument('--checkpoint', help='training checkpoint of this library for the config / model')
     restore.add_argument('--ref', help='reference face image (aligned, FFHQ template) for HeadsUp')
+    restore.add_argument('--identity', help='fitted identity embedding (.safetensors of tools/fit_identity.py) for '
+                         'IDFSR, used for every image')
     restore.add_argument('--scale', type=_positive('--scale'),
                          help='output size / input size (default: the model\'s, else 4)')
     restore.add_argument('--tile', type=_positive('--tile', allow_zero=True),
@@ -393,6 +395,8 @@ def _check_model_options(args: argparse.Namespace, facts: ModelFacts) -> None:
 
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise SetupError(f'checkpoint {args.checkpoint} does not exist')
+    if args.identity is not None and not Path(args.identity).is_file():
+        raise SetupError(f'identity embedding {args.identity} does not exist')
     if facts.native_scale is not None and args.scale is not None and args.scale != facts.native_scale:
         raise SetupError(f'{facts.config} upscales by {facts.native_scale}; --scale {args.scale} is not possible')
     if args.ref is None:
@@ -472,6 +476,10 @@ def _build_restorer(args: argparse.Namespace, facts: ModelFacts, budget: Optiona
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if args.ref is not None and not restorer.takes_reference:
         raise SetupError(f'--ref: {type(restorer.model).__name__} takes no reference face (HeadsUp does)')
+    try:
+        restorer.set_identity(args.identity)
+    except (ValueError, OSError) as error:
+        raise SetupError(f'--identity: {_message(error)}') from None
     return restorer
 
 

@@ -7,6 +7,9 @@ Two kinds of models sit behind one interface:
   :class:`~portraitisr.models.data_preprocessors.SRDataPreprocessor` do); any integer ``scale`` works;
 * blending baselines take the LQ at its own size and upscale it themselves by their ``upscale``.
 
+IDFSR (paper 003) restores like a one-step model (FFHQ-aligned face crops, upscaled first; give its ``scale``);
+:meth:`PortraitRestorer.set_identity` makes it use a person's fitted identity embedding.
+
 Around the model this class keeps what a file has besides RGB (DESIGN section 4): the alpha plane is upscaled
 bicubically on its own and re-attached, 16-bit files come out 16-bit, grayscale files come out grayscale (the
 model restores the 3-channel copy; the result is converted back with the ITU-R BT.601 luma weights).
@@ -70,11 +73,12 @@ def _is_gray(rgb: np.ndarray) -> bool:
     return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
 
 
-#: Parts of a model config that only training uses (losses, the VSD regulariser, the face discriminator and the
-#: identity network behind the identity loss): :class:`PortraitRestorer` builds models without them, so restoring
-#: needs neither their weights (LPIPS-VGG, the recogniser) nor their memory.
+#: Parts of a model config that only training uses (losses, the VSD regulariser, the face discriminator, the
+#: identity network behind the identity loss, and IDFSR's DiffAE initialisation ``init_weights``, which a trained
+#: checkpoint replaces): :class:`PortraitRestorer` builds models without them, so restoring needs neither their
+#: weights (LPIPS-VGG, the recogniser, DiffAE's checkpoint) nor their memory.
 TRAINING_ONLY_PARTS = ('regularizer', 'lpips_loss', 'face_fidelity_loss', 'identity_loss', 'identity_aligner',
-                       'discriminator', 'adversarial_loss', 'perceptual_loss')
+                       'discriminator', 'adversarial_loss', 'perceptual_loss', 'init_weights')
 
 
 def without_training_parts(model_cfg: dict) -> Tuple[dict, Tuple[str, ...]]:
@@ -319,6 +323,26 @@ class PortraitRestorer:
         preferred, untiled_up_to = self.preferred_tile()
         return memory_plan.plan_tiling(size, self.scale, profile, budget, preferred, untiled_up_to,
                                        host_budget=host_budget, **kwargs)
+
+    # ------------------------------------------------------------------ identity
+    def set_identity(self, identity: Union[PathLike, Tensor, None]) -> None:
+        """Restore every image from now on with a fitted identity embedding (IDFSR, paper 003).
+
+        Args:
+            identity: a ``.safetensors`` file of ``tools/fit_identity.py`` (or a ``D`` tensor); None goes back to the
+                model's own test-time identity.
+
+        Raises:
+            ValueError: the model takes no identity embedding, or the file is not an identity embedding of the
+                model's width (nothing is changed then).
+        """
+        takes_identity = hasattr(self.model, 'set_identity') and getattr(self.model, 'uses_identity', False)
+        if identity is not None and not takes_identity:
+            raise ValueError(f'{type(self.model).__name__} takes no identity embedding (an IDFSR config with an '
+                             'identity embedder does)')
+        if takes_identity:
+            self.model.set_identity(identity if identity is None or isinstance(identity, Tensor)
+                                    else os.fspath(identity))
 
     # ------------------------------------------------------------------ tensors
     def _check_tensor(self, images: Tensor, what: str) -> None:

@@ -5,6 +5,7 @@ The learned no-reference metrics and DISTS/FID compute through pyiqa (an optiona
 imported only when such a metric is built)."""
 from .base_metric import ImageMetric, quantize_8bit
 from .face_region import FacePSNR, FaceRegionMetric, sample_landmarks
+from .face_verification import IDS, FaceVerificationAccuracy
 from .fid import FID, fid_against_stats, fid_between_folders
 from .identity_metrics import IDA_DAEFR, IDA_VQFR, IDScore
 from .lpips_metric import LPIPS
@@ -17,4 +18,4 @@ from .vif import VIF, vif, vif_pixel
 __all__ = ['ImageMetric', 'quantize_8bit', 'FacePSNR', 'FaceRegionMetric', 'sample_landmarks', 'FID',
            'fid_against_stats', 'fid_between_folders', 'IDA_DAEFR', 'IDA_VQFR', 'IDScore', 'LPIPS', 'PSNR', 'psnr',
            'rgb_to_y', 'CLIPIQA', 'DISTS', 'MANIQA', 'MUSIQ', 'NIQE', 'SeamScore', 'seam_score', 'SSIM', 'ssim', 'VIF',
-           'vif', 'vif_pixel']
+           'vif', 'vif_pixel', 'IDS', 'FaceVerificationAccuracy']

@@ -4,6 +4,7 @@ from .authface_finetune import AuthFaceFineTune
 from .blending_restorer import BlendingDataPreprocessor, BlendingRestorer
 from .color_fix import adain_color_fix
 from .headsup import HeadsUp
+from .idfsr import IDFSR, diffae_schedulers
 from .one_step_restorer import OneStepRestorer
 from .osediff import OSEDIFF_NEGATIVE_PROMPT, OSEDiff
 from .pisasr import PISASR_NEGATIVE_PROMPT, PiSASR
@@ -13,4 +14,4 @@ from .vsd_regularizer import VSDRegularizer, vsd_loss
 __all__ = ['OneStepRestorer', 'OSEDiff', 'HeadsUp', 'OSEDIFF_NEGATIVE_PROMPT', 'VSDRegularizer', 'vsd_loss',
            'adain_color_fix', 'BlendingDataPreprocessor', 'BlendingRestorer',
            'PortraitSR', 'PortraitSRDataPreprocessor', 'PiSASR', 'PISASR_NEGATIVE_PROMPT', 'AuthFace',
-           'AuthFaceFineTune', 'FacialLossTerms']
+           'AuthFaceFineTune', 'FacialLossTerms', 'IDFSR', 'diffae_schedulers']

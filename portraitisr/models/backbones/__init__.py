@@ -1,3 +1,6 @@
+from .diffae_checkpoint import (DiffAELoadReport, convert_diffae_state_dict, diffae_state_dict, load_diffae_checkpoint,
+                                load_lightning_checkpoint)
+from .diffae_unet import FFHQ256_AUTOENC, DiffAEEncoder, DiffAEUNet
 from .latent_diffusion import ControlNetDiffusion, LatentDiffusion, load_unet_weights
 from .lora_targets import pisasr_unet_lora_targets, unet_lora_targets, vae_encoder_lora_targets
 from .one_step_sd import OneStepSD, widen_conv_in
@@ -9,4 +12,6 @@ from .sdxl_architecture import sdxl_time_ids
 __all__ = ['OneStepSD', 'widen_conv_in', 'unet_lora_targets', 'vae_encoder_lora_targets',
            'export_osediff_checkpoint', 'load_osediff_checkpoint', 'PiSASD', 'pisasr_unet_lora_targets',
            'export_pisasr_checkpoint', 'load_pisasr_checkpoint', 'LatentDiffusion', 'ControlNetDiffusion',
-           'load_unet_weights', 'sdxl_time_ids']
+           'load_unet_weights', 'sdxl_time_ids', 'DiffAEUNet', 'DiffAEEncoder', 'FFHQ256_AUTOENC',
+           'DiffAELoadReport', 'convert_diffae_state_dict', 'diffae_state_dict', 'load_diffae_checkpoint',
+           'load_lightning_checkpoint']

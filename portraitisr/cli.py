@@ -277,15 +277,28 @@ def _check_headers(jobs: List[RestoreJob], max_pixels: Optional[int]) -> Tuple[L
     return good, bad
 
 
-def _prepare_output_folder(output: Path) -> None:
-    """Create ``output`` and prove it writable with a probe file."""
+def _prepare_output_folder(output: Path) -> List[Path]:
+    """Create ``output`` and prove it writable with a probe file; returns the folders it created, deepest first
+    (:func:`_remove_created_folders` takes them back when a later setup check fails)."""
+    created = [folder for folder in [output, *output.parents] if not folder.exists()]
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / f'.portraitisr-write-{uuid.uuid4().hex[:8]}'
         probe.write_bytes(b'')
         probe.unlink()
     except OSError as error:
+        _remove_created_folders(created)
         raise SetupError(f'cannot write into the output folder {output}: {error.strerror or error}') from None
+    return created
+
+
+def _remove_created_folders(created: Sequence[Path]) -> None:
+    """Remove the folders a refused run created, where they are still empty (a refused run leaves nothing)."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -429,9 +442,10 @@ def _memory_budget(text: Optional[str]) -> Optional[int]:
 
 
 # ---------------------------------------------------------------------------------------------- restore
-def _prepare(args: argparse.Namespace) -> Tuple[ModelFacts, List[RestoreJob], List[str], Optional[int]]:
+def _prepare(args: argparse.Namespace
+             ) -> Tuple[ModelFacts, List[RestoreJob], List[str], Optional[int], List[Path]]:
     """Everything ``restore`` checks before building the model: returns the model facts, the jobs, the lines of
-    inputs that failed their header check, and the memory budget."""
+    inputs that failed their header check, the memory budget and the output folders it created."""
     budget = _memory_budget(args.max_memory)
     _check_device(args.device)
     facts = _model_facts(args)
@@ -447,8 +461,8 @@ def _prepare(args: argparse.Namespace) -> Tuple[ModelFacts, List[RestoreJob], Li
     jobs, bad = _check_headers(jobs, args.max_pixels)
     if not jobs:
         raise SetupError(f'no readable image among the inputs ({len(bad)} skipped):\n' + '\n'.join(bad))
-    _prepare_output_folder(output)
-    return facts, jobs, bad, budget
+    created = _prepare_output_folder(output)
+    return facts, jobs, bad, budget, created
 
 
 def _build_restorer(args: argparse.Namespace, facts: ModelFacts, budget: Optional[int]):
@@ -523,7 +537,7 @@ def _restore(args: argparse.Namespace) -> int:
     # took 59 CPU-seconds (410 s wall) per output megapixel with spinning threads, 2.7 (4.5 s wall) without
     # (tools/benchmarks/restore_memory.py --speed). It must be set before torch loads its OpenMP runtime.
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    facts, jobs, bad, budget = _prepare(args)
+    facts, jobs, bad, budget, created = _prepare(args)
     for line in bad:
         print(line, file=sys.stderr)
     from tqdm import tqdm
@@ -531,7 +545,11 @@ def _restore(args: argparse.Namespace) -> int:
     from portraitisr.apis.memory_plan import MemoryBudgetError
     from portraitisr.utils.image_io import ImageReadError
 
-    restorer = _build_restorer(args, facts, budget)
+    try:
+        restorer = _build_restorer(args, facts, budget)
+    except SetupError:
+        _remove_created_folders(created)
+        raise
     for job in jobs:
         if job.renamed_from is not None:
             print(f'{job.source} -> {job.target} ({job.renamed_from.name} is taken)', file=sys.stderr)

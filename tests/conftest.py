@@ -48,6 +48,27 @@ def tiny_text_encoder(tiny_cfg):
 
 
 @pytest.fixture
+def mmengine_records():
+    """The records logged through mmengine's current logger (``print_log(..., logger='current')``) while the
+    test runs: a list of ``logging.LogRecord``."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    records = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = MMLogger.get_current_instance()
+    handler = _Collect(level=logging.DEBUG)
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+
+
+@pytest.fixture
 def one_torch_thread():
     """Many small CPU ops (NIQE's block statistics, Inception forwards on tiny images): on a shared 2-core machine
     extra threads only contend (NIQE over 40 images: 6 s with one thread vs 30 s with two)."""

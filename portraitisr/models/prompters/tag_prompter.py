@@ -20,6 +20,10 @@ class TagPrompter(BasePrompter):
 
     Defaults follow OSEDiff: the test-time prompt is ``f"{tags}, {prompt},"`` with an empty user
     prompt; in training the caption is the tags alone (``train_template='{tags}'``).
+
+    ``trained_with_prompts`` defaults to True here (tag prompts exist for models trained on tags): the first
+    batch that ends up with an empty prompt (``missing='empty'`` and no tags) logs one warning naming
+    ``model.prompter.tagger`` and the dataset's ``tags`` (see :class:`BasePrompter`).
     """
 
     def __init__(self,
@@ -28,14 +32,20 @@ class TagPrompter(BasePrompter):
                  template: str = '{tags}, {prompt},',
                  train_template: str = '{tags}',
                  prompt: str = '',
-                 missing: str = 'error') -> None:
-        super().__init__()
+                 missing: str = 'error',
+                 trained_with_prompts: bool = True) -> None:
+        super().__init__(trained_with_prompts)
         if missing not in ('error', 'empty'):
             raise ValueError(f"missing must be 'error' or 'empty', got {missing!r}")
         self.tagger = PROMPTERS.build(tagger) if tagger is not None else None
         self.tags_key = tags_key
         self.template, self.train_template = template, train_template
         self.prompt, self.missing = prompt, missing
+
+    def empty_prompt_advice(self) -> str:
+        return ('Set `model.prompter.tagger` (OSEDiff and HeadsUp: RAM on the GT in training, DAPE on the LQ at '
+                f'test time) or give the dataset per-image tags (`tags` / `tags_file`, metainfo key '
+                f'{self.tags_key!r}).')
 
     def image_tags(self, images: Tensor, metainfo: Optional[Sequence[dict]]) -> List[List[str]]:
         if self.tagger is not None:

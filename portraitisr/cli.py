@@ -1,4 +1,5 @@
-"""The ``portraitisr`` command: ``restore`` photos, ``download`` model-zoo weights, list ``models``.
+"""The ``portraitisr`` command: ``restore`` photos, ``download`` model-zoo weights, list ``models``, run a user
+``study`` (:mod:`portraitisr.study.cli`).
 
 A thin layer over :class:`~portraitisr.apis.portrait_restorer.PortraitRestorer` and
 :mod:`~portraitisr.apis.model_zoo`; see ``docs/command_line.md``. Heavy imports (torch, the models) happen only
@@ -10,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+
+from portraitisr.study.cli import add_study_subcommands, run as run_study  # argparse only: cheap to import
 
 __all__ = ['main', 'build_parser', 'collect_inputs']
 
@@ -44,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser('models', help='list the model zoo')
     models.add_argument('--weights', action='store_true', help='list the weight files instead')
+    add_study_subcommands(sub)  # portraitisr study create | serve | results
     return parser
 
 
@@ -144,7 +148,7 @@ def _models(args: argparse.Namespace) -> int:
     if args.weights:
         for entry in (zoo.weights[name] for name in sorted(zoo.weights)):
             where = entry.hub_id if entry.is_folder else entry.url
-            check = 'hub' if entry.is_folder else ('sha256 verified' if entry.verified else 'UNVERIFIED')
+            check = {'hub': 'hub', 'pinned': 'sha256 pinned', 'TOFU': 'TOFU (no sha256)'}[entry.trust]
             print(f'{entry.name:34s} {check:16s} {entry.licence}\n{"":34s} {where}')
         return 0
     for entry in model_zoo.list_models(zoo):
@@ -156,7 +160,7 @@ def _models(args: argparse.Namespace) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``portraitisr`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    handlers = {'restore': _restore, 'download': _download, 'models': _models}
+    handlers = {'restore': _restore, 'download': _download, 'models': _models, 'study': run_study}
     return handlers[args.command](args)
 
 

@@ -20,6 +20,7 @@ from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
 from mmengine.registry import OPTIMIZERS as MMENGINE_OPTIMIZERS
 from mmengine.registry import PARAM_SCHEDULERS as MMENGINE_PARAM_SCHEDULERS
 from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import STRATEGIES as MMENGINE_STRATEGIES
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import VISBACKENDS as MMENGINE_VISBACKENDS
 from mmengine.registry import VISUALIZERS as MMENGINE_VISUALIZERS
@@ -56,6 +57,8 @@ def _child(name: str, parent, location: str) -> Registry:
 
 # mmengine runner components
 RUNNERS = _child('runner', MMENGINE_RUNNERS, 'portraitisr.engine')
+# FlexibleRunner strategies (sharded training: FSDP2Strategy)
+STRATEGIES = _child('strategy', MMENGINE_STRATEGIES, 'portraitisr.engine')
 LOOPS = _child('loop', MMENGINE_LOOPS, 'portraitisr.engine')
 HOOKS = _child('hook', MMENGINE_HOOKS, 'portraitisr.engine')
 LOG_PROCESSORS = _child('log processor', MMENGINE_LOG_PROCESSORS, 'portraitisr.engine')
@@ -79,7 +82,8 @@ VISBACKENDS = _child('vis_backend', MMENGINE_VISBACKENDS, 'portraitisr.engine')
 # Domain registries: the swappable parts of a model, built by the algorithms.
 BACKBONES = Registry('backbone', locations=['portraitisr.models.backbones'])
 TEXT_ENCODERS = Registry('text encoder', locations=['portraitisr.models.text_encoders'])
-PROMPTERS = Registry('prompter', locations=['portraitisr.models.prompters'])
+# prompters, and the image taggers a TagPrompter builds from its ``tagger=`` config (RAM, DAPE)
+PROMPTERS = Registry('prompter', locations=['portraitisr.models.prompters', 'portraitisr.models.taggers'])
 LOSSES = Registry('loss', locations=['portraitisr.models.losses'])
 DEGRADATIONS = Registry('degradation', locations=['portraitisr.datasets.degradations'])
 FACE_DETECTORS = Registry('face detector', locations=['portraitisr.models.face_detectors'])

@@ -7,7 +7,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 
-from portraitisr.datasets.builder.pairs import PairConfig, build_manifests, find_pairs, split_images, split_of
+from portraitisr.datasets.builder.pairs import (PairConfig, build_manifests, find_pairs, identity_threshold,
+                                                split_images, split_of)
+from portraitisr.datasets.builder.photos import BuilderWarning
 from portraitisr.datasets.builder.records import load_records, read_records
 from portraitisr.datasets.builder.report import write_report
 from portraitisr.datasets.portrait_triplet_dataset import PortraitTripletDataset, load_manifest
@@ -73,7 +75,7 @@ def built(tmp_path):
     out_dir, input_root = tmp_path / 'out', tmp_path / 'input'
     records, identity = make_records(out_dir, input_root, with_files=True)
     write_records(out_dir / 'records.jsonl', records)
-    config = PairConfig(test_ratio=0.4, seed=3)
+    config = PairConfig(similarity_threshold=0.65, test_ratio=0.4, seed=3)
     summary = build_manifests(out_dir, input_root, config=config)
     return dict(out_dir=out_dir, input_root=input_root, records=records, identity=identity, config=config,
                 summary=summary)
@@ -86,11 +88,21 @@ def _photo(path: str) -> int:
 def manifest_faces(out_dir: Path, split: str) -> Dict[Tuple[int, int], List[dict]]:
     """``{(photo, face): references}`` of one manifest, references as written."""
     faces = {}
-    for line in (out_dir / f'{split}.jsonl').read_text().splitlines():
+    for line in manifest_lines(out_dir / f'{split}.jsonl'):
         record = json.loads(line)
         for k, face in enumerate(record['faces']):
             faces[(_photo(record['image']), k)] = face['references']
     return faces
+
+
+def manifest_lines(path: Path) -> List[str]:
+    """The JSON lines of a manifest, after checking its ``#`` header line (what made the pairs)."""
+    lines = path.read_text().splitlines()
+    assert lines[0].startswith('# portrait builder: ')
+    header = json.loads(lines[0][len('# portrait builder: '):])
+    assert header['split'] == path.stem and isinstance(header['similarity_threshold'], float)
+    assert not any(line.startswith('#') for line in lines[1:])
+    return lines[1:]
 
 
 def _ref_face(ref: dict) -> Tuple[int, int]:
@@ -191,12 +203,13 @@ def test_reference_kind_image(tmp_path):
     out_dir, input_root = tmp_path / 'out', tmp_path / 'input'
     records, _ = make_records(out_dir, input_root, with_files=True)
     write_records(out_dir / 'records.jsonl', records)
-    build_manifests(out_dir, input_root, config=PairConfig(test_ratio=0.0, reference_kind='image'))
+    build_manifests(out_dir, input_root, config=PairConfig(similarity_threshold=0.65, test_ratio=0.0,
+                                                           reference_kind='image'))
     entries = load_manifest(str(out_dir / 'train.jsonl'))
     refs = [r for e in entries for f in e.faces for r in f.references]
     assert refs and all(r.crop is None and Path(r.image).is_file() and r.landmarks.shape == (5, 2) for r in refs)
-    assert (out_dir / 'test.jsonl').read_text() == ''
-    line = (out_dir / 'train.jsonl').read_text().splitlines()[0]
+    assert manifest_lines(out_dir / 'test.jsonl') == []
+    line = manifest_lines(out_dir / 'train.jsonl')[0]
     assert json.loads(line)['image'].startswith('../input/photos/')
 
 
@@ -251,10 +264,12 @@ def test_report_counts_and_png(built):
         dict(image='photos/ugly.jpg', image_id='d' * 16, status='rejected', reason='low_score', faces=[]),
         dict(image='photos/none.jpg', image_id='b' * 16, status='rejected', reason='small_faces', faces=[],
              dropped_small_faces=2),
-        dict(image='photos/bad.jpg', image_id='c' * 16, status='error', reason='OSError: cannot decode', faces=[])]
+        dict(image='photos/bad.jpg', image_id='c' * 16, status='error', reason='unreadable: cannot decode', faces=[]),
+        dict(image='photos/bomb.png', image_id='a' * 16, status='error', reason='too_large: 60000x60000', faces=[])]
     result = write_report(out_dir, {r['image']: r for r in records}, summary)
     counts = dict(result['counts'])
-    assert counts['scanned images'] == len(built['records']) + 5
+    assert counts['scanned images'] == len(built['records']) + 6
+    assert counts['errors (could not be read)'] == 2
     assert counts['candidates (size and aspect ratio)'] == len(built['records']) + 2
     assert counts['passed quality scorer'] == len(built['records']) + 1
     assert counts['images with faces'] == len(built['records'])
@@ -263,7 +278,10 @@ def test_report_counts_and_png(built):
     assert counts['test faces with >= 1 reference'] == summary['test_faces_with_reference']
     text = (out_dir / 'report.txt').read_text()
     assert any(line.split() == ['scanned', 'images', str(len(records))] for line in text.splitlines())
-    assert f"{summary['train_pairs']:>8}" in text and 'too_small' in text and 'error: oserror' in text and '#' in text
+    assert f"{summary['train_pairs']:>8}" in text and 'too_small' in text and '#' in text
+    assert 'error: unreadable' in text and 'error: too_large' in text
+    assert '  photos/bomb.png: too_large: 60000x60000' in text.splitlines()
+    assert 'pairs: cosine similarity > 0.65 (given' in text
     assert 'pair similarity, train' in text and 'face size' in text
     assert (out_dir / 'report.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
@@ -275,3 +293,58 @@ def test_corrupt_middle_line_is_skipped_with_a_warning(tmp_path, built):
     with pytest.warns(UserWarning, match='corrupt.jsonl:2'):
         loaded = read_records(path)
     assert list(loaded) == [records[0]['image'], records[1]['image']]
+
+
+# ---------------------------------------------------------------------------------------------- thresholds
+def test_the_threshold_is_the_identity_models_own(tmp_path):
+    out_dir, input_root = tmp_path / 'out', tmp_path / 'input'
+    records, _ = make_records(out_dir, input_root, with_files=True)
+    write_records(out_dir / 'records.jsonl', records)
+    with pytest.raises(ValueError, match='no scan.json naming the identity model'):
+        build_manifests(out_dir, input_root)
+    (out_dir / 'scan.json').write_text(json.dumps(dict(extractor=dict(type='DlibResNet'))))
+    summary = build_manifests(out_dir, input_root, config=PairConfig(test_ratio=0.0))
+    assert (summary['identity_model'], summary['similarity_threshold']) == ('DlibResNet', 0.91)
+    assert summary['threshold_source'].startswith("DlibResNet: dlib's euclidean distance 0.6")
+    header = (out_dir / 'train.jsonl').read_text().splitlines()[0]
+    assert json.loads(header[len('# portrait builder: '):]) == dict(
+        split='train', identity_model='DlibResNet', similarity_threshold=0.91,
+        threshold_source=summary['threshold_source'], test_ratio=0.0, seed=0)
+    sims = summary['pair_similarities']['train']
+    assert sims and min(sims) > 0.91
+    assert identity_threshold(dict(type='AdaFaceIR', depth=101)) == (
+        0.65, 'AdaFaceIR: HeadsUp (paper 000) appendix C: CVLFace similarity 0.65')
+    # a threshold given explicitly wins, and is recorded as given
+    summary = build_manifests(out_dir, input_root, config=PairConfig(similarity_threshold=0.5, test_ratio=0.0))
+    assert summary['similarity_threshold'] == 0.5 and summary['threshold_source'].startswith('given')
+    assert summary['identity_model'] == 'DlibResNet'
+    (out_dir / 'scan.json').write_text(json.dumps(dict(extractor=dict(type='ResNetArcFace'))))
+    with pytest.raises(ValueError, match='ResNetArcFace has no published verification threshold.*--similarity'):
+        build_manifests(out_dir, input_root, config=PairConfig(test_ratio=0.0))
+    with pytest.raises(KeyError, match="'Nope' is not registered.*DlibResNet"):
+        identity_threshold(dict(type='Nope'))
+
+
+def test_photos_changed_or_gone_since_the_scan_stay_out_of_the_manifests(tmp_path):
+    import os
+
+    out_dir, input_root = tmp_path / 'out', tmp_path / 'input'
+    records, _ = make_records(out_dir, input_root, layout=[['A'], ['A'], ['A'], ['B']], with_files=True)
+    for record in records:
+        st = os.stat(input_root / record['image'])
+        record.update(file_size=st.st_size, file_mtime_ns=st.st_mtime_ns)
+    write_records(out_dir / 'records.jsonl', records)
+    config = PairConfig(similarity_threshold=0.65, test_ratio=0.0)
+    summary = build_manifests(out_dir, input_root, config=config)
+    assert summary['train_images'] == 4 and summary['images_stale'] == 0 and summary['train_pairs'] == 3
+    (input_root / records[1]['image']).unlink()
+    with open(input_root / records[2]['image'], 'ab') as f:
+        f.write(b'edited')
+    with pytest.warns(BuilderWarning) as caught:
+        summary = build_manifests(out_dir, input_root, config=config)
+    assert sorted(str(w.message) for w in caught) == [
+        'photos/img_01.png: the photo no longer exists; left out of the manifests',
+        'photos/img_02.png: changed since it was scanned; left out of the manifests (scan again)']
+    assert summary['train_images'] == 2 and summary['images_stale'] == 2 and summary['train_pairs'] == 0
+    images = [e.image for e in load_manifest(str(out_dir / 'train.jsonl'))]
+    assert [Path(image).name for image in images] == ['img_00.png', 'img_03.png']

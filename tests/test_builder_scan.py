@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import skimage.data as skdata
 
-from portraitisr.datasets.builder import (RECORD_KEYS, MetricScorer, ScanConfig, SharpnessScorer, image_id_of,
+from portraitisr.datasets.builder import (RECORD_KEYS, SETTINGS_FILE, BuilderWarning, MetricScorer, ScanConfig,
+                                          SharpnessScorer, WorkerStartError, error_reason, find_photos, image_id_of,
                                           load_records, scan_images)
 from portraitisr.registry import IMAGE_SCORERS
 from portraitisr.utils.image_io import read_image, write_image
@@ -99,7 +100,8 @@ def test_scan_records(full_scan):
     for name in ('camera.png', 'small.png', 'panorama.jpg'):
         assert records[name]['faces'] == [] and records[name]['embeddings'] is None
     broken = records['broken.jpg']
-    assert broken['status'] == 'error' and 'ImageReadError' in broken['reason']
+    assert broken['status'] == 'error' and broken['reason'].startswith('unreadable: ')
+    assert 'broken.jpg' in broken['reason'] and 'truncated' in broken['reason']
     # no temporary files left behind
     assert not [p for p in out.rglob('*') if p.name.startswith('.')]
 
@@ -117,6 +119,7 @@ def test_resume_after_partial_run_and_truncated_line(photos, full_scan, tmp_path
     assert len(load_records(out / 'records.jsonl')) == 7
 
 
+@pytest.mark.slow
 def test_two_workers_match_one(photos, full_scan, tmp_path):
     path = scan_images(photos, tmp_path / 'scan2', CONFIG, workers=2, progress=False)
     assert _sorted_lines(path) == _sorted_lines(full_scan)
@@ -175,3 +178,180 @@ def test_metric_scorer_niqe():
     image = skdata.astronaut().astype(np.float32) / 255
     noisy = np.clip(image + np.random.default_rng(0).normal(0, 0.2, image.shape).astype(np.float32), 0, 1)
     assert scorer.score(noisy) > scorer.score(image)
+
+
+# ---------------------------------------------------------------------------------------------- bad files
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` 8-bit gray pixels, with almost no data (69 bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b'\x00' * 64))
+            + chunk(b'IEND', b''))
+
+
+def test_bombs_are_refused_from_the_header_and_the_limit_is_a_setting(photos, tmp_path):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    (folder / 'astronaut.png').write_bytes((photos / 'astronaut.png').read_bytes())
+    (folder / 'bomb_30k.png').write_bytes(bomb_png(30000, 30000))
+    (folder / 'bomb_60k.png').write_bytes(bomb_png(60000, 60000))
+    records = _by_image(load_records(scan_images(folder, tmp_path / 'out', CONFIG, progress=False)))
+    assert records['astronaut.png']['status'] == 'ok'
+    for name, side in (('bomb_30k.png', 30000), ('bomb_60k.png', 60000)):
+        rec = records[name]
+        assert rec['status'] == 'error' and rec['reason'].startswith('too_large: '), rec
+        assert f'{side}x{side}' in rec['reason'] and '134.2 MP' in rec['reason'] and name in rec['reason']
+        assert rec['faces'] == [] and rec['file_size'] == 69
+    # a lower limit (1 MP) refuses the 1200 x 1200 photo too; the limit may change between runs of one scan
+    low = ScanConfig(**{**CONFIG.__dict__, 'max_pixels': 1_000_000})
+    records = _by_image(load_records(scan_images(folder, tmp_path / 'out', low, progress=False)))
+    assert records['astronaut.png']['status'] == 'ok'  # recorded before and unchanged: kept
+    records = _by_image(load_records(scan_images(folder, tmp_path / 'low', low, progress=False)))
+    reason = records['astronaut.png']['reason']
+    assert reason.startswith('too_large: ') and '1200x1200 = 1.4 MP is more than the limit of 1.0 MP' in reason
+
+
+def test_error_reasons_have_a_code():
+    from portraitisr.utils.image_io import ImageReadError, ImageTooLargeError
+
+    assert error_reason(ImageTooLargeError('x.png: 9x9 is more')) == 'too_large: x.png: 9x9 is more'
+    assert error_reason(ImageReadError('cannot read y.jpg')) == 'unreadable: cannot read y.jpg'
+    assert error_reason(FileNotFoundError('gone.jpg')) == 'unreadable: gone.jpg'
+    assert error_reason(RuntimeError('a\nb')) == 'RuntimeError: a b'
+
+
+# ---------------------------------------------------------------------------------------------- resume
+def test_changed_and_deleted_photos_are_rescanned_or_dropped(photos, tmp_path):
+    folder, out = tmp_path / 'photos', tmp_path / 'out'
+    (folder / 'people').mkdir(parents=True)
+    for name in ('astronaut.png', 'people/grace_hopper.jpg', 'camera.png'):
+        (folder / name).write_bytes((photos / name).read_bytes())
+    first = _by_image(load_records(scan_images(folder, out, CONFIG, progress=False)))
+    assert first['astronaut.png']['file_size'] == (folder / 'astronaut.png').stat().st_size
+    assert first['astronaut.png']['file_mtime_ns'] == (folder / 'astronaut.png').stat().st_mtime_ns
+    hopper = first['people/grace_hopper.jpg']
+    hopper_files = [out / hopper['embeddings']] + [out / face['crop'] for face in hopper['faces']]
+    assert all(path.is_file() for path in hopper_files)
+
+    (folder / 'people' / 'grace_hopper.jpg').unlink()  # deleted
+    (folder / 'astronaut.png').write_bytes((photos / 'camera.png').read_bytes())  # replaced by a photo without face
+    with pytest.warns(BuilderWarning) as caught:
+        records = _by_image(load_records(scan_images(folder, out, CONFIG, progress=False)))
+    messages = sorted(str(w.message) for w in caught)
+    assert messages == ['astronaut.png: changed since it was recorded (size or modification time); scanned again',
+                        'people/grace_hopper.jpg: recorded before but no longer in the photo folder; its record is '
+                        'dropped']
+    assert set(records) == {'astronaut.png', 'camera.png'}
+    assert (records['astronaut.png']['status'], records['astronaut.png']['reason']) == ('rejected', 'no_face')
+    assert records['camera.png'] == first['camera.png']
+    assert not any(path.exists() for path in hopper_files)  # the dropped record's crops and embeddings
+    assert not (out / first['astronaut.png']['embeddings']).exists()
+    assert len((out / 'records.jsonl').read_text().splitlines()) == 2
+
+
+def test_a_scan_resumes_only_with_its_own_settings(photos, tmp_path):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    (folder / 'small.png').write_bytes((photos / 'small.png').read_bytes())
+    scan_images(folder, tmp_path / 'out', CONFIG, progress=False)
+    assert json.loads((tmp_path / 'out' / SETTINGS_FILE).read_text())['extractor'] == {'type': 'DlibResNet'}
+    other = ScanConfig(**{**CONFIG.__dict__, 'min_eye_distance': 64.0})
+    with pytest.raises(ValueError, match=r'other settings \(min_eye_distance: 40 before, 64.0 now\)'):
+        scan_images(folder, tmp_path / 'out', other, progress=False)
+    # settings under which nothing was recorded (a first run that failed at once) are replaced
+    (tmp_path / 'fresh').mkdir()
+    (tmp_path / 'fresh' / SETTINGS_FILE).write_text(json.dumps(dict(extractor=dict(type='AdaFaceIR'))))
+    scan_images(folder, tmp_path / 'fresh', other, progress=False)
+    assert json.loads((tmp_path / 'fresh' / SETTINGS_FILE).read_text())['min_eye_distance'] == 64.0
+
+
+# ---------------------------------------------------------------------------------------------- folder walk
+def test_find_photos_follows_links_once_and_warns_about_loops(tmp_path):
+    import os
+
+    root, outside = tmp_path / 'photos', tmp_path / 'elsewhere'
+    (root / 'a' / 'deep').mkdir(parents=True)
+    (root / 'b').mkdir()
+    outside.mkdir()
+    for path in (root / 'top.jpg', root / 'a' / 'deep' / 'x.png', root / 'b' / 'y.png', outside / 'z.jpg'):
+        path.write_bytes(b'not decoded here')
+    (root / 'b' / 'notes.txt').write_text('not a photo')
+    (root / '.hidden.jpg').write_bytes(b'skipped')
+    os.symlink('..', root / 'a' / 'deep' / 'loop')  # a loop back to a/
+    os.symlink('../b', root / 'a' / 'b_again')  # the folder b under a second name
+    os.symlink(outside, root / 'linked')  # another disk: followed
+    os.symlink('../photos', outside / 'back')  # and from there back to the root: a loop
+    os.symlink('missing.jpg', root / 'broken.jpg')
+    os.symlink('self.jpg', root / 'self.jpg')
+    os.link(root / 'top.jpg', root / 'b' / 'hardlink.jpg')
+    out = root / 'out'
+    (out / 'faces').mkdir(parents=True)
+    (out / 'faces' / 'crop.png').write_bytes(b'an output, never an input')
+    with pytest.warns(BuilderWarning) as caught:
+        found = find_photos(root, exclude=out)
+    assert [relative for _, relative in found] == ['a/deep/x.png', 'b/y.png', 'linked/z.jpg', 'top.jpg']
+    assert found[2][0] == str(root / 'linked' / 'z.jpg')
+    messages = sorted(str(w.message) for w in caught)
+    assert [m.split(':')[0] for m in messages] == ['a/b_again', 'a/deep/loop', 'b/hardlink.jpg', 'broken.jpg',
+                                                   'linked/back', 'self.jpg']
+    assert 'links to the folder already walked as "b"' in messages[0]
+    assert 'symbolic link loop: it points back to its own ancestor folder "a"' in messages[1]
+    assert 'the same file as "top.jpg"' in messages[2]
+    assert 'broken symbolic link (-> missing.jpg)' in messages[3]
+    assert 'symbolic link loop: it points back to its own ancestor folder "."' in messages[4]
+    assert 'symbolic link loop (-> self.jpg)' in messages[5]
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        find_photos(tmp_path / 'nowhere')
+
+
+# ---------------------------------------------------------------------------------------------- dying workers
+#: the size of the photo on which CrashScorer kills its process
+CRASH_SIZE = (1000, 1111)
+
+
+class CrashScorer:
+    """A quality scorer that kills its own process on photos of CRASH_SIZE (as the OOM killer or a segfault in
+    native code would) and passes every other photo. Given to the scan as a class, so spawned workers import it."""
+
+    higher_is_better = True
+
+    def score(self, image: np.ndarray) -> float:
+        import os
+
+        if image.shape[:2] == CRASH_SIZE:
+            os._exit(9)
+        return 1.0
+
+
+@pytest.mark.slow
+def test_a_dying_worker_costs_one_record_not_the_scan(photos, tmp_path):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    (folder / 'astronaut.png').write_bytes((photos / 'astronaut.png').read_bytes())
+    write_image(folder / 'crash.png', _resize(skdata.astronaut(), CRASH_SIZE[1], CRASH_SIZE[0]))
+    config = ScanConfig(**{**CONFIG.__dict__, 'scorer': dict(type=CrashScorer)})
+    # both photos are in flight when the worker dies: each is scanned again alone, and only one dies again
+    records = _by_image(load_records(scan_images(folder, tmp_path / 'out', config, workers=2, progress=False)))
+    assert set(records) == {'astronaut.png', 'crash.png'}
+    crash = records['crash.png']
+    assert crash['status'] == 'error' and crash['reason'].startswith('crashed: the scanning process died')
+    assert crash['file_size'] == (folder / 'crash.png').stat().st_size
+    assert records['astronaut.png']['status'] == 'ok' and len(records['astronaut.png']['faces']) == 1
+    assert json.loads((tmp_path / 'out' / SETTINGS_FILE).read_text())['scorer'] == {
+        'type': 'tests.test_builder_scan.CrashScorer'}
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_stops_the_scan_with_its_reason(photos, tmp_path):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    for name in ('astronaut.png', 'camera.png'):
+        (folder / name).write_bytes((photos / name).read_bytes())
+    config = ScanConfig(**{**CONFIG.__dict__, 'extractor': dict(type='DlibResNet', landmarks=7)})
+    with pytest.raises(WorkerStartError, match='could not start: ValueError: landmarks must be 5 or 68, got 7'):
+        scan_images(folder, tmp_path / 'out', config, workers=2, progress=False)

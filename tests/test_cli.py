@@ -108,7 +108,7 @@ def test_models_lists_the_zoo(capsys):
     assert 'headsup_sd21' in out and 'NOT RELEASED' in out and 'configs/osediff/osediff_sd21.py' in out
     assert cli.main(['models', '--weights']) == 0
     out = capsys.readouterr().out
-    assert 'RealESRGAN_x4plus.pth' in out and 'sha256 verified' in out and 'UNVERIFIED' in out
+    assert 'RealESRGAN_x4plus.pth' in out and 'sha256 pinned' in out and 'TOFU (no sha256)' in out
 
 
 def test_download_command_goes_through_the_resolver(weight_env, file_server, monkeypatch, capsys):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from portraitisr.apis.weight_resolver import WeightsNotFoundError
-from portraitisr.models.identity import (AdaFaceIR, ArcFaceIResNet, ArcFaceIRSE, BaseIdentityExtractor, DlibResNet,
-                                         ResNetArcFace, similarity)
+from portraitisr.models.identity import (SAME_PERSON_DISTANCE, AdaFaceIR, ArcFaceIResNet, ArcFaceIRSE,
+                                         BaseIdentityExtractor, DlibResNet, ResNetArcFace, similarity)
 from portraitisr.registry import IDENTITY_EXTRACTORS
 
 
@@ -162,6 +162,37 @@ def test_registry_builds_every_extractor():
         assert isinstance(IDENTITY_EXTRACTORS.build(cfg), BaseIdentityExtractor)
     with pytest.raises(KeyError, match='ArcFaceIResNet'):
         IDENTITY_EXTRACTORS.build(dict(type='ArcFace'))
+
+
+#: Every registered identity model and its verification threshold, with where the number comes from.
+THRESHOLDS = {
+    'DlibResNet': 0.91,  # dlib's euclidean 0.6 on raw descriptors, converted (checked on real photos below)
+    'AdaFaceIR': 0.65,  # HeadsUp (paper 000) appendix C, CVLFace
+    'ArcFaceIResNet': 0.28,  # insightface web-demos/src_recognition/main.py
+    'ArcFaceIRSE': 1 - 1.5 / 2,  # InsightFace_Pytorch: squared distance 1.5 of unit vectors
+    'ResNetArcFace': None,  # no published value
+}
+
+
+def test_every_identity_model_carries_its_verification_threshold():
+    import portraitisr.models.identity  # noqa: F401 - registers them all
+
+    assert set(IDENTITY_EXTRACTORS.module_dict) == set(THRESHOLDS)  # a new model must state its threshold here
+    for name, expected in THRESHOLDS.items():
+        cls = IDENTITY_EXTRACTORS.get(name)
+        assert cls.verification_threshold == expected, name
+        assert cls.verification_source and cls.verification_source != BaseIdentityExtractor.verification_source \
+            or expected is None, name
+    assert ArcFaceIRSE.verification_threshold == 0.25
+
+
+def test_verify_uses_the_models_threshold():
+    a = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    b = torch.tensor([[0.64, 0.768], [0.66, 0.7513]])  # cosine 0.64 and 0.66
+    assert AdaFaceIR.verify(a, b).tolist() == [False, True]
+    assert ArcFaceIResNet.verify(a, b).tolist() == [True, True]
+    with pytest.raises(ValueError, match='ResNetArcFace has no published verification threshold'):
+        ResNetArcFace.verify(a, b)
 
 
 def test_similarity_helper():
@@ -354,6 +385,32 @@ def test_dlib_same_person_after_x4_down_up_and_different_people(dlib_model, phot
     for kind_a in ('hq', 'lq'):
         for kind_b in ('hq', 'lq'):
             assert d(raw['astronaut', kind_a], raw['grace_hopper', kind_b]) > 0.6  # measured 0.68-0.70
+
+
+def test_dlib_threshold_is_dlibs_rule_on_normalised_descriptors(dlib_model, photos):
+    """0.91 is dlib's euclidean 0.6 on raw descriptors, converted with their measured norms, and decides as it does."""
+    import cv2
+
+    raw = {}
+    for name, image in photos.items():
+        variants = dict(hq=image, lq=_down_up(image), flip=np.ascontiguousarray(image[:, ::-1]),
+                        x2=cv2.resize(image, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC))
+        for kind, img in variants.items():
+            raw[name, kind] = dlib_model.describe_image(img, max_faces=1)[0][1]
+    norms = np.array([np.linalg.norm(v) for v in raw.values()])
+    assert 1.3 < norms.min() and norms.max() < 1.5  # measured 1.37-1.47: not unit vectors
+    converted = 1 - SAME_PERSON_DISTANCE ** 2 / (2 * norms.mean() ** 2)  # distance 0.6 at the mean norm
+    assert abs(converted - DlibResNet.verification_threshold) < 0.005  # measured 0.912
+    keys = list(raw)
+    a = torch.from_numpy(np.stack([raw[k] for k in keys]))
+    for i in range(len(keys)):
+        b = a[i:i + 1].expand_as(a)
+        same_by_dlib = dlib_model.same_person(a, b)
+        same_by_cosine = DlibResNet.verify(torch.nn.functional.normalize(a, dim=1), b)
+        assert torch.equal(same_by_dlib, same_by_cosine), keys[i]
+        assert same_by_cosine.tolist() == [k[0] == keys[i][0] for k in keys]  # and both are right here
+    # the old default, CVLFace's 0.65, would call the astronaut and Grace Hopper the same person
+    assert float(similarity(a[:1], a[4:5])) > 0.85
 
 
 def test_dlib_aligned_crops_follow_the_common_contract(dlib_model, photos):

@@ -1,5 +1,6 @@
 """The model-zoo index (shipped entries validate, configs exist, docs list them) and its downloads, tested against
-a loopback HTTP server: partial download resumed, corrupted file rejected, unverified entry warned, server down.
+a loopback HTTP server: partial download resumed, corrupted file rejected, unpinned entries trusted on first use
+(and never taken from another tool's cache), every failure reported in one paragraph.
 """
 import dataclasses
 import hashlib
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from portraitisr.apis import model_zoo
-from portraitisr.apis.weight_resolver import ChecksumError, WeightsNotFoundError
+from portraitisr.apis.weight_resolver import WeightsNotFoundError
 
 pytest_plugins = ('tests.helpers.file_server',)
 
@@ -38,7 +39,7 @@ def test_shipped_index_validates_and_every_config_exists():
     assert 'Table 2' in headsup.paper['source'] and headsup.paper['PortraitISR']['PSNR'] == 25.64
 
 
-def test_model_zoo_md_lists_every_entry_and_marks_unverified_hashes():
+def test_model_zoo_md_lists_every_entry_and_marks_pinned_and_tofu_hashes():
     text = (REPO_ROOT / 'model_zoo.md').read_text(encoding='utf-8')
     zoo = model_zoo.load_index()
     for name in zoo.models:
@@ -50,7 +51,7 @@ def test_model_zoo_md_lists_every_entry_and_marks_unverified_hashes():
         # The row of the weights table starts with the index name and says verified (hash prefix) or not.
         row = next((line for line in text.splitlines() if line.startswith(f'| `{weights.name}` |')), None)
         assert row is not None and f'`{weights.filename}`' in row, weights.name
-        assert (weights.sha256[:12] in row) if weights.verified else ('unverified' in row), row
+        assert (weights.sha256[:12] in row) if weights.trust == 'pinned' else ('TOFU' in row), row
 
 
 def _raw_index():
@@ -134,37 +135,74 @@ def test_download_resumes_partial_file_and_verifies(weight_env, file_server):
     data = _payload(200_000, 1)
     zoo = _zoo(file_server, {'a.pth': (data, hashlib.sha256(data).hexdigest())})
     home = weight_env['home']
-    home.mkdir(parents=True)
-    (home / 'a.pth.part').write_bytes(data[:80_000])  # an interrupted earlier download
+    file_server.cut_after = 80_000  # an interrupted earlier download
+    with pytest.raises(WeightsNotFoundError, match='connection closed after 80000 of 200000'):
+        model_zoo.download('tiny', zoo, progress=False)
     paths = model_zoo.download('tiny', zoo, progress=False)
     assert paths['a'] == home / 'a.pth' and paths['a'].read_bytes() == data
-    assert file_server.requests == [('/a.pth', 'bytes=80000-')]
-    assert file_server.bytes_sent == len(data) - 80_000
-    assert not (home / 'a.pth.part').exists()
+    assert file_server.requests == [('/a.pth', None), ('/a.pth', 'bytes=80000-')]
+    assert file_server.bytes_sent == len(data)
+    assert sorted(p.name for p in home.iterdir()) == ['a.pth']  # no .part, record or .lock left
     assert model_zoo.check_available('tiny', zoo) == {'a': home / 'a.pth'}
     model_zoo.download('tiny', zoo, progress=False)  # present and verified: nothing fetched again
-    assert len(file_server.requests) == 1
+    assert len(file_server.requests) == 2
 
 
 def test_corrupted_download_is_rejected(weight_env, file_server):
     zoo = _zoo(file_server, {'c.pth': (b'tampered bytes', '0' * 64)})
-    with pytest.raises(ChecksumError, match='sha256 mismatch'):
+    with pytest.raises(WeightsNotFoundError, match='sha256 mismatch'):
         model_zoo.download('tiny', zoo, progress=False)
     home = weight_env['home']
     assert not (home / 'c.pth').exists() and not (home / 'c.pth.part').exists()
 
 
-def test_unverified_download_warns(weight_env, file_server):
+def test_unpinned_entry_is_trusted_on_first_use(weight_env, file_server):
     zoo = _zoo(file_server, {'u.pth': (b'some weights', None)})
-    with pytest.warns(UserWarning, match='without a sha256'):
+    assert zoo.weights['u'].trust == 'TOFU'
+    with pytest.warns(UserWarning, match='trust on first use'):
         paths = model_zoo.download('u', zoo, progress=False)  # a single weights entry by name
+    home = weight_env['home']
     assert paths['u'].read_bytes() == b'some weights'
+    assert (home / 'u.pth.sha256').read_text() == f'{hashlib.sha256(b"some weights").hexdigest()}  u.pth\n'
+    # The publisher's file changes, or someone swaps the local one: both refused from now on.
+    (home / 'u.pth').unlink()
+    file_server.serve('u.pth', b'other weights')
+    with pytest.raises(WeightsNotFoundError, match='differs from the one first downloaded'):
+        model_zoo.download('u', zoo, progress=False)
+    (home / 'u.pth').write_bytes(b'other weights')
+    with pytest.raises(WeightsNotFoundError, match='recorded at its first download'):
+        model_zoo.check_available('tiny', zoo)
 
 
-def test_server_down_gives_clear_error(weight_env, file_server):
-    zoo = _zoo(file_server, {'d.pth': (b'x', None)})
-    url = file_server.down_url('d.pth')
-    zoo.weights['d'] = dataclasses.replace(zoo.weights['d'], url=url)
-    with pytest.raises(WeightsNotFoundError, match='resumes the download') as info:
+def test_unpinned_entry_ignores_files_other_tools_cached(weight_env, file_server):
+    """A file another tool downloaded under the zoo's file name (e.g. mmengine's `--resume URL` into the torch hub
+    cache) is not the zoo's file: the unpinned entry does not use it."""
+    zoo = _zoo(file_server, {'osediff.pkl': (b'the release', None)})
+    planted = weight_env['torch_home'] / 'hub' / 'checkpoints' / 'osediff.pkl'
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(b'whatever a URL put there')
+    with pytest.raises(WeightsNotFoundError, match='portraitisr download tiny'):
+        model_zoo.check_available('tiny', zoo)
+    with pytest.warns(UserWarning, match='trust on first use'):
+        assert model_zoo.download('tiny', zoo, progress=False)['osediff'].read_bytes() == b'the release'
+
+
+def test_failed_downloads_are_reported_in_one_paragraph(weight_env, file_server, monkeypatch, capsys):
+    from portraitisr import cli
+
+    zoo = _zoo(file_server, {'d.pth': (b'x', None), 'e.pth': (b'y', None)})
+    down = {name: file_server.down_url(f'{name}.pth') for name in ('d', 'e')}
+    for name, url in down.items():
+        zoo.weights[name] = dataclasses.replace(zoo.weights[name], url=url)
+    with pytest.raises(WeightsNotFoundError) as info:
         model_zoo.download('tiny', zoo, progress=False)
-    assert url in str(info.value)
+    lines = str(info.value).splitlines()
+    assert lines[0] == "Could not download 2 of the 2 weights 'tiny' needs:"
+    for name, url in down.items():
+        assert any(line.startswith(f'  - {name} ({name}.pth from {url}): Downloading {url}') for line in lines)
+    assert 'portraitisr download tiny' in lines[-1] and str(weight_env['home']) in lines[-1]
+    # The command: the same paragraph, no traceback, exit status 1.
+    monkeypatch.setattr(model_zoo, 'load_index', lambda path=None: zoo)
+    assert cli.main(['download', 'tiny']) == 1
+    err = capsys.readouterr().err
+    assert 'Could not download 2 of the 2' in err and 'Traceback' not in err

@@ -179,9 +179,10 @@ def test_from_zoo_passes_the_checkpoint_through_the_config(restorer, tmp_path, m
     from safetensors.torch import save_file
 
     from portraitisr.apis import model_zoo
+    from portraitisr.apis.weight_resolver import sha256_of
 
-    # The file sits in the torch hub cache (a place the resolver searches); PORTRAITISR_HOME keeps the LPIPS
-    # weights the tiny config needs.
+    # The file sits in the torch hub cache (a place the resolver searches; another tool's cache counts only when
+    # the index's sha256 matches); PORTRAITISR_HOME keeps the LPIPS weights the tiny config needs.
     monkeypatch.setenv('TORCH_HOME', str(tmp_path))
     (tmp_path / 'hub' / 'checkpoints').mkdir(parents=True)
     trained = {k: v.detach() + 0.1 for k, v in restorer.model._backbone.trainable_state_dict().items()}
@@ -189,8 +190,9 @@ def test_from_zoo_passes_the_checkpoint_through_the_config(restorer, tmp_path, m
               str(tmp_path / 'hub' / 'checkpoints' / 'tiny_lora.safetensors'))
     raw = {'format': 'portraitisr.model_zoo/1',
            'weights': {'tiny_lora': dict(description='d', filename='tiny_lora.safetensors',
-                                         url='https://example.invalid/tiny_lora.safetensors', sha256=None,
-                                         licence='MIT', source='tests')},
+                                         url='https://example.invalid/tiny_lora.safetensors',
+                                         sha256=sha256_of(tmp_path / 'hub' / 'checkpoints' / 'tiny_lora.safetensors'),
+                                         sha256_source='computed in the test', licence='MIT', source='tests')},
            'models': {'tiny': dict(description='d', config='configs/debug/headsup_tiny.py', licence='MIT',
                                    released=True, requires=[], checkpoint='tiny_lora',
                                    checkpoint_option='model.backbone.trained_weights')}}

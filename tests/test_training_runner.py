@@ -1,12 +1,17 @@
-"""End to end through tools/: tiny OSEDiff and HeadsUp training, exact resume, testing, two CPU ranks."""
+"""End to end through tools/: tiny OSEDiff and HeadsUp training, exact resume (also after a kill -9 during a
+checkpoint write, and past a truncated checkpoint), testing, two CPU ranks, checkpoint metadata and the log."""
 import csv
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 import torch
+
+from portraitisr.engine.checkpoint_loading import checkpoint_training_info
 
 from .conftest import REPO_ROOT, require_pypi_weights
 
@@ -14,11 +19,11 @@ TINY = 'configs/debug/osediff_tiny.py'
 HEADSUP_TINY = 'configs/debug/headsup_tiny.py'
 
 
-def _run(args, timeout=600):
-    env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
+def _run(args, timeout=600, returncode=0, **env):
+    env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1', **env)
     result = subprocess.run(args, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                             timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == returncode, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -40,6 +45,14 @@ def straight_run(tmp_path_factory):
     return work_dir
 
 
+def _assert_same_weights(straight_dir, resumed_dir, name='iter_4.pth'):
+    straight = _load(straight_dir / name)['state_dict']
+    resumed = _load(resumed_dir / name)['state_dict']
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+
+
 def _assert_resume_is_exact(straight_dir, resumed_dir, config=TINY):
     _train(resumed_dir, 'train_cfg.max_iters=2', config=config)
     assert (resumed_dir / 'iter_2.pth').is_file()
@@ -57,6 +70,57 @@ def _assert_resume_is_exact(straight_dir, resumed_dir, config=TINY):
 
 def test_resume_continues_exactly(straight_run, tmp_path):
     _assert_resume_is_exact(straight_run, tmp_path)
+
+
+@pytest.mark.slow
+def test_kill_during_a_checkpoint_write_loses_nothing_and_resume_is_exact(straight_run, tmp_path):
+    """kill -9 halfway through writing iter_4.pth with max_keep_ckpts=1 (mmengine's hook had already deleted
+    iter_2.pth by then and wrote in place): iter_2.pth is intact and named by last_checkpoint, and --resume
+    ends bit-identical to the uninterrupted run."""
+    keep_one = 'default_hooks.checkpoint.max_keep_ckpts=1'
+    _run([sys.executable, 'tests/helpers/kill_during_checkpoint.py', TINY, '--work-dir', str(tmp_path),
+          '--cfg-options', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
+          'train_cfg.max_iters=4', keep_one], returncode=-signal.SIGKILL,
+         PORTRAITISR_TEST_KILL_DURING='iter_4.pth')
+    assert sorted(p.name for p in tmp_path.glob('iter_*')) == ['iter_2.pth', 'iter_4.pth.tmp']
+    assert (tmp_path / 'last_checkpoint').read_text().endswith('iter_2.pth')
+    assert _load(tmp_path / 'iter_2.pth')['meta']['iter'] == 2  # complete
+    result = _train(tmp_path, 'train_cfg.max_iters=4', keep_one, '--resume')
+    log = result.stdout + result.stderr
+    assert 'Removed iter_4.pth.tmp' in log and f'Auto-resuming from {tmp_path / "iter_2.pth"}' in log
+    _assert_same_weights(straight_run, tmp_path)
+    assert sorted(p.name for p in tmp_path.glob('iter_*')) == ['iter_4.pth']  # the old one went after
+
+
+@pytest.mark.slow
+def test_resume_falls_back_past_a_truncated_checkpoint(straight_run, tmp_path):
+    """last_checkpoint names a truncated iter_4.pth (as mmengine's hook could leave it): --resume says so, takes
+    iter_2.pth, and training still ends bit-identical."""
+    shutil.copy(straight_run / 'iter_2.pth', tmp_path / 'iter_2.pth')
+    data = (straight_run / 'iter_4.pth').read_bytes()
+    (tmp_path / 'iter_4.pth').write_bytes(data[:len(data) // 3])
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    result = _train(tmp_path, 'train_cfg.max_iters=4', '--resume')
+    log = result.stdout + result.stderr
+    assert f'Not resuming from {tmp_path / "iter_4.pth"}: ' in log and 'not a readable torch checkpoint' in log
+    _assert_same_weights(straight_run, tmp_path)
+
+
+@pytest.mark.slow
+def test_checkpoints_record_training_length_and_the_log_is_short(straight_run):
+    meta = _load(straight_run / 'iter_4.pth')['meta']
+    assert (meta['trained_iters'], meta['iter'], meta['config_name'], meta['model_type']) == (4, 4, 'osediff_tiny',
+                                                                                               'OSEDiff')
+    assert 'fine_tuned_from' not in meta and meta['trainable_only']
+    info = checkpoint_training_info(straight_run / 'iter_2.pth')
+    assert info['trained_iters'] == 2 and info['config_name'] == 'osediff_tiny'
+    # The log: a short header, the config in the work dir (written once), the full environment in a file.
+    log_file, = straight_run.glob('*/*.log')
+    log = log_file.read_text(encoding='utf-8')
+    assert len(log.splitlines()) < 40, log
+    assert f'Config: {straight_run / "osediff_tiny.py"}' in log and (straight_run / 'osediff_tiny.py').is_file()
+    assert "default_scope = 'portraitisr'" not in log and 'System environment' not in log
+    assert 'PyTorch compiling details' in (log_file.parent / 'environment.txt').read_text(encoding='utf-8')
 
 
 @pytest.fixture(scope='module')
@@ -180,6 +244,8 @@ def test_export_weights_round_trip(straight_run, tmp_path, tiny_cfg):
     _run([sys.executable, 'tools/export_weights.py', TINY, str(straight_run / 'iter_4.pth'),
           str(pkl), '--format', 'osediff'])
     trained = _load(straight_run / 'iter_4.pth')['state_dict']
+    info = checkpoint_training_info(out)
+    assert (info['trained_iters'], info['config_name'], info['model_type']) == (4, 'osediff_tiny', 'OSEDiff')
     for weights in (out, pkl):
         backbone = BACKBONES.build(dict(tiny_cfg.tiny_backbone, trained_weights=str(weights)))
         for name, value in backbone.trainable_state_dict().items():

@@ -4,19 +4,21 @@ Nothing here reaches the internet: an autouse fixture makes any connection outsi
 download tests use a threaded ``http.server`` on 127.0.0.1 that speaks HTTP Range like a real file host.
 """
 import hashlib
+import json
 import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from portraitisr.apis.weight_resolver import (ChecksumError, CheckpointLoadError, WeightsNotFoundError,
-                                              load_state_dict, portraitisr_home, resolve_file,
-                                              resolve_pretrained_dir)
+from portraitisr.apis.weight_resolver import (ChecksumError, CheckpointLoadError, InsecureURLError,
+                                              WeightsNotFoundError, check_download_url, load_state_dict,
+                                              portraitisr_home, resolve_file, resolve_pretrained_dir)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,17 +85,28 @@ def test_cache_hit_in_portraitisr_home(env):
     assert resolve_file('http://127.0.0.1:9/RealESRGAN_x4plus.pth') == env['home'] / 'RealESRGAN_x4plus.pth'
 
 
-def test_cache_hit_in_torch_hub_folders(env):
+def test_other_tools_caches_count_only_with_a_matching_sha256(env):
+    """torch hub, pyiqa and the Hugging Face cache hold whatever anything downloaded under a name: such a file is
+    used when its sha256 matches, and never without one (it is named as present but not used)."""
     ckpt = env['torch_home'] / 'hub' / 'checkpoints' / 'vgg16-397923af.pth'
     pyiqa = env['torch_home'] / 'hub' / 'pyiqa' / 'LPIPS_v0.1_alex-df73285e.pth'
     for f in (ckpt, pyiqa):
         f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_bytes(b'x')
-    assert resolve_file('vgg16-397923af.pth') == ckpt
-    assert resolve_file({'filename': 'LPIPS_v0.1_alex-df73285e.pth'}) == pyiqa
+        f.write_bytes(f.name.encode())
+    sha = {f: hashlib.sha256(f.name.encode()).hexdigest() for f in (ckpt, pyiqa)}
+    assert resolve_file('vgg16-397923af.pth', sha256=sha[ckpt]) == ckpt
+    assert resolve_file({'filename': 'LPIPS_v0.1_alex-df73285e.pth', 'sha256': sha[pyiqa]}) == pyiqa
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_file('vgg16-397923af.pth')
+    assert f'{ckpt} (torch hub checkpoints: present but not used' in str(info.value)
+    assert f'if you trust {ckpt}, copy it to {env["home"] / "vgg16-397923af.pth"}' in str(info.value)
+    # Copied into PORTRAITISR_HOME it is the user's file and is used as is.
+    env['home'].mkdir()
+    (env['home'] / 'vgg16-397923af.pth').write_bytes(ckpt.read_bytes())
+    assert resolve_file('vgg16-397923af.pth') == env['home'] / 'vgg16-397923af.pth'
 
 
-def test_hf_url_found_in_hf_cache(env):
+def test_hf_url_found_in_hf_cache_only_when_verified(env):
     commit = 'a' * 40
     repo = env['hf_cache'] / 'models--chaofengc--IQA-PyTorch-Weights'
     snap = repo / 'snapshots' / commit
@@ -102,7 +115,9 @@ def test_hf_url_found_in_hf_cache(env):
     (repo / 'refs').mkdir()
     (repo / 'refs' / 'main').write_text(commit)
     url = 'https://huggingface.co/chaofengc/IQA-PyTorch-Weights/resolve/main/DISTS_weights-f5e65c96.pth'
-    assert resolve_file(url).read_bytes() == b'dists'
+    assert resolve_file(url, sha256=hashlib.sha256(b'dists').hexdigest()).read_bytes() == b'dists'
+    with pytest.raises(WeightsNotFoundError, match='Hugging Face cache.*present but not used'):
+        resolve_file(url)
 
 
 def test_missing_offline_error_names_file_places_and_remedies(env, file_server):
@@ -185,17 +200,136 @@ def test_download_dict_spec_with_filename(env, file_server):
     assert path.read_bytes() == data
 
 
-def test_download_resumes_partial_file(env, file_server):
+def _leftovers(home, name):
+    return sorted(p.name for p in home.iterdir() if p.name.startswith(name) and p.name != name)
+
+
+def test_interrupted_download_resumes_with_if_range(env, file_server):
     data = _payload(250_000, seed=1)
     url, sha = _serve(file_server, 'big.pth', data)
-    env['home'].mkdir()
-    done = 100_000
-    (env['home'] / 'big.pth.part').write_bytes(data[:done])
+    file_server.cut_after = 100_000  # the connection drops after 100 kB of the announced 250 kB
+    with pytest.raises(WeightsNotFoundError, match='connection closed after 100000 of 250000 bytes') as info:
+        resolve_file(url, sha256=sha, allow_download=True, progress=False)
+    assert 'Running again resumes the download' in str(info.value)
+    home = env['home']
+    assert not (home / 'big.pth').exists()
+    assert _leftovers(home, 'big.pth') == ['big.pth.part', 'big.pth.part.json']  # no .lock left behind
     path = resolve_file(url, sha256=sha, allow_download=True, progress=False)
     assert path.read_bytes() == data
-    assert file_server.requests == [('/big.pth', f'bytes={done}-')]
-    assert file_server.bytes_sent == len(data) - done  # only the remainder travelled
-    assert not (env['home'] / 'big.pth.part').exists()
+    assert file_server.requests[-1] == ('/big.pth', 'bytes=100000-')
+    assert file_server.if_range[-1].startswith('"')  # the ETag of the version the .part began with
+    assert file_server.bytes_sent == len(data)  # 100 kB + the remaining 150 kB: nothing twice
+    assert _leftovers(home, 'big.pth') == []
+
+
+def test_cut_download_without_sha256_is_never_moved_into_place(env, file_server):
+    data = _payload(50_000, seed=4)
+    url, _ = _serve(file_server, 'cut.pth', data)
+    # With Content-Length the cut is seen ...
+    file_server.cut_after = 20_000
+    with pytest.raises(WeightsNotFoundError, match='connection closed after 20000 of 50000'):
+        resolve_file(url, allow_download=True, progress=False)
+    assert not (env['home'] / 'cut.pth').exists()
+    # ... without it, a cut body would look complete: refused unless a sha256 can tell.
+    (env['home'] / 'cut.pth.part').unlink()
+    (env['home'] / 'cut.pth.part.json').unlink()
+    file_server.send_length, file_server.cut_after = False, 20_000
+    with pytest.raises(WeightsNotFoundError, match='did not say how long the file is'):
+        resolve_file(url, allow_download=True, progress=False)
+    assert _leftovers(env['home'], 'cut.pth') == [] and not (env['home'] / 'cut.pth').exists()
+    sha = hashlib.sha256(data).hexdigest()
+    file_server.cut_after = 20_000
+    with pytest.raises(ChecksumError):
+        resolve_file(url, sha256=sha, allow_download=True, progress=False)
+    assert resolve_file(url, sha256=sha, allow_download=True, progress=False).read_bytes() == data
+
+
+@pytest.mark.parametrize('honour_if_range', [True, False])
+def test_part_of_a_replaced_file_is_not_joined_to_the_new_one(env, file_server, honour_if_range):
+    """The .part began with version A; the server now has B (same length). If-Range makes the server send all of
+    B (200); a server that ignores If-Range sends B's tail with B's ETag (206), which is refused too."""
+    old, new = _payload(60_000, seed=5), _payload(60_000, seed=6)
+    url, _ = _serve(file_server, 'swap.pth', old)
+    file_server.cut_after = 25_000
+    with pytest.raises(WeightsNotFoundError):
+        resolve_file(url, allow_download=True, progress=False)
+    _serve(file_server, 'swap.pth', new)
+    file_server.honour_if_range = honour_if_range
+    with pytest.warns(UserWarning, match='without a sha256'):
+        path = resolve_file(url, allow_download=True, progress=False)
+    assert path.read_bytes() == new
+    assert file_server.requests[1] == ('/swap.pth', 'bytes=25000-')  # a resume was tried ...
+    assert file_server.requests[-1][0] == '/swap.pth'  # ... and all of B came in the end
+    assert _leftovers(env['home'], 'swap.pth') == []
+
+
+def test_part_without_a_validator_is_not_kept(env, file_server):
+    """A server that sends neither ETag nor Last-Modified gives nothing to resume against: the .part of a cut
+    download is deleted, and the next attempt downloads the whole file without a Range header."""
+    data = _payload(40_000, seed=7)
+    url, sha = _serve(file_server, 'nov.pth', data)
+    file_server.validators, file_server.cut_after = False, 10_000
+    with pytest.raises(WeightsNotFoundError) as info:
+        resolve_file(url, sha256=sha, allow_download=True, progress=False)
+    assert 'resumes' not in str(info.value)
+    assert _leftovers(env['home'], 'nov.pth') == []
+    assert resolve_file(url, sha256=sha, allow_download=True, progress=False).read_bytes() == data
+    assert file_server.requests[-1] == ('/nov.pth', None)
+
+
+@pytest.mark.parametrize('pinned', [True, False])
+def test_junk_part_on_a_416_reply_is_never_moved_into_place(env, file_server, pinned):
+    """A .part (with a record) longer than the file now on a server that ignores If-Range: the range reply is
+    416. The junk is thrown away and the real file downloaded, with or without a sha256."""
+    data = _payload(5_000, seed=8)
+    url, sha = _serve(file_server, 'j.pth', data)
+    env['home'].mkdir()
+    (env['home'] / 'j.pth.part').write_bytes(b'junk' * 2000)  # 8000 bytes
+    (env['home'] / 'j.pth.part.json').write_text(json.dumps({'url': url, 'validator': '"old"', 'length': 9000}))
+    file_server.honour_if_range = False
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        path = resolve_file(url, sha256=sha if pinned else None, allow_download=True, progress=False)
+    assert path.read_bytes() == data
+    assert [r[1] for r in file_server.requests] == ['bytes=8000-', None]
+    assert _leftovers(env['home'], 'j.pth') == []
+
+
+def test_redirects_may_not_downgrade_or_leave_http(env, file_server):
+    data = b'the real file'
+    real_url, sha = _serve(file_server, 'real.pth', data)
+    file_server.redirects = {'/to_ftp.pth': (302, 'ftp://127.0.0.1/real.pth'),
+                             '/to_remote_http.pth': (301, 'http://example.invalid/real.pth'),
+                             '/to_loopback.pth': (302, '/real.pth')}
+    for name, why in (('to_ftp.pth', 'ftp URL'), ('to_remote_http.pth', 'plain http from example.invalid')):
+        with pytest.raises(WeightsNotFoundError, match=why) as info:
+            resolve_file(f'{file_server.url}/{name}', sha256=sha, allow_download=True, progress=False)
+        assert f'redirected from {file_server.url}/{name}' in str(info.value)
+        assert _leftovers(env['home'], name) == [] and not (env['home'] / name).exists()
+    # A redirect within the loopback server is followed.
+    path = resolve_file(f'{file_server.url}/to_loopback.pth', sha256=sha, allow_download=True, progress=False)
+    assert path.read_bytes() == data
+
+
+def test_download_url_rules():
+    check_download_url('https://github.com/x/y/releases/download/v1/w.pth')
+    check_download_url('http://127.0.0.1:8000/w.pth')
+    check_download_url('http://localhost/w.pth')
+    check_download_url('https://cdn.example.com/w.pth', previous='http://127.0.0.1/w.pth')  # an upgrade is fine
+    for url, previous, message in (('http://example.com/w.pth', None, 'plain http from example.com'),
+                                   ('ftp://example.com/w.pth', None, 'ftp URL'),
+                                   ('file:///etc/passwd', None, 'file URL'),
+                                   ('http://127.0.0.1/w.pth', 'https://example.com/w.pth', 'from https to plain http'),
+                                   ('ftp://example.com/w.pth', 'https://example.com/w.pth', 'ftp URL')):
+        with pytest.raises(InsecureURLError, match=message):
+            check_download_url(url, previous=previous)
+
+
+def test_plain_http_to_a_remote_host_is_refused_before_connecting(env):
+    # The no_internet fixture would fail the test if a connection were attempted.
+    with pytest.raises(WeightsNotFoundError, match='plain http'):
+        resolve_file('http://example.com/w.pth', allow_download=True, progress=False)
+    assert not (env['home'] / 'w.pth').exists()
 
 
 def test_download_restarts_when_server_ignores_range(env, file_server):
@@ -247,9 +381,41 @@ def test_server_down_gives_clear_error(env):
     assert not (env['home'] / 'weights.pth').exists()
 
 
-def test_http_404_gives_clear_error(env, file_server):
+def test_http_404_gives_clear_error_and_leaves_no_lock(env, file_server):
     with pytest.raises(WeightsNotFoundError, match='404'):
         resolve_file(f'{file_server.url}/missing.pth', allow_download=True, progress=False)
+    assert sorted(p.name for p in env['home'].iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------ trust on first use
+def test_trust_on_first_use_records_the_first_download_and_refuses_a_different_one(env, file_server):
+    first, second = b'weights as first published', b'weights swapped later'
+    url, sha = _serve(file_server, 'tofu.pth', first)
+    with pytest.warns(UserWarning, match='trust on first use'):
+        path = resolve_file(url, allow_download=True, progress=False, trust_on_first_use=True)
+    record = env['home'] / 'tofu.pth.sha256'
+    assert path.read_bytes() == first and record.read_text() == f'{sha}  tofu.pth\n'
+    # The file is lost and the server now serves other bytes: refused, and the record stays.
+    path.unlink()
+    _serve(file_server, 'tofu.pth', second)
+    with pytest.raises(ChecksumError, match='differs from the one first downloaded') as info:
+        resolve_file(url, allow_download=True, progress=False, trust_on_first_use=True)
+    assert f'delete {record}' in str(info.value)
+    assert not path.exists() and record.read_text() == f'{sha}  tofu.pth\n'
+    # A different file put in place by hand is not used either.
+    path.write_bytes(second)
+    with pytest.raises(WeightsNotFoundError, match='recorded at its first download'):
+        resolve_file(url, progress=False, trust_on_first_use=True)
+
+
+def test_trust_on_first_use_of_a_file_already_in_portraitisr_home(env):
+    env['home'].mkdir()
+    (env['home'] / 'mine.pth').write_bytes(b'copied by hand')
+    assert resolve_file('mine.pth', trust_on_first_use=True) == env['home'] / 'mine.pth'
+    assert (env['home'] / 'mine.pth.sha256').read_text().split()[0] == hashlib.sha256(b'copied by hand').hexdigest()
+    (env['home'] / 'mine.pth.sha256').write_text('not a digest')
+    with pytest.raises(ChecksumError, match='does not hold a sha256'):
+        resolve_file('mine.pth', trust_on_first_use=True)
 
 
 # ------------------------------------------------------------------------------------------------ hub folders

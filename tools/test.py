@@ -1,10 +1,13 @@
-"""Test a trained model: ``python tools/test.py CONFIG [CHECKPOINT] [--work-dir DIR]``.
+"""Test a trained model: ``python tools/test.py CONFIG [CHECKPOINT] [--work-dir DIR] [--save-dir [DIR]]``.
 
 Runs the config's test sets (restorations, metrics) with the weights of CHECKPOINT: a training
-checkpoint of this library (trainable tensors only) loaded on top of the config's base model.
-A config lists its test sets in ``test_sets`` (name, table layout, dataloader, evaluator; see
-``configs/_base_/datasets/``), or has one ``test_dataloader``. The scores are written as
-markdown and CSV tables in the layout of HeadsUp's Tables 1-3 to ``<work_dir>/tables/``.
+checkpoint of this library (trainable tensors only) loaded on top of the config's base model, given
+as a path or an https URL ending in ``#sha256=<64 hex>`` (or with ``--trust-url``); it is loaded
+without running code from it. A config lists its test sets in ``test_sets`` (name, table layout,
+dataloader, evaluator; see ``configs/_base_/datasets/``), or has one ``test_dataloader``. The scores
+are written as markdown and CSV tables in the layout of HeadsUp's Tables 1-3 to
+``<work_dir>/tables/`` (work dir default: ``./work_dirs/<config name>``). A checkpoint that is
+missing, refused or fails to download ends the run with one message and exit status 2.
 """
 import argparse
 import os
@@ -13,19 +16,35 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine: see import_guards
+
 from mmengine.config import Config, DictAction  # noqa: E402
 
+from portraitisr.engine.checkpoint_loading import CHECKPOINT_ERRORS, verify_checkpoint  # noqa: E402
 from portraitisr.evaluation.tables import ResultTables  # noqa: E402
+from portraitisr.study.table2 import merge_user_study  # noqa: E402
 from portraitisr.utils.runner_setup import build_runner, prepare_config, run_test_sets  # noqa: E402
+
+RESTORATIONS = 'restorations'
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a portraitisr model')
     parser.add_argument('config', help='config file')
     parser.add_argument('checkpoint', nargs='?',
-                        help='checkpoint file (omit for models without trained weights, e.g. blending baselines)')
-    parser.add_argument('--work-dir', help='where logs and results go')
-    parser.add_argument('--save-dir', help='also write the restored images here (PNG)')
+                        help='checkpoint file or https URL#sha256=... (omit for models without trained weights, '
+                        'e.g. blending baselines)')
+    parser.add_argument('--work-dir', help='where logs and tables go (default: ./work_dirs/<config name>)')
+    parser.add_argument('--save-dir', nargs='?', const='',
+                        help=f'also write the restored images (PNG) here; without a folder, to '
+                        f'<work dir>/{RESTORATIONS}')
+    parser.add_argument('--user-study', nargs='+', metavar='CSV', default=[],
+                        help='win_rates.csv files of `portraitisr study results` (WR_id / WR_N studies), merged into '
+                        "Table 2's rows of the same method name")
+    parser.add_argument('--trust-url', action='store_true',
+                        help='download a checkpoint URL that has no #sha256= (still loaded with weights_only)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config entries')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
@@ -37,23 +56,39 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    if args.checkpoint is not None and not osp.isfile(args.checkpoint):
-        raise SystemExit(f'Checkpoint not found: {args.checkpoint}')
-    cfg = Config.fromfile(args.config)
-    cfg = prepare_config(cfg, config_path=args.config, work_dir=args.work_dir,
-                         cfg_options=args.cfg_options, launcher=args.launcher)
-    cfg.load_from = args.checkpoint  # None: the model as the config builds it (pretrained parts only)
-    cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='ProgressBarHook')]
-    if args.save_dir:
-        cfg.custom_hooks.append(dict(type='SaveRestorationsHook', save_dir=args.save_dir))
-    runner = build_runner(cfg)
-    method = cfg.get('method_name') or osp.splitext(osp.basename(args.config))[0]
-    tables = ResultTables()
-    for name, table, metrics in run_test_sets(runner, cfg.get('test_sets')):
-        tables.add(table, name, method, metrics)
+    try:  # a bad study file is reported before anything is computed
+        merge_user_study(ResultTables(), args.user_study)
+    except (ValueError, FileNotFoundError) as error:
+        print(f'test.py: {error}', file=sys.stderr)
+        sys.exit(2)
+    try:
+        # Before the model is built: a refused URL or a missing file is reported at once.
+        checkpoint = None if args.checkpoint is None else str(verify_checkpoint(args.checkpoint,
+                                                                                 trust_url=args.trust_url))
+        cfg = Config.fromfile(args.config)
+        cfg = prepare_config(cfg, config_path=args.config, work_dir=args.work_dir,
+                             cfg_options=args.cfg_options, launcher=args.launcher)
+        cfg.load_from = checkpoint  # None: the model as the config builds it (pretrained parts only)
+        cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='ProgressBarHook')]
+        if args.save_dir is not None:
+            save_dir = args.save_dir or osp.join(cfg.work_dir, RESTORATIONS)
+            cfg.custom_hooks.append(dict(type='SaveRestorationsHook', save_dir=save_dir))
+        runner = build_runner(cfg)
+        method = cfg.get('method_name') or osp.splitext(osp.basename(args.config))[0]
+        tables = ResultTables()
+        for name, table, metrics in run_test_sets(runner, cfg.get('test_sets')):
+            tables.add(table, name, method, metrics)
+    except CHECKPOINT_ERRORS as error:
+        print(f'test.py: {error}', file=sys.stderr)
+        sys.exit(2)
+    unmatched = merge_user_study(tables, args.user_study)
+    if unmatched and runner.rank == 0:
+        print(f'test.py: the user study names methods with no row here: {", ".join(unmatched)} (this run is '
+              f'{method!r}; set method_name in the config or --cfg-options method_name=...)', file=sys.stderr)
     if runner.rank == 0:
         paths = tables.write(osp.join(cfg.work_dir, 'tables', method))
-        print('\n' + tables.to_markdown() + '\nwritten: ' + ', '.join(paths))
+        print('\n' + tables.to_markdown() + '\nwritten: ' + ', '.join(paths)
+              + (f'\nrestored images: {save_dir}' if args.save_dir is not None else ''))
 
 
 if __name__ == '__main__':

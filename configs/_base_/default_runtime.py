@@ -17,7 +17,9 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=500, by_epoch=False, max_keep_ckpts=3),
+    # Saves, updates last_checkpoint, and only then deletes old checkpoints (atomic writes by PortraitRunner).
+    # In this scope 'CheckpointHook' names the same hook, so configs that name mmengine's get it too.
+    checkpoint=dict(type='AtomicCheckpointHook', interval=500, by_epoch=False, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
 )
 # Checkpoints: trained tensors only, loadable with torch.load(weights_only=True), with the random

@@ -10,10 +10,14 @@ The index (``portraitisr/model_zoo/index.json``, shipped as package data) has tw
   weights entries restoring with the config loads, ``train_requires`` those only training adds (e.g. the
   recogniser behind HeadsUp's identity loss), ``licence``, ``paper`` numbers with the table they come from).
 
-Every download goes through :mod:`portraitisr.apis.weight_resolver` (resume, sha256 check, atomic rename, lock),
-and nothing here touches the network unless :func:`download` is called. :func:`check_available` turns missing
-files into one :class:`~portraitisr.apis.weight_resolver.WeightsNotFoundError` that names every missing file and
-the command that fetches it.
+Every download goes through :mod:`portraitisr.apis.weight_resolver` (https only, resume with a validator, length
+and sha256 checks, atomic rename, lock), and nothing here touches the network unless :func:`download` is called.
+An entry with a published sha256 is *pinned*: only that file is accepted. An entry without one is *trust on first
+use*: the digest of the first file (downloaded, or found in ``$PORTRAITISR_HOME``) is recorded next to it as
+``<file>.sha256``, and a different file is refused from then on; files other tools cached under the same name are
+not used for it. :func:`check_available` turns missing files into one
+:class:`~portraitisr.apis.weight_resolver.WeightsNotFoundError` that names every missing file and the command that
+fetches it; :func:`download` reports every file it could not get in one such error.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .weight_resolver import WeightsNotFoundError, portraitisr_home, resolve_file, resolve_pretrained_dir
+from .weight_resolver import (ChecksumError, WeightsNotFoundError, portraitisr_home, resolve_file,
+                              resolve_pretrained_dir)
 
 __all__ = ['INDEX_PATH', 'WeightsEntry', 'ModelEntry', 'ModelZoo', 'load_index', 'list_models', 'get_model',
            'check_available', 'download', 'config_path']
@@ -57,6 +62,14 @@ class WeightsEntry:
         """Whether downloads are checked against a published sha256 (always False for hub folders, which the
         Hugging Face client verifies file by file itself)."""
         return self.sha256 is not None
+
+    @property
+    def trust(self) -> str:
+        """How a file is checked: ``'pinned'`` (published sha256), ``'TOFU'`` (trust on first use: the first
+        file's digest is recorded and later ones must match) or ``'hub'`` (the Hugging Face client's checks)."""
+        if self.is_folder:
+            return 'hub'
+        return 'pinned' if self.verified else 'TOFU'
 
 
 @dataclass(frozen=True)
@@ -195,9 +208,9 @@ def _locate(weights: WeightsEntry, allow_download: bool, progress: bool = True) 
     """The local file/folder of one weights entry; downloads only with ``allow_download``."""
     if weights.is_folder:
         return resolve_pretrained_dir(weights.hub_id, required=weights.required, allow_download=allow_download)
-    # Entries without a published sha256 still download; download_file then warns with the digest it got.
+    # Entries without a published sha256 are trusted on first use: the first file's digest is recorded.
     return resolve_file(weights.filename, url=weights.url, sha256=weights.sha256, allow_download=allow_download,
-                        progress=progress)
+                        progress=progress, trust_on_first_use=weights.sha256 is None)
 
 
 def check_available(name: str, zoo: Optional[ModelZoo] = None, need_checkpoint: bool = True) -> dict[str, Path]:
@@ -241,15 +254,43 @@ def download(name: str, zoo: Optional[ModelZoo] = None, progress: bool = True) -
     """Download what model ``name`` needs to restore and to train (or the single weights entry ``name``);
     existing files are kept.
 
-    Files go to ``$PORTRAITISR_HOME`` through :func:`~portraitisr.apis.weight_resolver.download_file`
-    (partial files resume, sha256 is checked where the index has one, the rename is atomic); SD folders go to
-    the Hugging Face cache. Returns ``{weights name: local path}``.
+    Files go to ``$PORTRAITISR_HOME`` through :func:`~portraitisr.apis.weight_resolver.resolve_file` (https,
+    partial files resume only against the same file version, pinned sha256 or trust-on-first-use record checked,
+    atomic rename); SD folders go to the Hugging Face cache. Every entry is tried, so one run reports everything
+    that is missing. Returns ``{weights name: local path}``.
+
+    Raises:
+        KeyError: ``name`` is neither a model nor a weights entry.
+        WeightsNotFoundError: one paragraph naming each file that could not be obtained, where it was to come
+            from, why it failed, and how to provide it instead.
     """
     zoo = zoo or load_index()
     if name in zoo.weights:
         names = [name]
     else:
         names = _weight_names(get_model(name, zoo), training=True)
-    return {weight_name: _locate(zoo.weights[weight_name], allow_download=True, progress=progress)
-            for weight_name in names}
+    found: dict[str, Path] = {}
+    failed: list[str] = []
+    for weight_name in names:
+        weights = zoo.weights[weight_name]
+        try:
+            found[weight_name] = _locate(weights, allow_download=True, progress=progress)
+        except (WeightsNotFoundError, ChecksumError) as error:
+            what = (f'the {weights.hub_id} folder from huggingface.co' if weights.is_folder
+                    else f'{weights.filename} from {weights.url}')
+            failed.append(f'  - {weight_name} ({what}): {_failure_reason(error)}')
+    if failed:
+        home = portraitisr_home()
+        lines = [f'Could not download {len(failed)} of the {len(names)} weights {name!r} needs:', *failed,
+                 f'Run `portraitisr download {name}` again where the network reaches these hosts, or copy the files '
+                 f'into {home} (SD folders as {home}/<org>--<name>; set PORTRAITISR_HOME to use another folder). '
+                 'Files already downloaded stay in place.']
+        raise WeightsNotFoundError('\n'.join(lines), wanted=name, looked=failed)
+    return found
 
+
+def _failure_reason(error: Exception) -> str:
+    """The one line of a resolver error that says why it failed (not the list of places looked at)."""
+    lines = str(error).splitlines()
+    reason = next((line for line in lines if 'failed' in line or 'refusing' in line), None)
+    return (reason or lines[0]).strip()

@@ -12,6 +12,14 @@ and the download happens only when it was allowed (``allow_download=True`` or ``
 When nothing is found, one :class:`WeightsNotFoundError` names what was wanted, every place looked at and how to
 provide it. Files are loaded by :func:`load_state_dict`, which never unpickles arbitrary Python objects.
 
+Trust: a file in ``$PORTRAITISR_HOME`` or at an explicit path is the user's; a file that another tool put in its
+cache (torch hub, pyiqa, CLIP, facexlib, the Hugging Face cache) is used only when its sha256 matches a known one,
+because anything can have downloaded it there under that name. Downloads use https (plain http only to a loopback
+address, for tests and same-machine mirrors), never follow a redirect to a weaker scheme, resume a ``.part`` only
+when the server identifies the same file version (ETag/Last-Modified via ``If-Range``), and check the length and,
+when known, the sha256 before the file is moved into place. Without a published sha256, ``trust_on_first_use``
+records the digest of the first file next to it and refuses a different one later.
+
 Importing this module is cheap: torch, safetensors and huggingface_hub are imported only by the functions that
 need them.
 """
@@ -34,10 +42,13 @@ from typing import Any, Optional, Union
 
 from tqdm import tqdm
 
+from portraitisr.utils.atomic_files import fsync_folder, write_bytes_atomically
+
 __all__ = [
-    'WeightsNotFoundError', 'ChecksumError', 'CheckpointLoadError', 'WeightSpec', 'portraitisr_home',
-    'download_allowed', 'torch_hub_dir', 'hf_hub_cache_dir', 'resolve_file', 'download_file',
-    'resolve_pretrained_dir', 'load_state_dict', 'sha256_of', 'DEFAULT_HUB_IGNORE_PATTERNS'
+    'WeightsNotFoundError', 'ChecksumError', 'CheckpointLoadError', 'InsecureURLError', 'WeightSpec',
+    'portraitisr_home', 'download_allowed', 'torch_hub_dir', 'hf_hub_cache_dir', 'resolve_file', 'download_file',
+    'check_download_url', 'tofu_record_path', 'resolve_pretrained_dir', 'load_state_dict', 'sha256_of',
+    'MIN_SAFE_TORCH', 'DEFAULT_HUB_IGNORE_PATTERNS'
 ]
 
 ENV_HOME = 'PORTRAITISR_HOME'
@@ -70,11 +81,24 @@ class WeightsNotFoundError(FileNotFoundError):
 
 
 class ChecksumError(RuntimeError):
-    """A file's sha256 differs from the expected one."""
+    """A file's sha256 differs from the expected one (``expected`` and ``got`` hold both digests)."""
+
+    def __init__(self, message: str, *, expected: Optional[str] = None, got: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
 
 
-class CheckpointLoadError(pickle.UnpicklingError):
-    """A checkpoint cannot be loaded safely (it needs arbitrary unpickling) or is not a checkpoint at all."""
+class CheckpointLoadError(pickle.UnpicklingError, ValueError):
+    """A checkpoint cannot be loaded safely (it needs arbitrary unpickling) or is not a checkpoint at all.
+
+    Also a ``ValueError``: it is bad input, and callers that report bad input in one line catch it as such.
+    The message is one line.
+    """
+
+
+class InsecureURLError(OSError):
+    """A download URL (or a redirect on the way) that is not https, or that downgrades the connection."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -235,7 +259,7 @@ def _hf_cached_file(url: str) -> Optional[tuple[str, Path]]:
 def _how_to_provide_file(name: str, url: Optional[str], allowed: bool) -> list[str]:
     home = portraitisr_home()
     hints = [
-        f'put the file at one of the places above, e.g. {home / name}',
+        f'put the file at {home / name} (files in the other caches above count only with a matching sha256)',
         'or pass an explicit path to it (a path, or {"path": ...} in the config)',
         f'or set {ENV_HOME} to a folder that contains {name}',
     ]
@@ -260,8 +284,8 @@ def _not_found(headline: str, looked: Sequence[str], hints: Sequence[str], *, wa
 
 
 def resolve_file(spec: Optional[WeightSpec] = None, *, filename: Optional[str] = None, url: Optional[str] = None,
-                 sha256: Optional[str] = None, allow_download: Optional[bool] = None,
-                 progress: bool = True) -> Path:
+                 sha256: Optional[str] = None, allow_download: Optional[bool] = None, progress: bool = True,
+                 trust_on_first_use: bool = False, timeout: float = 30.0) -> Path:
     """Turn a weight spec into the path of an existing local file.
 
     Args:
@@ -274,20 +298,27 @@ def resolve_file(spec: Optional[WeightSpec] = None, *, filename: Optional[str] =
               up in the Hugging Face cache);
             - a dict with keys ``path``, ``url``, ``sha256``, ``filename`` (all optional).
             An absolute path that does not exist is an error unless a URL or file name says what else to look for.
+            Files in the other tools' caches (every place after ``$PORTRAITISR_HOME``) are used only when their
+            sha256 matches ``sha256`` (or the trust-on-first-use record); without one they are listed as "not
+            used" in the error.
         filename: name of the file in the caches (default: from ``spec`` or the URL).
-        url: where to download the file from when it is nowhere on disk.
+        url: where to download the file from when it is nowhere on disk (https, or http to a loopback address).
         sha256: expected 64-hex sha256. Given: an explicit file that differs raises :class:`ChecksumError`, a
             cached copy that differs is skipped, a download that differs is deleted and raises.
         allow_download: ``None`` reads env ``PORTRAITISR_ALLOW_DOWNLOAD``; without permission nothing touches
             the network.
         progress: show a tqdm bar while downloading.
+        trust_on_first_use: without ``sha256``, record the digest of the first file found in
+            ``$PORTRAITISR_HOME`` or downloaded in ``<file>.sha256`` (see :func:`tofu_record_path`); from then on
+            the record acts as ``sha256``, so a different file is refused.
+        timeout: seconds a download may wait for the server.
 
     Returns:
         Path of the file. Downloads are written to ``portraitisr_home() / filename``.
 
     Raises:
-        WeightsNotFoundError: nothing found and no (successful) download.
-        ChecksumError: the explicit file or the download has the wrong sha256.
+        WeightsNotFoundError: nothing found and no (successful) download; the message is one paragraph.
+        ChecksumError: the explicit file or the download has the wrong sha256 (or differs from the first one).
         ValueError: a malformed spec or sha256.
     """
     path: Optional[str] = None
@@ -319,7 +350,8 @@ def resolve_file(spec: Optional[WeightSpec] = None, *, filename: Optional[str] =
                 got = sha256_of(explicit)
                 if got != sha256:
                     # The user's own file: report, never delete.
-                    raise ChecksumError(f'{explicit}: sha256 mismatch, expected {sha256}, got {got}')
+                    raise ChecksumError(f'{explicit}: sha256 mismatch, expected {sha256}, got {got}', expected=sha256,
+                                        got=got)
             return explicit
         state = 'is a directory, not a file' if explicit.is_dir() else 'does not exist'
         looked.append(f'{explicit.absolute()} (explicit path: {state})')
@@ -337,57 +369,196 @@ def resolve_file(spec: Optional[WeightSpec] = None, *, filename: Optional[str] =
     name = _check_relative_name(os.fspath(filename))
     base = Path(name).name
 
-    candidates: list[tuple[str, Path]] = [(ENV_HOME, portraitisr_home() / name)]
+    home_file = portraitisr_home() / name
+    record = tofu_record_path(home_file) if trust_on_first_use and sha256 is None else None
+    recorded = _read_tofu_record(record) if record is not None else None
+    expected = sha256 or recorded
+    expected_note = f' (recorded at its first download in {record})' if recorded else ''
+
+    # (label, path, whether another tool filled that folder)
+    candidates: list[tuple[str, Path, bool]] = [(ENV_HOME, home_file, False)]
     if url is not None:
         hf_entry = _hf_cached_file(url)
         if hf_entry is not None:
-            candidates.append(hf_entry)
-    candidates += [(label, folder / base) for label, folder in _file_cache_dirs()]
+            candidates.append((*hf_entry, True))
+    candidates += [(label, folder / base, True) for label, folder in _file_cache_dirs()]
 
     seen: set[Path] = set()
-    for label, candidate in candidates:
+    unverified: list[Path] = []
+    for label, candidate, foreign in candidates:
         if candidate in seen:
             continue
         seen.add(candidate)
-        if candidate.is_file():
-            if sha256 is not None:
-                got = sha256_of(candidate)
-                if got != sha256:
-                    looked.append(f'{candidate} ({label}: present but sha256 is {got}, expected {sha256})')
-                    continue
-            return candidate
-        looked.append(f'{candidate} ({label})')
+        if not candidate.is_file():
+            looked.append(f'{candidate} ({label})')
+            continue
+        if expected is not None:
+            got = sha256_of(candidate)
+            if got == expected:
+                return candidate
+            looked.append(f'{candidate} ({label}: present but sha256 is {got}, expected {expected}{expected_note})')
+            continue
+        if foreign:
+            # Another tool downloaded it under this name, from wherever it was told to: not ours to trust.
+            looked.append(f'{candidate} ({label}: present but not used: another tool put it there and no sha256 '
+                          'is known to check it against)')
+            unverified.append(candidate)
+            continue
+        if record is not None:
+            try:
+                _write_tofu_record(record, sha256_of(candidate), name)
+            except OSError as error:  # a read-only shared cache: usable, but nothing to compare later files with
+                warnings.warn(f'could not record the sha256 of {candidate} in {record} ({error}); a different file '
+                              'there later will not be noticed', stacklevel=2)
+        return candidate
 
     allowed = download_allowed(allow_download)
     what = f'Weights file {name!r} not found.'
+    hints = _how_to_provide_file(name, url, allowed)
+    if unverified:
+        hints.append(f'or, if you trust {unverified[0]}, copy it to {home_file} (or pass its path explicitly)')
     if url is None or not allowed:
-        raise _not_found(what, looked, _how_to_provide_file(name, url, allowed), wanted=name, url=url)
-    destination = portraitisr_home() / name
+        raise _not_found(what, looked, hints, wanted=name, url=url)
+    part = home_file.with_name(home_file.name + '.part')
     try:
-        return download_file(url, destination, sha256=sha256, progress=progress)
-    except ChecksumError:
-        raise
+        path = download_file(url, home_file, sha256=expected, progress=progress, timeout=timeout,
+                             warn_unverified=record is None)
+    except ChecksumError as error:
+        if not recorded:
+            raise
+        raise ChecksumError(
+            f'{url}: the downloaded file differs from the one first downloaded (sha256 {error.got}; {record} '
+            f'records {recorded}); it was deleted. If the publisher replaced the file on purpose, delete {record} '
+            'to trust the new one.', expected=recorded, got=error.got) from error
     except (OSError, http.client.HTTPException) as error:
-        # urllib.error.URLError is an OSError; the partial .part file is kept so a retry resumes.
-        reason = f'Downloading {url} to {destination} failed: {error}. Running again resumes the download.'
-        raise _not_found(what, looked, _how_to_provide_file(name, url, allowed), wanted=name, url=url,
-                         reason=reason) from error
+        # urllib.error.URLError and InsecureURLError are OSErrors.
+        reason = f'Downloading {url} to {home_file} failed: {error}.'
+        if part.is_file():  # kept only when the server identified the file version, so a retry can resume
+            reason += ' Running again resumes the download.'
+        raise _not_found(what, looked, hints, wanted=name, url=url, reason=reason) from error
+    if record is not None:
+        digest = sha256_of(path)
+        _write_tofu_record(record, digest, name)
+        warnings.warn(f'{url} was downloaded without a sha256 to verify it against; its digest ({digest}) is '
+                      f'recorded in {record} and a later download must match it (trust on first use)', stacklevel=2)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Trust on first use
+# --------------------------------------------------------------------------------------------------------------
+def tofu_record_path(path: Union[str, 'os.PathLike[str]']) -> Path:
+    """Where the first-download digest of ``path`` is recorded: ``<path>.sha256`` (``sha256sum`` format)."""
+    path = Path(path)
+    return path.with_name(path.name + '.sha256')
+
+
+def _read_tofu_record(record: Path) -> Optional[str]:
+    if not record.is_file():
+        return None
+    fields = record.read_text(encoding='utf-8').split()
+    if not fields or not _SHA256_RE.match(fields[0].lower()):
+        # A damaged record must not silently turn into "no record" (which would trust any file again).
+        raise ChecksumError(f'{record} does not hold a sha256 (expected "<64 hex digits>  <file name>"); '
+                            'delete it to trust the current file again')
+    return fields[0].lower()
+
+
+def _write_tofu_record(record: Path, digest: str, name: str) -> None:
+    if _read_tofu_record(record) == digest:
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(record, f'{digest}  {Path(name).name}\n'.encode())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Downloads
+# --------------------------------------------------------------------------------------------------------------
+def _is_loopback(host: Optional[str]) -> bool:
+    if not host:
+        return False
+    if host.lower() == 'localhost':
+        return True
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_download_url(url: str, *, previous: Optional[str] = None) -> None:
+    """Refuse a URL the resolver will not download from.
+
+    https anywhere; plain http only to a loopback address (the test suite's server, a mirror on the same machine),
+    since nothing else protects an unpinned file on the way. ``previous`` is the URL that redirected here: a
+    redirect may not go from https to anything else (no downgrade), nor anywhere but http(s).
+
+    Raises:
+        InsecureURLError: naming the URL and the rule.
+    """
+    parsed = urllib.parse.urlparse(url)
+    came_from = f' (redirected from {previous})' if previous else ''
+    if parsed.scheme == 'https':
+        return
+    if parsed.scheme == 'http' and _is_loopback(parsed.hostname):
+        if previous is not None and urllib.parse.urlparse(previous).scheme == 'https':
+            raise InsecureURLError(f'refusing the redirect from https to plain http: {url}{came_from}')
+        return
+    if parsed.scheme == 'http':
+        raise InsecureURLError(f'refusing to download over plain http from {parsed.hostname}: {url}{came_from}; '
+                               'use an https URL (plain http is allowed only to a loopback address)')
+    raise InsecureURLError(f'refusing to download from a {parsed.scheme or "scheme-less"} URL: {url}{came_from}; '
+                           'only https is allowed')
+
+
+class _NoDowngradeRedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to a URL that :func:`check_download_url` accepts (urllib would follow ftp too)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 (urllib's hook)
+        try:
+            check_download_url(urllib.parse.urljoin(req.full_url, newurl), previous=req.full_url)
+        except InsecureURLError:
+            fp.close()
+            raise
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _open(url: str, headers: Mapping[str, str], timeout: float):
+    check_download_url(url)
+    opener = urllib.request.build_opener(_NoDowngradeRedirectHandler())
+    return opener.open(urllib.request.Request(url, headers=dict(headers)), timeout=timeout)
 
 
 @contextlib.contextmanager
 def _exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Serialise downloads of one file across processes (e.g. DDP ranks); the OS drops the lock if we die."""
+    """Serialise downloads of one file across processes (e.g. DDP ranks); the lock file is removed afterwards,
+    also after a failure. The OS drops the lock if the process dies.
+
+    Removing a lock file others may be waiting on is safe because a waiter that wakes up on a removed (or
+    replaced) file lets go and locks the file now at ``lock_path`` instead.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; concurrent downloads of one file are then the caller's job
         yield
         return
-    with open(lock_path, 'a') as handle:
+    while True:
+        handle = open(lock_path, 'a')
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            current = os.stat(lock_path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and current.st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder before us removed this file: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink()
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def _content_range(header: Optional[str]) -> tuple[Optional[int], Optional[int]]:
@@ -400,96 +571,202 @@ def _content_range(header: Optional[str]) -> tuple[Optional[int], Optional[int]]
     return start, total
 
 
-def download_file(url: str, destination: Union[str, 'os.PathLike[str]'], *, sha256: Optional[str] = None,
-                  progress: bool = True, timeout: float = 30.0, chunk_size: int = 1 << 20) -> Path:
-    """Download ``url`` to ``destination`` atomically, resuming a previous partial download.
+def _validator(headers) -> Optional[str]:
+    """The value to send in ``If-Range``: a strong ETag, else Last-Modified, else None (not resumable)."""
+    etag = headers.get('ETag')
+    if etag and not etag.startswith('W/'):  # If-Range needs a strong validator (RFC 9110, 13.1.5)
+        return etag
+    return headers.get('Last-Modified') or None
 
-    Bytes go to ``<destination>.part``; an existing ``.part`` is resumed with an HTTP ``Range`` request (a
-    server that ignores it makes the download restart). The finished file is checked against ``sha256`` (a
-    mismatch deletes it and raises :class:`ChecksumError` naming both hashes) and then moved into place with
-    ``os.replace``, so ``destination`` never holds a partial or unverified file. An existing ``destination``
-    that matches ``sha256`` (or any existing one when ``sha256`` is None) is returned without downloading.
+
+def _content_length(headers) -> Optional[int]:
+    value = headers.get('Content-Length')
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+class _PartState:
+    """What a ``.part`` file holds: bytes of ``url`` in the version named by ``validator``, ``length`` in all.
+
+    Stored as ``<name>.part.json`` next to the ``.part``. A ``.part`` without it (another program's, or an old
+    one) is never resumed: its bytes cannot be tied to the file the server has now.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def read(self, url: str) -> Optional[dict]:
+        import json
+        try:
+            state = json.loads(self.path.read_text(encoding='utf-8'))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(state, dict) or state.get('url') != url or not state.get('validator') \
+                or not isinstance(state.get('length'), int):
+            return None
+        return state
+
+    def write(self, url: str, validator: str, length: int) -> None:
+        import json
+        write_bytes_atomically(self.path, json.dumps(dict(url=url, validator=validator, length=length)).encode())
+
+    def forget(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def discard(self, part: Path) -> None:
+        """Remove the ``.part`` and its record."""
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+        self.forget()
+
+
+def download_file(url: str, destination: Union[str, 'os.PathLike[str]'], *, sha256: Optional[str] = None,
+                  progress: bool = True, timeout: float = 30.0, chunk_size: int = 1 << 20,
+                  warn_unverified: bool = True) -> Path:
+    """Download ``url`` to ``destination`` atomically, resuming a previous partial download when that is safe.
+
+    Bytes go to ``<destination>.part``. An existing ``.part`` is resumed (HTTP ``Range``) only if it was started
+    by this function from the same URL and the server still has the same file version: the ETag or
+    Last-Modified recorded then is sent as ``If-Range``, and the reply must continue at the right byte of a file
+    of the recorded length. Anything else (no validator, a changed file, a 416 reply) restarts from zero. The
+    transfer must deliver every byte the server announced (``Content-Length``); a reply without a length (and not
+    chunked) is refused unless ``sha256`` can tell a complete file from a cut one. The finished file is checked
+    against ``sha256`` (a mismatch deletes it and raises :class:`ChecksumError`), fsynced, and only then moved
+    into place with ``os.replace``, so ``destination`` never holds a partial or unverified file. An existing
+    ``destination`` that matches ``sha256`` (or any existing one when ``sha256`` is None) is returned without
+    downloading. The ``.lock`` file is removed afterwards, also after a failure; a ``.part`` is kept after a
+    failure only when it can be resumed.
 
     This always uses the network: callers decide whether a download is allowed (see :func:`resolve_file`).
 
     Raises:
+        InsecureURLError: ``url`` or a redirect is not https (see :func:`check_download_url`).
         ChecksumError: the downloaded bytes have the wrong sha256.
-        OSError: network errors (``urllib.error.URLError``) or an incomplete transfer; ``.part`` is kept.
+        OSError: network errors (``urllib.error.URLError``) or an incomplete transfer.
     """
     sha256 = _normalise_sha256(sha256)
+    check_download_url(url)
     destination = Path(destination).expanduser()
     destination.parent.mkdir(parents=True, exist_ok=True)
     part = destination.with_name(destination.name + '.part')
-    lock = destination.with_name(destination.name + '.lock')
-    with _exclusive_lock(lock):
+    state = _PartState(destination.with_name(destination.name + '.part.json'))
+    with _exclusive_lock(destination.with_name(destination.name + '.lock')):
         # Another process may have finished this download while we waited for the lock.
         if destination.is_file() and (sha256 is None or sha256_of(destination) == sha256):
             return destination
-        digest = _fetch_to_part(url, part, progress=progress, timeout=timeout, chunk_size=chunk_size)
+        digest = _fetch_to_part(url, part, state, sha256=sha256, progress=progress, timeout=timeout,
+                                chunk_size=chunk_size)
         if sha256 is not None and digest != sha256:
-            part.unlink()
+            state.discard(part)
             raise ChecksumError(f'{url}: sha256 mismatch, expected {sha256}, got {digest}; '
-                                'the downloaded file was deleted')
-        if sha256 is None:
+                                'the downloaded file was deleted', expected=sha256, got=digest)
+        if sha256 is None and warn_unverified:
             warnings.warn(f'{url} was downloaded without a sha256 to verify it against ({digest})', stacklevel=2)
         os.replace(part, destination)
-    # Safe once the file is in place: a process waiting on the old lock re-checks the destination first.
-    with contextlib.suppress(OSError):
-        lock.unlink()
+        fsync_folder(destination.parent)
+        state.discard(part)
+        st = destination.stat()
+        _SHA256_MEMO[(str(destination.resolve()), st.st_size, st.st_mtime_ns)] = digest
     return destination
 
 
-def _fetch_to_part(url: str, part: Path, *, progress: bool, timeout: float, chunk_size: int) -> str:
-    """Complete ``part`` from ``url`` (resuming what is there) and return the sha256 of its full contents."""
-    offset = part.stat().st_size if part.is_file() else 0
+def _fetch_to_part(url: str, part: Path, state: _PartState, *, sha256: Optional[str], progress: bool,
+                   timeout: float, chunk_size: int) -> str:
+    """Complete ``part`` from ``url`` (resuming only what can be resumed) and return the sha256 of all of it."""
+    if sha256 is not None and part.is_file() and sha256_of(part) == sha256:
+        return sha256  # a run that stopped right before the rename: nothing left to fetch
+    saved = state.read(url) if part.is_file() else None
+    if saved is not None and 0 < part.stat().st_size < saved['length']:
+        try:
+            return _transfer(url, part, state, saved, sha256=sha256, progress=progress, timeout=timeout,
+                             chunk_size=chunk_size)
+        except _RestartDownload:
+            pass
+    # Not ours, from a server that gave no validator, too long, or not continuable: start again.
+    state.discard(part)
+    return _transfer(url, part, state, None, sha256=sha256, progress=progress, timeout=timeout,
+                     chunk_size=chunk_size)
+
+
+class _RestartDownload(Exception):
+    """The ``.part`` cannot be continued (changed file, 416, a range elsewhere): start from zero."""
+
+
+def _same_version(validator: str, headers) -> bool:
+    """Whether a 206 reply's own ETag / Last-Modified (when it sends them) still names the recorded version."""
+    if validator.startswith('"'):
+        etag = headers.get('ETag')
+        return etag is None or etag == validator
+    last_modified = headers.get('Last-Modified')
+    return last_modified is None or last_modified == validator
+
+
+def _transfer(url: str, part: Path, state: _PartState, saved: Optional[dict], *, sha256: Optional[str],
+              progress: bool, timeout: float, chunk_size: int) -> str:
+    """One HTTP request: continue ``part`` (``saved`` given) or write it from the start; returns the sha256."""
+    offset = part.stat().st_size if saved is not None else 0
     headers = {'User-Agent': 'portraitisr-weight-resolver'}
     if offset:
         headers['Range'] = f'bytes={offset}-'
+        headers['If-Range'] = saved['validator']
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        response = _open(url, headers, timeout)
     except urllib.error.HTTPError as error:
-        if error.code != 416 or not offset:
-            raise
-        # 416: nothing after ``offset``. The .part may hold every byte already (a run stopped before the
-        # rename); if its size is not the file's size it is stale, so start again.
-        _, total = _content_range(error.headers.get('Content-Range'))
-        error.close()
-        if total is not None and total != offset:
-            part.unlink()
-            return _fetch_to_part(url, part, progress=progress, timeout=timeout, chunk_size=chunk_size)
-        return sha256_of(part)
+        if error.code == 416 and offset:
+            # Nothing after ``offset``, or a server that cannot serve the range: the .part's bytes are not
+            # known to be the file (only a pinned sha256 could say, and it did not match). Start again.
+            error.close()
+            raise _RestartDownload() from error
+        raise
 
     with response:
         digest = hashlib.sha256()
-        mode = 'wb'
+        length = _content_length(response.headers)
         if offset and response.status == 206:
-            start, _ = _content_range(response.headers.get('Content-Range'))
-            if start != offset:
-                # Bytes from somewhere else in the file: neither appendable nor the whole file; start again.
-                response.close()
-                part.unlink()
-                return _fetch_to_part(url, part, progress=progress, timeout=timeout, chunk_size=chunk_size)
-            mode = 'ab'
+            start, total = _content_range(response.headers.get('Content-Range'))
+            if start != offset or total != saved['length'] or not _same_version(saved['validator'],
+                                                                                 response.headers) \
+                    or (length is not None and offset + length != total):
+                # Bytes of another version or from elsewhere in the file: they cannot continue the .part.
+                raise _RestartDownload()
             with open(part, 'rb') as f:
                 for block in iter(lambda: f.read(chunk_size), b''):
                     digest.update(block)
-        if mode == 'wb':
-            offset = 0  # the server ignored the Range header (200) and sends everything
-        length = response.headers.get('Content-Length')
-        total = offset + int(length) if length is not None and length.isdigit() else None
+            mode, expected_total = 'ab', total
+        elif response.status == 200:
+            # A fresh download, or the file changed since the .part began (If-Range failed): all of it.
+            offset, mode, expected_total = 0, 'wb', length
+            state.forget()  # the old record (if any) describes the old bytes
+            chunked = 'chunked' in response.headers.get('Transfer-Encoding', '').lower()
+            if expected_total is None and not chunked and sha256 is None:
+                # The body then ends wherever the connection happens to close: a cut file looks complete.
+                state.discard(part)
+                raise OSError(f'{url}: the server did not say how long the file is and no sha256 is known, so a '
+                              'cut-short download could not be told from a complete one')
+            validator = _validator(response.headers)
+            if validator is not None and expected_total is not None:
+                state.write(url, validator, expected_total)
+        else:
+            raise OSError(f'{url}: unexpected HTTP status {response.status} for a download')
         received = offset
-        with open(part, mode) as f, tqdm(total=total, initial=offset, unit='B', unit_scale=True,
-                                         unit_divisor=1024, desc=part.name[:-len('.part')],
-                                         disable=not progress) as bar:
-            for block in iter(lambda: response.read(chunk_size), b''):
-                f.write(block)
-                digest.update(block)
-                received += len(block)
-                bar.update(len(block))
-            f.flush()
-            os.fsync(f.fileno())
-    if total is not None and received != total:
-        raise OSError(f'{url}: connection closed after {received} of {total} bytes')
+        resumable = state.read(url) is not None
+        try:
+            with open(part, mode) as f, tqdm(total=expected_total, initial=offset, unit='B', unit_scale=True,
+                                             unit_divisor=1024, desc=part.name[:-len('.part')],
+                                             disable=not progress) as bar:
+                for block in iter(lambda: response.read(chunk_size), b''):
+                    f.write(block)
+                    digest.update(block)
+                    received += len(block)
+                    bar.update(len(block))
+                f.flush()
+                os.fsync(f.fileno())
+            if expected_total is not None and received != expected_total:
+                raise OSError(f'{url}: connection closed after {received} of {expected_total} bytes')
+        except BaseException:
+            if not resumable:
+                state.discard(part)  # without a validator these bytes can never be continued
+            raise
     return digest.hexdigest()
 
 
@@ -671,12 +948,24 @@ def resolve_pretrained_dir(spec: Union[str, 'os.PathLike[str]'], *, required: Se
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------------------
+#: The first torch whose ``weights_only=True`` unpickler has no published bypass: CVE-2025-32434
+#: (GHSA-53q9-r3pm-6pq6, code execution, fixed in 2.6.0) and CVE-2026-24747 (GHSA-63cw-57p8-fm3p, memory
+#: corruption through crafted opcodes and storage sizes, fixed in 2.10.0). setup.py requires it too.
+MIN_SAFE_TORCH = (2, 10)
+
+
+def _torch_version(version: str) -> tuple[int, int]:
+    major, minor = re.match(r'(\d+)\.(\d+)', version).groups()
+    return int(major), int(minor)
+
+
 def load_state_dict(path: Union[str, 'os.PathLike[str]'], map_location: Any = 'cpu', *,
-                    safe_globals: Sequence[Any] = ()) -> dict:
+                    safe_globals: Sequence[Any] = (), mmap: bool = False) -> dict:
     """Load a checkpoint without unpickling arbitrary objects.
 
     ``.safetensors`` files are read with safetensors; everything else with ``torch.load(weights_only=True)``.
-    A file that needs other Python objects is refused (never retried with ``weights_only=False``).
+    A file that needs other Python objects is refused (never retried with ``weights_only=False``). Pickled files
+    are refused on a torch older than :data:`MIN_SAFE_TORCH`, whose ``weights_only`` can be bypassed.
 
     Args:
         path: the checkpoint file.
@@ -684,12 +973,13 @@ def load_state_dict(path: Union[str, 'os.PathLike[str]'], map_location: Any = 'c
             anything ``torch.load`` accepts).
         safe_globals: extra classes/functions the caller trusts in a torch pickle (e.g. the few mmengine types
             in a training checkpoint); passed to ``torch.serialization.safe_globals``.
+        mmap: memory-map the tensors of a torch zip file instead of reading them (to look at metadata cheaply).
 
     Returns:
         The checkpoint's top-level dict (a state dict, or a dict that holds one, e.g. ``{'params_ema': ...}``).
 
     Raises:
-        CheckpointLoadError: the file needs arbitrary unpickling, or is not a valid checkpoint.
+        CheckpointLoadError: the file needs arbitrary unpickling, or is not a valid checkpoint (one-line message).
         TypeError: the checkpoint is not a dict.
     """
     import torch
@@ -706,23 +996,30 @@ def load_state_dict(path: Union[str, 'os.PathLike[str]'], map_location: Any = 'c
         except SafetensorError as error:
             raise CheckpointLoadError(f'{path} is not a valid safetensors file: {error}') from error
 
+    if _torch_version(torch.__version__) < MIN_SAFE_TORCH:
+        raise CheckpointLoadError(
+            f'{path}: refusing to unpickle a checkpoint with torch {torch.__version__}; its weights_only loader '
+            f'has published bypasses (fixed in torch {".".join(map(str, MIN_SAFE_TORCH))}): upgrade torch, or '
+            'convert the file to safetensors on a machine with a current torch')
     guard = torch.serialization.safe_globals(list(safe_globals)) if safe_globals else contextlib.nullcontext()
     try:
         with guard:
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         detail = next((line.strip() for line in str(error).splitlines() if 'WeightsUnpickler error' in line),
                       str(error).splitlines()[0] if str(error) else type(error).__name__)
-        if 'Unsupported global' in detail:
-            # Name the offending type; the fix is to re-save the tensors, not to trust the pickle.
+        unsupported = re.search(r'Unsupported global: GLOBAL (\S+)', detail)
+        if unsupported:
+            # Name the offending object (not torch's advice to allow-list it); the fix is to re-save the tensors.
             raise CheckpointLoadError(
-                f'{path} contains pickled Python objects that portraitisr will not load ({detail}). Loading it '
-                'would mean running arbitrary code. Re-save only its tensors, in a trusted environment, as '
-                'safetensors or a plain dict of tensors; or, if you trust exactly those types, pass them in '
-                'safe_globals=.') from error
+                f'{path} contains pickled Python objects that portraitisr will not load (it needs '
+                f'{unsupported.group(1)}); loading it would mean running arbitrary code. Re-save only its tensors, '
+                'in a trusted environment, as safetensors or a plain dict of tensors; or, if you trust exactly '
+                'those types, pass them in safe_globals=.') from error
         raise CheckpointLoadError(f'{path} is not a readable torch checkpoint ({detail})') from error
-    except RuntimeError as error:  # e.g. a truncated zip archive
-        raise CheckpointLoadError(f'{path} is not a readable torch checkpoint ({error})') from error
+    except (RuntimeError, EOFError, ValueError) as error:  # a truncated zip archive, an empty file, ...
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointLoadError(f'{path} is not a readable torch checkpoint ({detail})') from error
     if not isinstance(checkpoint, dict):
         raise TypeError(f'{path} holds a {type(checkpoint).__name__}, not a dict of tensors')
     return checkpoint

@@ -1,4 +1,5 @@
 from .aligned_face_dataset import AlignedFaceDataset
+from .captioned_image_dataset import CaptionedImageDataset
 from .collate import portrait_collate
 from .image_folder_dataset import ImageFolderDataset, PairedImageFolderDataset
 from .mixture import MixedDataset
@@ -7,6 +8,7 @@ from .portrait_triplet_dataset import (ManifestError, PortraitDataError, Portrai
 from .sample_images import SAMPLE_IMAGES, load_sample_image
 from .samplers import MixtureSampler
 
-__all__ = ['AlignedFaceDataset', 'ImageFolderDataset', 'PairedImageFolderDataset', 'SAMPLE_IMAGES', 'load_sample_image',
+__all__ = ['AlignedFaceDataset', 'CaptionedImageDataset',
+           'ImageFolderDataset', 'PairedImageFolderDataset', 'SAMPLE_IMAGES', 'load_sample_image',
            'PortraitTripletDataset', 'ManifestError', 'PortraitDataError', 'load_manifest', 'manifest_line',
            'MixedDataset', 'MixtureSampler', 'portrait_collate']

@@ -18,6 +18,9 @@ METRIC_PRESETS: Dict[str, dict] = {
     'psnr_rgb': dict(type='PSNR', test_y_channel=False),
     'ssim': dict(type='SSIM'),
     'ssim_rgb': dict(type='SSIM', test_y_channel=False),
+    'vif': dict(type='VIF'),  # pixel-domain VIFp on Y, as PortraitSR's Table 5 (see docs/evaluation.md)
+    'vif_gray': dict(type='VIF', channel='gray'),
+    'vif_rgb': dict(type='VIF', channel='rgb'),
     'lpips': dict(type='LPIPS', net='alex'),
     'lpips_vgg': dict(type='LPIPS', net='vgg'),
     'dists': dict(type='DISTS'),

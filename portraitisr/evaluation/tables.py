@@ -15,10 +15,12 @@ TABLE_LAYOUTS: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     # Table 1, Face ISR on CelebA-Test (IDA as DAEFR defines it, the paper aligns with DAEFR)
     'face': ('Face ISR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'), ('FID↓', 'FID'),
                           ('NIQE↓', 'NIQE'), ('IDA↓', 'IDA_DAEFR')]),
-    # Table 2, PortraitISR on PortraitSR-4K-Te (the user-study win rates are not computable)
+    # Table 2, PortraitISR on PortraitSR-4K-Te; WR_id / WR_N are the user-study win rates, merged from the CSV of
+    # `portraitisr study results` (evaluation/user_study.py); the seam column is ours
     'portrait': ('PortraitISR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'), ('DISTS↓', 'DISTS'),
                                  ('FID↓', 'FID'), ('NIQE↓', 'NIQE'), ('MUSIQ↑', 'MUSIQ'),
-                                 ('ID-Score↑', 'IDScore'), ('Seam↓', 'SeamScore')]),
+                                 ('ID-Score↑', 'IDScore'), ('WR_id↑', 'WR_id'), ('WR_N↑', 'WR_N'),
+                                 ('Seam↓', 'SeamScore')]),
     # Table 3, General ISR on DIV2K-val, RealSR, DRealSR
     'general': ('General ISR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'), ('DISTS↓', 'DISTS'),
                                 ('FID↓', 'FID'), ('NIQE↓', 'NIQE'), ('MUSIQ↑', 'MUSIQ'), ('CLIPIQA↑', 'CLIPIQA'),

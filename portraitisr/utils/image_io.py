@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'DEFAULT_MAX_IMAGE_PIXELS', 'ImageReadError', 'ImageTooLargeError', 'ImageRecord',
-    'max_image_pixels', 'read_image_size', 'check_image_size', 'read_image', 'write_image', 'image_to_tensor',
-    'tensor_to_image', 'list_images'
+    'max_image_pixels', 'read_image_size', 'check_image_size', 'read_image', 'decode_image', 'write_image',
+    'image_to_tensor', 'tensor_to_image', 'list_images'
 ]
 
 PathLike = Union[str, 'os.PathLike[str]']
@@ -277,6 +277,23 @@ def read_image(path: PathLike, max_pixels: Optional[int] = None) -> ImageRecord:
         raise FileNotFoundError(f'image file {path} does not exist') from None
     except OSError as error:
         raise ImageReadError(f'cannot read image file {path}: {error}') from error
+    return decode_image(data, path, max_pixels)
+
+
+def decode_image(data: bytes, name: PathLike = '<bytes>', max_pixels: Optional[int] = None) -> ImageRecord:
+    """Decode the bytes of an image file (a file read already, or a member of a tar shard) as :func:`read_image`
+    does, with the same checks and the same result for the same bytes.
+
+    Args:
+        data: the encoded image (JPEG, PNG, WebP, TIFF, ...).
+        name: how errors name the image (a path, or a name such as ``shard/key.jpg``); ``ImageRecord.path``.
+        max_pixels: as in :func:`read_image`.
+
+    Raises:
+        ImageReadError: empty, truncated or corrupt data, or an unsupported sample type.
+        ImageTooLargeError: the header claims more pixels than the limit.
+    """
+    path = Path(name)
     if not data:
         raise ImageReadError(f'cannot read image file {path}: the file is empty (0 bytes)')
 

@@ -5,6 +5,8 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 
+from portraitisr.registry import RUNNERS
+
 AMP_WRAPPER = 'AmpOptimWrapper'
 
 
@@ -64,15 +66,12 @@ def init_cpu_distributed(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config):
-    """``Runner.from_cfg``, or the configured ``runner_type``."""
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
+    """The configured ``runner_type``, by default ``PortraitRunner`` (mmengine's ``Runner`` with safe checkpoint
+    loading, atomic saving and resume fallback; see ``portraitisr/engine/runners/portrait_runner.py``). It is
+    looked up in the registry, which imports the engine lazily."""
     init_cpu_distributed(cfg)
-
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    cfg.setdefault('runner_type', 'PortraitRunner')
+    return RUNNERS.build(cfg)
 
 
 def run_test_sets(runner, test_sets: Optional[list] = None) -> list:

@@ -4,6 +4,7 @@ Shared by the weight-resolver and model-zoo tests: a test module loads it as a p
 ``pytest_plugins = ('tests.helpers.file_server',)``, and gets the fixtures ``file_server``, ``no_internet`` and
 ``weight_env`` (importing it directly instead would skip pytest's assertion rewriting here).
 """
+import email.utils
 import hashlib
 import http.server
 import re
@@ -14,19 +15,36 @@ import pytest
 
 
 class RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves files of ``server.root``; honours ``Range: bytes=N-`` unless ``server.honour_range`` is False."""
+    """Serves files of ``server.root`` with ETag and Last-Modified; honours ``Range: bytes=N-`` (unless
+    ``server.honour_range`` is False) and ``If-Range`` (unless ``server.honour_if_range`` is False). Steering:
+    ``server.validators`` (send ETag/Last-Modified), ``server.send_length`` (send Content-Length),
+    ``server.cut_after`` (close the connection after that many body bytes, once), ``server.redirects``
+    ({path: (status, Location)})."""
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         server = self.server
         rng = self.headers.get('Range')
         server.requests.append((self.path, rng))
+        server.if_range.append(self.headers.get('If-Range'))
+        if self.path in server.redirects:
+            status, location = server.redirects[self.path]
+            self.send_response(status)
+            self.send_header('Location', location)
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+            return
         path = server.root / self.path.lstrip('/')
         if not path.is_file():
             self.send_error(404)
             return
         data = path.read_bytes()
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        last_modified = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
+        if_range = self.headers.get('If-Range')
+        use_range = rng and server.honour_range and (
+            if_range is None or not server.honour_if_range or if_range in (etag, last_modified))
         start = 0
-        if rng and server.honour_range:
+        if use_range:
             start = int(re.fullmatch(r'bytes=(\d+)-', rng).group(1))
             if start >= len(data):
                 self.send_response(416)
@@ -39,10 +57,17 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header('Content-Length', str(len(body)))
+        if server.validators:
+            self.send_header('ETag', etag)
+            self.send_header('Last-Modified', last_modified)
+        if server.send_length:
+            self.send_header('Content-Length', str(len(body)))
         self.end_headers()
+        if server.cut_after is not None:
+            body, server.cut_after = body[:server.cut_after], None
         self.wfile.write(body)
         server.bytes_sent += len(body)
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -51,13 +76,15 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def file_server(tmp_path):
     """A threaded server on 127.0.0.1 serving ``server.root``; ``server.url``, ``server.requests`` (path,
-    Range header), ``server.bytes_sent`` and ``server.honour_range`` let tests inspect and steer it;
-    ``server.serve(name, data)`` publishes bytes (returns URL, sha256) and ``server.down_url(name)`` is a URL
-    on a port nobody listens on."""
+    Range header), ``server.if_range`` (If-Range headers), ``server.bytes_sent`` and the steering attributes of
+    :class:`RangeHandler` let tests inspect and steer it; ``server.serve(name, data)`` publishes bytes (returns
+    URL, sha256) and ``server.down_url(name)`` is a URL on a port nobody listens on."""
     root = tmp_path / 'served'
     root.mkdir()
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), RangeHandler)
-    server.root, server.requests, server.bytes_sent, server.honour_range = root, [], 0, True
+    server.root, server.requests, server.if_range, server.bytes_sent = root, [], [], 0
+    server.honour_range, server.honour_if_range, server.validators, server.send_length = True, True, True, True
+    server.cut_after, server.redirects = None, {}
     server.url = f'http://127.0.0.1:{server.server_address[1]}'
     server.serve = lambda name, data: serve(server, name, data)
     server.down_url = free_port_url

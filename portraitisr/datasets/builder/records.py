@@ -8,21 +8,58 @@ append-only and a run can be killed at any moment, so the reader is tolerant in 
   keeps its **last** record, at the position where it was last written.
 
 Any other line that is not a JSON object with an ``"image"`` string is skipped with a warning naming ``file:line``.
+
+Each record carries the **file stamp** of its photo (``file_size`` in bytes and ``file_mtime_ns``, taken before the
+photo was read). :func:`stamp_status` compares it with the file as it is now, so a photo replaced, edited or deleted
+after it was recorded is scanned again or dropped, never kept with a stale record. A file rewritten with the same
+size within the file system's timestamp resolution goes unnoticed (a content hash would cost a second full read of
+every photo).
 """
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from mmengine.logging import print_log
 
 PathLike = Union[str, os.PathLike]
 
 RECORDS_FILE = 'records.jsonl'
+#: The scan's settings (the ``ScanConfig`` as JSON), written by its first run and checked by every resumed one.
+SETTINGS_FILE = 'scan.json'
+#: Web-scale scans write the records of each shard to ``records/<shard>.jsonl`` (see ``shards.py``).
+SHARD_RECORDS_DIR = 'records'
+SHARD_RECORDS_SUFFIX = '.jsonl'
 #: The keys of one record, in the order they are written (the schema is in ``scan.py``'s module docstring).
-RECORD_KEYS = ('image', 'image_id', 'status', 'reason', 'width', 'height', 'score', 'faces', 'embeddings',
-               'dropped_small_faces')
+RECORD_KEYS = ('image', 'image_id', 'file_size', 'file_mtime_ns', 'status', 'reason', 'width', 'height', 'score',
+               'faces', 'embeddings', 'dropped_small_faces')
+#: The keys of the file stamp inside a record.
+STAMP_KEYS = ('file_size', 'file_mtime_ns')
+
+
+def file_stamp(path: PathLike) -> Dict[str, int]:
+    """``{'file_size': bytes, 'file_mtime_ns': modification time}`` of a file (links followed)."""
+    st = os.stat(path)
+    return dict(file_size=int(st.st_size), file_mtime_ns=int(st.st_mtime_ns))
+
+
+def stamp_status(record: dict, path: PathLike) -> str:
+    """How a record's file stamp compares with the photo at ``path`` now.
+
+    Returns:
+        ``'current'`` (same size and modification time), ``'changed'``, ``'missing'`` (no such file) or
+        ``'unstamped'`` (a record without a stamp, written by an older builder).
+    """
+    try:
+        now = file_stamp(path)
+    except FileNotFoundError:
+        return 'missing'
+    except OSError:
+        return 'changed'  # there but unreadable: not the file that was recorded, as far as we can tell
+    if any(not isinstance(record.get(key), int) for key in STAMP_KEYS):
+        return 'unstamped'
+    return 'current' if all(record[key] == now[key] for key in STAMP_KEYS) else 'changed'
 
 
 def read_records_with_stats(path: PathLike) -> Tuple[Dict[str, dict], Dict[str, int]]:
@@ -59,6 +96,20 @@ def read_records_with_stats(path: PathLike) -> Tuple[Dict[str, dict], Dict[str, 
     return records, stats
 
 
+def read_settings(out_dir: PathLike) -> Optional[dict]:
+    """The settings the scan in ``out_dir`` was made with (its ``scan.json``), or None when there is none."""
+    path = Path(out_dir) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as error:
+        raise ValueError(f'{path} is not readable JSON ({error})') from None
+    if not isinstance(settings, dict):
+        raise ValueError(f'{path} does not hold the settings of a scan (a JSON object)')
+    return settings
+
+
 def read_records(path: PathLike) -> Dict[str, dict]:
     """``records.jsonl`` -> ``{image: record}`` (see :func:`read_records_with_stats` for what is dropped)."""
     return read_records_with_stats(path)[0]
@@ -82,14 +133,20 @@ def load_records(path: PathLike, repair: bool = False) -> list[dict]:
         if dropped:
             print_log(f'{path}: dropped {dropped} incomplete or repeated record line(s)', logger='current',
                       level=30)
-        tmp = path.with_name(f'.{path.name}.tmp')
-        with open(tmp, 'w', encoding='utf-8') as f:
-            for rec in records:
-                f.write(json.dumps(rec) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        rewrite_records(path, records)
     return records
+
+
+def rewrite_records(path: PathLike, records: list) -> None:
+    """Replace ``records.jsonl`` with ``records`` (one line each) atomically: a temporary file, fsync, rename."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    with open(tmp, 'w', encoding='utf-8') as f:
+        for rec in records:
+            f.write(json.dumps(rec) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _ends_with_newline(path: Path) -> bool:

@@ -1,18 +1,22 @@
 """PortraitSR-4K builder report: how many photos each filter kept, face sizes and pair similarities.
 
-:func:`write_report` writes ``report.txt`` (counts after each filter, every rejection reason, and histograms with
-fixed bins drawn as ASCII bars) and ``report.png`` (the two histograms). The PNG is drawn with matplotlib's Agg
+:func:`write_report` writes ``report.txt`` (the identity model and pairing threshold, counts after each filter,
+every rejection reason, for a scan of shards the rejections per shard and the throughput of each step, how the pairs
+were searched with the recall of that search, the files that could not be read, and histograms with fixed bins drawn
+as ASCII bars) and
+``report.png`` (the two histograms). The PNG is drawn with matplotlib's Agg
 canvas directly, without pyplot, so the caller's matplotlib backend is left alone.
 """
 import io
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .pairs import SPLITS, PathLike, write_atomic
+from .stages import STEPS
 
 #: Stage 1's rejection reasons of the size and aspect filter, which comes before the quality scorer.
 SIZE_REASONS = frozenset({'too_small', 'aspect'})
@@ -46,18 +50,19 @@ def filter_counts(records: Iterable[dict], summary: Mapping) -> List[Tuple[str, 
     ok = [r for r in records if r.get('status') == 'ok']
     with_faces = [r for r in ok if r.get('faces')]
     counts = [('scanned images', len(records)),
-              ('errors (unreadable)', errors),
+              ('errors (could not be read)', errors),
               ('candidates (size and aspect ratio)', len(records) - errors - too_small),
               ('passed quality scorer', len(records) - errors - too_small - low_score),
               ('ok images', len(ok)),
               ('images with faces', len(with_faces)),
               ('kept faces', sum(len(r['faces']) for r in with_faces)),
               ('dropped small faces', sum(int(r.get('dropped_small_faces') or 0) for r in records)),
-              ('images skipped (bad embeddings)', int(summary.get('images_skipped', 0)))]
+              ('images skipped (bad embeddings)', int(summary.get('images_skipped', 0))),
+              ('images skipped (photo changed or gone)', int(summary.get('images_stale', 0)))]
     for split in SPLITS:
         counts += [(f'{split} images', int(summary.get(f'{split}_images', 0))),
                    (f'{split} faces', int(summary.get(f'{split}_faces', 0))),
-                   (f'{split} pairs (similarity > {summary.get("similarity_threshold", 0.65)})',
+                   (f'{split} pairs (similarity > {summary.get("similarity_threshold")})',
                     int(summary.get(f'{split}_pairs', 0))),
                    (f'{split} references written', int(summary.get(f'{split}_references', 0))),
                    (f'{split} faces with >= 1 reference', int(summary.get(f'{split}_faces_with_reference', 0)))]
@@ -126,13 +131,92 @@ def _plot(path: Path, eye_counts: np.ndarray, sim_counts: Dict[str, np.ndarray])
     temporary.replace(path)
 
 
-def write_report(out_dir: PathLike, records: Union[Mapping[str, dict], Iterable[dict]], summary: Mapping) -> dict:
+def _reasons(records: Iterable[dict]) -> Counter:
+    """Rejection reasons, and errors grouped by their code (``'error: <code>'``)."""
+    return Counter(_reason_key(r.get('reason')) if r.get('status') == 'rejected'
+                   else 'error: ' + _reason_key(r.get('reason')).split(':')[0]
+                   for r in records if r.get('status') in ('rejected', 'error'))
+
+
+def pairing_lines(summary: Mapping) -> List[str]:
+    """How the pairs of each split were searched: method, faces, recall against exact search, time."""
+    lines = ['pair search (recall: share of the exact pairs found, measured on a sample of faces for an approximate '
+             'index)']
+    for split in SPLITS:
+        info = (summary.get('pairing') or {}).get(split)
+        if not info:
+            continue
+        recall = info.get('recall')
+        if recall is None:
+            measured = 'recall not measured (no exact pair among the sampled faces)' if info.get('recall_faces') \
+                else 'recall not measured'
+        elif info.get('recall_pairs'):
+            measured = f'recall {recall:.4f} on {info["recall_pairs"]} exact pairs of {info["recall_faces"]} faces'
+        else:
+            measured = f'recall {recall:g} (exact)'
+        extra = ''.join(f', {key} {info[key]}' for key in ('nlist', 'nprobe', 'shards') if info.get(key))
+        lines.append(f'  {split}: {info.get("method")}, {info.get("faces")} faces{extra}: {measured}, '
+                     f'{info.get("seconds", 0):.2f} s')
+    return lines
+
+
+def throughput_lines(shard_stats: Sequence[Mapping], scan_seconds: Optional[float] = None) -> List[str]:
+    """Per-step throughput of a shard scan: photos each step processed, its worker-seconds, photos per second per
+    worker (``photos / worker-seconds``), from the shards' ``.done.json``."""
+    photos: Dict[str, int] = {}
+    seconds: Dict[str, float] = {}
+    for item in shard_stats:
+        for step, value in (item.get('step_photos') or {}).items():
+            photos[step] = photos.get(step, 0) + int(value)
+        for step, value in (item.get('step_seconds') or {}).items():
+            seconds[step] = seconds.get(step, 0.0) + float(value)
+    samples = sum(int(item.get('samples') or 0) for item in shard_stats)
+    engines = sorted({str(item.get('engine')) for item in shard_stats})
+    lines = [f'throughput per step ({len(shard_stats)} shards, {samples} samples, engine: {", ".join(engines)})',
+             f'  {"step":<8}  {"photos":>8}  {"worker-s":>10}  {"photos/s per worker":>19}']
+    for step in STEPS:
+        if step in photos:
+            rate = photos[step] / seconds[step] if seconds.get(step) else float('inf')
+            lines.append(f'  {step:<8}  {photos[step]:>8}  {seconds.get(step, 0.0):>10.2f}  {rate:>19.2f}')
+    if scan_seconds:
+        lines.append(f'  whole scan: {samples} samples in {scan_seconds:.1f} s = {samples / scan_seconds:.2f} '
+                     'samples/s (wall clock, all workers)')
+    return lines
+
+
+def shard_reason_lines(records: Iterable[dict], shard_stats: Sequence[Mapping]) -> List[str]:
+    """One line per shard: samples, ok, and the count of each rejection reason and error code."""
+    by_shard: Dict[str, List[dict]] = {str(item['shard']): [] for item in shard_stats}
+    for record in records:
+        by_shard.setdefault(str(record.get('image', '')).rsplit('/', 1)[0], []).append(record)
+    reasons = sorted(set(_reasons(records)))
+    width = max([len('shard')] + [len(name) for name in by_shard])
+    header = f'  {"shard":<{width}}  {"samples":>7}  {"ok":>6}' + ''.join(f'  {reason:>{len(reason)}}'
+                                                                          for reason in reasons)
+    lines = ['rejections and errors per shard', header]
+    errors = {str(item['shard']): item.get('error') for item in shard_stats}
+    for name in sorted(by_shard):
+        group = by_shard[name]
+        counts = _reasons(group)
+        line = f'  {name:<{width}}  {len(group):>7}  {sum(r.get("status") == "ok" for r in group):>6}'
+        line += ''.join(f'  {counts.get(reason, 0):>{len(reason)}}' for reason in reasons)
+        if errors.get(name):
+            line += f'  (shard read only in part: {errors[name]})'
+        lines.append(line)
+    return lines
+
+
+def write_report(out_dir: PathLike, records: Union[Mapping[str, dict], Iterable[dict]], summary: Mapping,
+                 shard_stats: Optional[Sequence[Mapping]] = None, scan_seconds: Optional[float] = None) -> dict:
     """Write ``<out_dir>/report.txt`` and ``<out_dir>/report.png``.
 
     Args:
         out_dir: the builder's output folder.
         records: stage 1's records (``{image: record}`` from :func:`~.records.read_records`, or a list).
         summary: what :func:`~.pairs.build_manifests` returned.
+        shard_stats: for a scan of shards, the shards' ``.done.json`` (``shards.read_shard_stats``): adds the
+            throughput of each step and the rejections per shard.
+        scan_seconds: the wall time of this run's scan, for the whole-scan throughput.
 
     Returns:
         ``{'counts': [(label, n), ...], 'text': path, 'png': path}``.
@@ -141,14 +225,23 @@ def write_report(out_dir: PathLike, records: Union[Mapping[str, dict], Iterable[
     records = list(records.values()) if isinstance(records, Mapping) else list(records)
     counts = filter_counts(records, summary)
     width = max(len(label) for label, _ in counts)
-    lines = ['PortraitSR-4K builder report', '', 'counts after each filter']
+    lines = ['PortraitSR-4K builder report', '',
+             f'identity model: {summary.get("identity_model") or "(not recorded)"}',
+             f'pairs: cosine similarity > {summary.get("similarity_threshold")} '
+             f'({summary.get("threshold_source") or "source not recorded"})', '', 'counts after each filter']
     lines += [f'  {label:<{width}}  {count:>8}' for label, count in counts]
-    # errors carry '<ExceptionType>: message'; grouped by the exception type
-    reasons = Counter(_reason_key(r.get('reason')) if r.get('status') == 'rejected'
-                      else 'error: ' + _reason_key(r.get('reason')).split(':')[0]
-                      for r in records if r.get('status') in ('rejected', 'error'))
+    # errors carry '<code>: message'; grouped by the code
+    reasons = _reasons(records)
     lines += ['', 'rejections and errors by reason']
     lines += [f'  {reason:<{width}}  {n:>8}' for reason, n in sorted(reasons.items())] or ['  (none)']
+    if shard_stats:
+        lines += [''] + shard_reason_lines(records, shard_stats)
+        lines += [''] + throughput_lines(shard_stats, scan_seconds)
+    if summary.get('pairing'):
+        lines += [''] + pairing_lines(summary)
+    failed = sorted((str(r.get('image')), str(r.get('reason'))) for r in records if r.get('status') == 'error')
+    lines += ['', f'files that could not be read ({len(failed)})']
+    lines += [f'  {image}: {reason}' for image, reason in failed] or ['  (none)']
     eye_counts = histogram(_eye_distances(records), EYE_DISTANCE_BINS)
     lines += [''] + ascii_histogram('face size: eye distance in pixels (kept faces)', eye_counts.tolist(),
                                     EYE_DISTANCE_BINS)

@@ -12,7 +12,9 @@ from .psnr import PSNR, psnr, rgb_to_y
 from .pyiqa_metrics import CLIPIQA, DISTS, MANIQA, MUSIQ, NIQE
 from .seam_score import SeamScore, seam_score
 from .ssim import SSIM, ssim
+from .vif import VIF, vif, vif_pixel
 
 __all__ = ['ImageMetric', 'quantize_8bit', 'FacePSNR', 'FaceRegionMetric', 'sample_landmarks', 'FID',
            'fid_against_stats', 'fid_between_folders', 'IDA_DAEFR', 'IDA_VQFR', 'IDScore', 'LPIPS', 'PSNR', 'psnr',
-           'rgb_to_y', 'CLIPIQA', 'DISTS', 'MANIQA', 'MUSIQ', 'NIQE', 'SeamScore', 'seam_score', 'SSIM', 'ssim']
+           'rgb_to_y', 'CLIPIQA', 'DISTS', 'MANIQA', 'MUSIQ', 'NIQE', 'SeamScore', 'seam_score', 'SSIM', 'ssim', 'VIF',
+           'vif', 'vif_pixel']

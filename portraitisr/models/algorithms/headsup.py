@@ -73,6 +73,7 @@ class HeadsUp(OSEDiff):
         use_reference_at_test: condition on the dataset's references in ``val_step``/``test_step``.
         face_detector: ``FACE_DETECTORS`` config used at inference to locate the face for the mask
             when a reference comes without landmarks (default: the best detector available offline).
+        facial_loss: optional AuthFace facial loss, see :class:`OneStepRestorer`.
     """
 
     def __init__(self,
@@ -98,13 +99,14 @@ class HeadsUp(OSEDiff):
                  color_fix: Optional[str] = 'adain',
                  eval_seed: int = 0,
                  data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None,
+                 facial_loss: Optional[dict] = None) -> None:
         super().__init__(backbone=backbone, text_encoder=text_encoder, regularizer=regularizer,
                          prompter=prompter, lpips_loss=lpips_loss, l2_weight=l2_weight,
                          vsd_weight=vsd_weight, regularizer_weight=regularizer_weight,
                          negative_prompt=negative_prompt, color_fix=color_fix, eval_seed=eval_seed,
                          data_preprocessor=data_preprocessor or dict(type='PortraitDataPreprocessor'),
-                         init_cfg=init_cfg)
+                         init_cfg=init_cfg, facial_loss=facial_loss)
         if self._backbone.in_channels != 9:
             raise ValueError(f'HeadsUp needs a backbone with in_channels=9 (LQ latent 4 + reference latent 4 + '
                              f'face mask 1), got {self._backbone.in_channels}')
@@ -361,8 +363,10 @@ class HeadsUp(OSEDiff):
             face_terms, pred_faces, gt_faces = self.face_losses(sr, gt, landmarks, has_face, ref, has_ref,
                                                                 matrices)
             losses.update(face_terms)
+            losses.update(self.facial_generator_terms(latents, data))  # AuthFace facial loss, if configured
             loss, log_vars = self.parse_losses(losses)
         generator_wrapper.update_params(loss)
+        log_vars.update(self.facial_discriminator_step(optim_wrapper))
         log_vars['num_faces'] = has_face.sum().float()
         log_vars['num_refs'] = has_ref.sum().float()
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from portraitisr.models.backbones.latent_tiling import LatentTiling
 from portraitisr.registry import BACKBONES, MODELS, PROMPTERS, TEXT_ENCODERS
+from .authface_facial_terms import FacialLossTerms
 from .color_fix import COLOR_FIXES
 
 #: Distinct prompt batches whose device-side embeddings :meth:`OneStepRestorer.prompt_embeddings` keeps at inference.
@@ -28,7 +29,7 @@ def pack_outputs(sr: Tensor, data: dict, extra_metainfo: Optional[List[dict]] = 
     return outputs
 
 
-class OneStepRestorer(BaseModel):
+class OneStepRestorer(FacialLossTerms, BaseModel):
     """Base of OSEDiff and HeadsUp: a :class:`OneStepSD` backbone, a prompter and a text encoder.
 
     Args:
@@ -39,6 +40,9 @@ class OneStepRestorer(BaseModel):
         eval_seed: seed of the VAE posterior sample at validation/test, so evaluation is
             deterministic and leaves the training random state untouched.
         data_preprocessor: mmengine data preprocessor config.
+        facial_loss: optional ``LOSSES`` config of AuthFace's facial loss (``TimeAwareFacialLoss`` with
+            ``time_weighting='constant'``), an extra generator loss with its own discriminators and optimiser
+            (``optim_wrapper['facial_loss']``); see :mod:`.authface_facial_terms`.
 
     Children whose parameters train (``backbone`` and, in subclasses, the regulariser or the
     discriminator) are wrapped one by one by ``MMSeparateDistributedDataParallel``.
@@ -51,7 +55,8 @@ class OneStepRestorer(BaseModel):
                  color_fix: Optional[str] = 'adain',
                  eval_seed: int = 0,
                  data_preprocessor: Union[dict, nn.Module, None] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None,
+                 facial_loss: Optional[dict] = None) -> None:
         # Built from our registry, so the model also builds outside a Runner (no default scope).
         if not isinstance(data_preprocessor, nn.Module):
             data_preprocessor = MODELS.build(data_preprocessor or dict(type='SRDataPreprocessor'))
@@ -67,6 +72,8 @@ class OneStepRestorer(BaseModel):
                              f'cross_attention_dim {self._backbone.cross_attention_dim}')
         self.color_fix = color_fix
         self.eval_seed = eval_seed
+        self.build_facial_loss(facial_loss)  # AuthFace's extra loss (authface_facial_terms.py)
+        self.check_one_step_facial_loss()
         # Inference-only state, kept out of ``state_dict`` and ``parameters()`` (plain attributes, not children):
         # the merged bf16 copy of the backbone, the latent tiling and the device-side prompt-embedding cache.
         self.__dict__['_fast_backbone'] = None

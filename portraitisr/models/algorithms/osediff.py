@@ -35,6 +35,7 @@ class OSEDiff(OneStepRestorer):
         lpips_loss: ``LOSSES`` config of the perceptual term (OSEDiff: LPIPS-VGG, weight 2).
         l2_weight / vsd_weight / regularizer_weight: OSEDiff's 1, 1, 1.
         negative_prompt: VSD's unconditional prompt.
+        facial_loss: optional AuthFace facial loss, see :class:`OneStepRestorer`.
 
     ``train_step`` expects an ``OptimWrapperDict`` with ``backbone`` (and ``regularizer``).
     """
@@ -52,10 +53,11 @@ class OSEDiff(OneStepRestorer):
                  color_fix: Optional[str] = 'adain',
                  eval_seed: int = 0,
                  data_preprocessor: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None,
+                 facial_loss: Optional[dict] = None) -> None:
         super().__init__(backbone=backbone, text_encoder=text_encoder, prompter=prompter,
                          color_fix=color_fix, eval_seed=eval_seed,
-                         data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+                         data_preprocessor=data_preprocessor, init_cfg=init_cfg, facial_loss=facial_loss)
         self.regularizer = MODELS.build(regularizer) if regularizer is not None else None
         self.lpips_loss = LOSSES.build(lpips_loss) if lpips_loss is not None else None
         self.l2_weight = l2_weight
@@ -87,8 +89,10 @@ class OSEDiff(OneStepRestorer):
         with generator_wrapper.optim_context(self.backbone):
             sr, latents = self.backbone(lq, embeds, return_latents=True)
             losses = self.reconstruction_losses(sr, gt, latents, embeds)
+            losses.update(self.facial_generator_terms(latents, data))  # AuthFace facial loss, if configured
             loss, log_vars = self.parse_losses(losses)
         generator_wrapper.update_params(loss)
+        log_vars.update(self.facial_discriminator_step(optim_wrapper))
         log_vars.update(self.regularizer_step(latents, embeds, optim_wrapper))
         return log_vars
 

@@ -47,6 +47,11 @@ class PortraitSR(BaseModel):
         data_preprocessor: default :class:`PortraitSRDataPreprocessor`.
     Batches without parsing maps train without ``L_pm`` (logged once); the parsing decoder still learns through
     the SR loss because SSP and HPF consume its output.
+
+    A term whose part the generator's ablation switches removed is absent, not zero (paper 002, "Ablation
+    Studies"): no ``L_pm`` without a structure prior (there is no ``P_hat``), no ``L_rec`` and no ``L_dic``
+    without the jointly trained dictionary (no reconstruction branch; a fixed dictionary does not learn). Its
+    weight is then unused.
     """
 
     def __init__(self, generator: Optional[dict] = None, perceptual_loss: Optional[dict] = None,
@@ -73,19 +78,21 @@ class PortraitSR(BaseModel):
         """The weighted terms of Eq. 15 for bicubic-upsampled ``inputs`` and ``gt`` (``B x 3 x H x W`` in [0, 1])
         and, when given, ground-truth ``parsing`` maps ``B x K x H x W``."""
         out = self.generator(inputs, gt)
-        sr, rec = out['sr'], out['rec']
+        sr = out['sr']
         losses = dict(loss_l1=self.pixel_weight * F.l1_loss(sr, gt))
         if self.perceptual_loss is not None:
             losses['loss_perceptual'] = self.perceptual_loss(sr, gt)
-        if parsing is not None:
-            losses['loss_parsing'] = self.parsing_weight * F.l1_loss(out['parsing'], parsing)
-        elif not self._warned_no_parsing:
-            print_log('PortraitSR: batch without parsing maps, training without L_pm (logged once)',
-                      logger='current', level=30)
-            self._warned_no_parsing = True
-        losses['loss_rec'] = self.reconstruction_weight * F.l1_loss(rec, gt)
-        losses['loss_dict'] = self.dictionary_weight * dictionary_decorrelation_loss(
-            self._generator.atp.dictionary, self.dictionary_similarity)
+        if 'parsing' in out:  # a structure prior: L_pm (Eq. 12) when the batch has targets
+            if parsing is not None:
+                losses['loss_parsing'] = self.parsing_weight * F.l1_loss(out['parsing'], parsing)
+            elif not self._warned_no_parsing:
+                print_log('PortraitSR: batch without parsing maps, training without L_pm (logged once)',
+                          logger='current', level=30)
+                self._warned_no_parsing = True
+        if 'rec' in out:  # the jointly trained dictionary: L_rec (Eq. 13) and L_dic (Eq. 14)
+            losses['loss_rec'] = self.reconstruction_weight * F.l1_loss(out['rec'], gt)
+            losses['loss_dict'] = self.dictionary_weight * dictionary_decorrelation_loss(
+                self._generator.atp.dictionary, self.dictionary_similarity)
         return losses
 
     @torch.no_grad()

@@ -79,3 +79,23 @@ def osediff_vae_module_list(vae: nn.Module) -> List[str]:
             elif 'quant_conv' in module_name and 'post_quant_conv' not in module_name:
                 entries.append(module_name)
     return entries
+
+
+# PiSA-SR (csslc/PiSA-SR ``pisasr.py:initialize_unet``): the same three-way split of the same UNet modules, once
+# for the pixel-level and once for the semantic-level LoRA; the adapter names are part of its checkpoint keys.
+PISASR_PIXEL_ADAPTERS = ('default_encoder_pix', 'default_decoder_pix', 'default_others_pix')
+PISASR_SEMANTIC_ADAPTERS = ('default_encoder_sem', 'default_decoder_sem', 'default_others_sem')
+
+
+def pisasr_unet_lora_targets(unet: nn.Module) -> Dict[str, List[str]]:
+    """PiSA-SR's six UNet adapters: ``{'default_encoder_pix': [...], ..., 'default_others_sem': [...]}``.
+
+    PiSA-SR's rule is OSEDiff's (same patterns, same skips, first matching pattern wins), so each pixel adapter
+    and its semantic twin target exactly the modules of OSEDiff's adapter of the same part.
+    """
+    osediff = unet_lora_targets(unet)
+    targets = {}
+    for names in (PISASR_PIXEL_ADAPTERS, PISASR_SEMANTIC_ADAPTERS):
+        for name, part in zip(names, UNET_ADAPTERS):
+            targets[name] = list(osediff[part])
+    return targets

@@ -183,7 +183,7 @@ class OneStepSD(nn.Module):
             self.unet.requires_grad_(False)
             self.vae.requires_grad_(False)
             widen_conv_in(self.unet, in_channels)
-            self.unet_lora_targets = add_osediff_unet_lora(self.unet, lora_rank, lora_alpha)
+            self.unet_lora_targets = self.add_unet_lora(lora_rank, lora_alpha)
             self.vae_lora_targets = []
             if train_vae_encoder_lora:
                 self.vae_lora_targets = vae_encoder_lora_targets(self.vae)
@@ -230,6 +230,14 @@ class OneStepSD(nn.Module):
     def vae_downscale(self) -> int:
         return 2**(len(self.vae.config.block_out_channels) - 1)
 
+    def add_unet_lora(self, rank: int, alpha: float) -> Dict[str, List[str]]:
+        """Inject the UNet's LoRA adapters and return ``{adapter name: target modules}``.
+
+        OSEDiff's three adapters here; a method with another adapter layout (PiSA-SR's pixel and semantic pairs)
+        overrides it. Called once from ``__init__`` on the frozen UNet, under the seeded initialisation.
+        """
+        return add_osediff_unet_lora(self.unet, rank, alpha)
+
     # ------------------------------------------------------------------ maths
     def encode(self, images: Tensor) -> Tensor:
         """Images ``B x 3 x H x W`` in [0, 1] -> scaled latents ``B x 4 x H/8 x W/8`` (tiled with ``self.tiling``)."""
@@ -257,14 +265,17 @@ class OneStepSD(nn.Module):
             images = self.vae.decode(latents).sample
         return (images.float().clamp(-1, 1) + 1) / 2
 
-    def predict_eps(self, unet_in: Tensor, timesteps: Tensor, prompt_embeds: Tensor) -> Tensor:
-        """``eps_theta`` of the UNet input ``B x C x h x w`` (tiled with ``self.tiling``)."""
+    def predict_eps(self, unet_in: Tensor, timesteps: Tensor, prompt_embeds: Tensor,
+                    unet: Optional[nn.Module] = None) -> Tensor:
+        """``eps_theta`` of the UNet input ``B x C x h x w`` (tiled with ``self.tiling``), by ``unet`` (default
+        ``self.unet``; PiSA-SR's guidance also runs its pixel-only UNet through here)."""
+        unet = self.unet if unet is None else unet
         unet_in = self._memory_format(unet_in)
         if self.tiling is not None:
             t = self.tiling
-            return tiled_unet(self.unet, unet_in, timesteps, prompt_embeds, t.unet_tile, t.unet_overlap,
+            return tiled_unet(unet, unet_in, timesteps, prompt_embeds, t.unet_tile, t.unet_overlap,
                               t.margin(t.unet_overlap))
-        return self.unet(unet_in, timesteps, encoder_hidden_states=prompt_embeds).sample
+        return unet(unet_in, timesteps, encoder_hidden_states=prompt_embeds).sample
 
     def _memory_format(self, x: Tensor) -> Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -491,13 +502,19 @@ class OneStepSD(nn.Module):
     def load_trained_weights(self, spec: str) -> None:
         """Load an OSEDiff ``.pkl`` release or our ``.safetensors`` (path or resolver spec)."""
         from portraitisr.apis.weight_resolver import resolve_file
-        from .osediff_checkpoint import load_osediff_checkpoint
 
         path = str(resolve_file(spec))
         if path.endswith('.safetensors'):
             self.load_trainable(path)
         else:
-            load_osediff_checkpoint(self, path)
+            self.load_release_checkpoint(path)
+
+    def load_release_checkpoint(self, checkpoint: Union[str, Dict]) -> None:
+        """Load the method's official release file (path or loaded dict): OSEDiff's ``.pkl`` layout here; a method
+        with another release layout (PiSA-SR's ``pisa_sr.pkl``) overrides it."""
+        from .osediff_checkpoint import load_osediff_checkpoint
+
+        load_osediff_checkpoint(self, checkpoint)
 
     def load_trainable(self, state: Union[str, Dict[str, Tensor]], strict: bool = True) -> None:
         """Load tensors written by :meth:`save_trainable` (a path or a state dict)."""

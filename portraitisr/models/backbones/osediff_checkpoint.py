@@ -11,12 +11,14 @@ shared/reference/osediff.md, section 3)::
     state_dict_unet            peft-named LoRA tensors + conv_in.base_layer.{weight,bias}
     state_dict_vae             peft-named VAE-encoder LoRA tensors (adapter ``default_encoder``)
 
-It holds only strings, ints and tensors, so ``torch.load(weights_only=True)`` reads it safely.
+It holds only strings, ints and tensors, so ``load_state_dict`` (``torch.load(weights_only=True)``) reads it safely.
 """
 from typing import Dict, Union
 
 import torch
 from torch import Tensor
+
+from portraitisr.apis.weight_resolver import load_state_dict
 
 from .lora_targets import osediff_vae_module_list
 from .one_step_sd import OneStepSD
@@ -60,7 +62,7 @@ def load_osediff_checkpoint(backbone: OneStepSD, checkpoint: Union[str, Dict]) -
     into a wider one (HeadsUp initialised from OSEDiff).
     """
     if isinstance(checkpoint, str):
-        checkpoint = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        checkpoint = load_state_dict(checkpoint)  # weights_only; a pickled object is refused in one line
     required = list(_UNET_LIST_KEYS.values()) + ['vae_lora_encoder_modules', 'rank_unet',
                                                   'rank_vae', 'state_dict_unet', 'state_dict_vae']
     missing = [k for k in required if k not in checkpoint]

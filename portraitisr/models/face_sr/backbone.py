@@ -5,7 +5,7 @@ skip features of the three finer levels; the decoder ``D_sr`` maps (enhanced) la
 and the HR-reconstruction branches (Eq. 4) each own an encoder and *share* the decoder, so the decoder takes the
 skips of whichever encoder produced the latent.
 """
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -56,6 +56,7 @@ class FaceSRDecoder(nn.Module):
 
     Each level upsamples (pixel shuffle), concatenates the encoder skip of that level, fuses with a 1x1 conv and
     runs ``depths[level]`` blocks (Restormer's U-shape); ``refine_depth`` blocks at full size end it.
+    ``stage_widths`` lists the widths of the three stages, coarse to fine (``4C, 2C, C`` at H/4, H/2, H).
     """
 
     def __init__(self, dim: int, depths: Sequence[int], heads: Sequence[int], ffn_expansion: float,
@@ -70,11 +71,18 @@ class FaceSRDecoder(nn.Module):
             self.ups.append(Upsample(width * 2))
             self.fuses.append(nn.Conv2d(width * 2, width, 1, bias=False))
             self.stages.append(transformer_stage(width, depths[level], heads[level], ffn_expansion))
+        self.stage_widths = [dim * 2**level for level in reversed(range(NUM_LEVELS - 1))]
         self.refine = transformer_stage(dim, refine_depth, heads[0], ffn_expansion)
         self.out = nn.Conv2d(dim, out_channels, 3, padding=1, bias=False)
 
-    def forward(self, latent: Tensor, skips: Sequence[Tensor]) -> Tensor:
+    def forward(self, latent: Tensor, skips: Sequence[Tensor],
+                stage_hooks: Optional[Sequence[Callable[[Tensor], Tensor]]] = None) -> Tensor:
+        """``stage_hooks[i]`` (if given) transforms the output of stage ``i`` (coarse to fine); fewer hooks than
+        stages leave the finer stages alone (PortraitSR's Table 5 injects structure into the first ``n``)."""
         x = latent
-        for up, fuse, stage, skip in zip(self.ups, self.fuses, self.stages, reversed(skips)):
+        hooks = list(stage_hooks or [])
+        for index, (up, fuse, stage, skip) in enumerate(zip(self.ups, self.fuses, self.stages, reversed(skips))):
             x = stage(fuse(torch.cat([up(x), skip], dim=1)))
+            if index < len(hooks):
+                x = hooks[index](x)
         return self.out(self.refine(x))

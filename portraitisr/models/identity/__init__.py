@@ -3,10 +3,10 @@
 ``DlibResNet`` imports dlib only when it is built, so importing this package does not need dlib.
 """
 from .base_extractor import BaseIdentityExtractor, load_extractor_weights, similarity
-from .dlib_resnet import SAME_PERSON_DISTANCE, DlibResNet
+from .dlib_resnet import SAME_PERSON_DISTANCE, SAME_PERSON_SIMILARITY, DlibResNet
 from .ir_se import ArcFaceIRSE
 from .iresnet import AdaFaceIR, ArcFaceIResNet
 from .resnet_arcface import ResNetArcFace
 
 __all__ = ['BaseIdentityExtractor', 'load_extractor_weights', 'similarity', 'ArcFaceIResNet', 'AdaFaceIR',
-           'ArcFaceIRSE', 'ResNetArcFace', 'DlibResNet', 'SAME_PERSON_DISTANCE']
+           'ArcFaceIRSE', 'ResNetArcFace', 'DlibResNet', 'SAME_PERSON_DISTANCE', 'SAME_PERSON_SIMILARITY']

@@ -9,7 +9,12 @@ Every extractor:
   statistics and dropout never change inside a training loop; gradients still flow to the *input* (an identity
   loss back-propagates through it to the restored image);
 * loads ``weights=`` through :func:`portraitisr.apis.weight_resolver.resolve_file` (a path, a file name looked up
-  in ``PORTRAITISR_HOME`` and the caches, a URL, or a dict); a missing file raises ``WeightsNotFoundError`` naming it.
+  in ``PORTRAITISR_HOME`` and the caches, a URL, or a dict); a missing file raises ``WeightsNotFoundError`` naming it;
+* carries its own verification threshold (:attr:`~BaseIdentityExtractor.verification_threshold`, on the cosine
+  similarity of its normalised embeddings, with :attr:`~BaseIdentityExtractor.verification_source` saying where the
+  number comes from): similarities of different models live on different scales (two different people score 0.88
+  under dlib's descriptor, far above CVLFace's 0.65), so a threshold belongs to the model that produced the
+  embeddings, never to the code that compares them.
 """
 from __future__ import annotations
 
@@ -102,6 +107,11 @@ class BaseIdentityExtractor(nn.Module, metaclass=ABCMeta):
     input_size: int = 112
     #: length of the embedding
     embedding_dim: int = 512
+    #: two faces are the same person when the cosine similarity of their embeddings is above this; None where no
+    #: published value exists (then a caller must choose one explicitly). Subclasses cite the source in a comment.
+    verification_threshold: Optional[float] = None
+    #: where :attr:`verification_threshold` comes from, in words (written into the dataset builder's report)
+    verification_source: str = 'no published verification threshold'
 
     def __init__(self, antialias: bool = True) -> None:
         super().__init__()
@@ -155,6 +165,16 @@ class BaseIdentityExtractor(nn.Module, metaclass=ABCMeta):
     def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of two embedding batches, row by row."""
         return similarity(a, b)
+
+    @classmethod
+    def verify(cls, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Whether two ``B x D`` (or ``D``) embedding batches of this model show the same person, row by row:
+        cosine similarity strictly above :attr:`verification_threshold`. Raises ``ValueError`` for a model without
+        a published threshold."""
+        if cls.verification_threshold is None:
+            raise ValueError(f'{cls.__name__} has no published verification threshold ({cls.verification_source}); '
+                             'compare similarity() with a threshold you chose')
+        return similarity(a, b) > cls.verification_threshold
 
     def extra_repr(self) -> str:
         return f'input_size={self.input_size}, embedding_dim={self.embedding_dim}'

@@ -15,8 +15,10 @@ dlib's shape predictor, as ``compute_face_descriptor(img, shape)`` does:
 * :meth:`DlibResNet.describe_image` - a whole photo: HOG (or MMOD) detection, landmarks, chip, descriptor.
 
 The raw descriptors (:meth:`DlibResNet.descriptors`) keep dlib's rule: the same person when the euclidean distance
-is below 0.6 (:data:`SAME_PERSON_DISTANCE`, :meth:`DlibResNet.distance`, :meth:`DlibResNet.same_person`). dlib's
-descriptors have norms near 1 but not exactly 1, so apply the 0.6 rule to raw descriptors, not to normalised ones.
+is below 0.6 (:data:`SAME_PERSON_DISTANCE`, :meth:`DlibResNet.distance`, :meth:`DlibResNet.same_person`). The raw
+descriptors are not unit vectors (their norms are about 1.4), so the 0.6 rule applies to raw descriptors only; on
+the normalised embeddings that ``forward`` returns, the same rule is a cosine similarity above
+:data:`SAME_PERSON_SIMILARITY` (0.91, derived in the comment there), the class's ``verification_threshold``.
 
 Model files: ``weights=`` (the ``.dat`` recogniser) and ``shape_predictor=`` are resolved through the weight
 resolver (explicit path, then ``PORTRAITISR_HOME`` and the caches), then in the ``face_recognition_models``
@@ -37,10 +39,22 @@ import torch.nn.functional as F
 from portraitisr.registry import IDENTITY_EXTRACTORS
 from .base_extractor import BaseIdentityExtractor
 
-__all__ = ['DlibResNet', 'SAME_PERSON_DISTANCE', 'ARCFACE112_FACE_BOX', 'face_recognition_models_file']
+__all__ = ['DlibResNet', 'SAME_PERSON_DISTANCE', 'SAME_PERSON_SIMILARITY', 'ARCFACE112_FACE_BOX',
+           'face_recognition_models_file']
 
-#: dlib's decision threshold on the euclidean distance of raw descriptors
+#: dlib's decision threshold on the euclidean distance of raw descriptors (dlib's ``python_examples/
+#: face_recognition.py``: "if two face descriptor vectors have a Euclidean distance between them less than 0.6 then
+#: they are from the same person"; the model was trained with a metric loss at that distance)
 SAME_PERSON_DISTANCE = 0.6
+#: The same rule on the cosine similarity of L2-normalised descriptors. Converted, not published: for two raw
+#: descriptors of norm ``r``, distance ``d`` is cosine ``1 - d**2 / (2 r**2)``. dlib's descriptors have norms of
+#: 1.37-1.47 (mean 1.43) on the astronaut and grace_hopper photos (as they are, x4 down-up, flipped, x2 upscaled),
+#: which puts distance 0.6 at cosine 0.912 (0.908 for norm 1.40, the mean over 16 flips and scales of the two).
+#: On those photos every pair is judged alike by ``d < 0.6`` on raw descriptors and by ``cosine > 0.91`` on
+#: normalised ones (any threshold from 0.900 to 0.935 agrees on all 120 pairs; tests/test_identity_extractors.py
+#: checks both facts). Cross-check: deepface's tuned threshold for dlib on normalised descriptors is euclidean 0.40
+#: (``deepface/config/threshold.py``), i.e. cosine 0.92. Two different people score 0.88-0.90 here.
+SAME_PERSON_SIMILARITY = 0.91
 #: (left, top, right, bottom) of dlib's HOG face box for a face aligned to the ArcFace 112 template, in 112-pixel
 #: units (measured on the astronaut and grace_hopper photos: 11-19, 28-34, 92-100, 108-121)
 ARCFACE112_FACE_BOX = (15.0, 31.0, 97.0, 113.0)
@@ -105,6 +119,10 @@ class DlibResNet(BaseIdentityExtractor):
 
     input_size = 150
     embedding_dim = 128
+    # dlib's euclidean 0.6 on raw descriptors, converted to the cosine of normalised ones (SAME_PERSON_SIMILARITY)
+    verification_threshold = SAME_PERSON_SIMILARITY
+    verification_source = ("dlib's euclidean distance 0.6 on raw descriptors, converted to cosine 0.91 on "
+                           'normalised ones (descriptor norms about 1.43)')
 
     def __init__(self, weights: Any = None, landmarks: int = 5, shape_predictor: Any = None,
                  num_jitters: int = 0, padding: float = 0.25, work_size: int = 224, detector: str = 'hog') -> None:

@@ -110,6 +110,12 @@ class ArcFaceIRSE(BaseIdentityExtractor):
 
     input_size = 112
     embedding_dim = 512
+    # TreB1eN InsightFace_Pytorch (whose Backbone facexlib ships): ``config.py`` sets ``conf.threshold = 1.5`` for
+    # inference and ``Learner.infer`` compares it with the *squared* euclidean distance of the L2-normalised
+    # embeddings (``face_verify.py`` defaults to 1.54). For unit vectors ``d**2 = 2 - 2 cos``, so 1.5 is cosine
+    # 1 - 1.5 / 2 = 0.25 (1.54 would be 0.23).
+    verification_threshold = 0.25
+    verification_source = 'InsightFace_Pytorch (TreB1eN): squared distance 1.5 of unit embeddings, cosine 0.25'
 
     def __init__(self, num_layers: int = 50, drop_ratio: float = 0.6, weights: Any = None,
                  antialias: bool = True) -> None:

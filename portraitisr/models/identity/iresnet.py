@@ -67,6 +67,12 @@ class ArcFaceIResNet(BaseIdentityExtractor):
     """
 
     input_size = 112
+    # insightface web-demos/src_recognition/main.py, for its IResNet-50 ArcFace model (buffalo_l ``w600k_r50``):
+    # cosine < 0.2 "NOT the same person", 0.2-0.28 "LIKELY TO be the same person", >= 0.28 "ARE the same person".
+    # The ArcFace paper (Deng et al., CVPR 2019) publishes no fixed threshold (LFW accuracy uses 10-fold chosen
+    # ones). 0.28 is a verification threshold: a dataset builder wanting only clear pairs may pass a higher one.
+    verification_threshold = 0.28
+    verification_source = "insightface's recognition demo (web-demos/src_recognition): cosine >= 0.28"
 
     def __init__(self, depth: int = 50, weights: Any = None, num_features: int = 512, dropout: float = 0.0,
                  antialias: bool = True) -> None:
@@ -121,6 +127,12 @@ class AdaFaceIR(BaseIdentityExtractor):
 
     input_size = 112
     embedding_dim = 512
+    # HeadsUp (paper 000), appendix C "PortraitSR-4K details": "We leverage CVLFace (Kim et al., 2024) to estimate
+    # the similarity of face pairs. We exclude face pairs whose similarity is below 0.65." The paper does not say
+    # which CVLFace model; the value is used for every AdaFace IR depth. It is the threshold the paper built its
+    # reference pairs with, stricter than the 0.3 of CVLFace's own verification demo (apps/verification/verify.py).
+    verification_threshold = 0.65
+    verification_source = 'HeadsUp (paper 000) appendix C: CVLFace similarity 0.65'
 
     def __init__(self, depth: int = 50, weights: Any = None, channel_order: str = 'BGR',
                  antialias: bool = True) -> None:

@@ -79,6 +79,13 @@ class ResNetArcFace(BaseIdentityExtractor):
 
     input_size = 128
     embedding_dim = 512
+    # No published value: GFPGAN uses this network only as a loss, DAEFR only as a metric, and the training code it
+    # comes from (ronghuaiyang/arcface-pytorch, test.py) searches the best LFW threshold at every evaluation without
+    # publishing one. Our choice: no default, so a caller (the dataset builder) must pass a threshold it chose
+    # rather than get one from another model's scale.
+    verification_threshold = None
+    verification_source = ('no published verification threshold (GFPGAN uses it as a loss, DAEFR as a metric; '
+                           'arcface-pytorch searches one per LFW evaluation)')
 
     def __init__(self, weights: Any = None, layers: tuple[int, ...] = (2, 2, 2, 2), gray: str = 'bt601_rgb',
                  normalize: Optional[bool] = None, antialias: Optional[bool] = None) -> None:

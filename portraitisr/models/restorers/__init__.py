@@ -2,6 +2,7 @@
 from .base_restorer import BaseImageRestorer
 from .codeformer import CodeFormer, CodeFormerRestorer
 from .osediff_restorer import OSEDiffRestorer
+from .pisasr_restorer import PiSASRRestorer
 from .portraitsr_restorer import PortraitSRRestorer
 from .rrdbnet import RRDBNet, RealESRGANRestorer, load_restorer_weights
 from .simple_restorers import BicubicRestorer, IdentityFaceRestorer
@@ -9,4 +10,4 @@ from .tiling import tiled_forward
 
 __all__ = ['BaseImageRestorer', 'BicubicRestorer', 'IdentityFaceRestorer', 'RRDBNet', 'RealESRGANRestorer',
            'CodeFormer', 'CodeFormerRestorer', 'load_restorer_weights', 'tiled_forward', 'OSEDiffRestorer',
-           'PortraitSRRestorer']
+           'PortraitSRRestorer', 'PiSASRRestorer']

@@ -1,3 +1,4 @@
 from .clip_text_encoder import CLIPTextEncoder, bundled_clip_tokenizer_dir
+from .sdxl_text_encoder import SDXLTextEncoder
 
-__all__ = ['CLIPTextEncoder', 'bundled_clip_tokenizer_dir']
+__all__ = ['CLIPTextEncoder', 'SDXLTextEncoder', 'bundled_clip_tokenizer_dir']

@@ -4,12 +4,16 @@ Stable Diffusion 2.1 conditions its UNet on the last hidden state of an OpenCLIP
 encoder (diffusers ``CLIPTextModel``, 23 layers). OSEDiff and HeadsUp encode constant strings
 (the null prompt, a fixed prompt, VSD's negative prompt) at every step; we encode each distinct
 string once and keep it.
+
+SDXL uses two such encoders, each through its *penultimate* hidden state, and the projected pooled output of the
+second (``CLIPTextModelWithProjection``); :class:`~portraitisr.models.text_encoders.SDXLTextEncoder` combines two
+of these encoders built with ``hidden_state='penultimate'`` (and ``with_projection=True`` for the second).
 """
 import gzip
 import json
 import os
 from collections import OrderedDict
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -81,6 +85,13 @@ class CLIPTextEncoder(nn.Module):
         dtype: weight dtype of the (frozen) text model.
         cache_size: how many distinct prompts to keep encoded.
         init_seed: seed of the random weights of an inline config.
+        hidden_state: ``'last'`` (SD 2.1: the final, layer-normed hidden state) or ``'penultimate'`` (SDXL:
+            ``hidden_states[-2]``, diffusers ``StableDiffusionXLPipeline.encode_prompt``).
+        with_projection: build ``CLIPTextModelWithProjection``, whose pooled output is the projected
+            ``text_embeds`` (SDXL's second encoder); otherwise ``CLIPTextModel`` with its ``pooler_output``.
+        subfolder_suffix: ``'_2'`` loads ``tokenizer_2/`` and ``text_encoder_2/`` of a pretrained folder.
+        pad_token: padding token of the bundled tokenizer for inline configs: ``'!'`` (SD 2.x and SDXL's second
+            tokenizer, as OpenCLIP) or ``'<|endoftext|>'`` (SDXL's first, OpenAI CLIP's).
     """
 
     def __init__(self,
@@ -89,25 +100,34 @@ class CLIPTextEncoder(nn.Module):
                  tokenizer: Optional[str] = None,
                  dtype: str = 'float32',
                  cache_size: int = 1024,
-                 init_seed: int = 0) -> None:
+                 init_seed: int = 0,
+                 hidden_state: str = 'last',
+                 with_projection: bool = False,
+                 subfolder_suffix: str = '',
+                 pad_token: str = '!') -> None:
         super().__init__()
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         from portraitisr.models.backbones.one_step_sd import parse_dtype
+        if hidden_state not in ('last', 'penultimate'):
+            raise ValueError(f"hidden_state must be 'last' or 'penultimate', got {hidden_state!r}")
+        self.hidden_state, self.with_projection = hidden_state, with_projection
+        model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
         if pretrained is not None:
             from portraitisr.apis.weight_resolver import resolve_pretrained_dir
+            tokenizer_dir, encoder_dir = f'tokenizer{subfolder_suffix}', f'text_encoder{subfolder_suffix}'
             folder = str(resolve_pretrained_dir(
                 pretrained,
-                required=('tokenizer/tokenizer_config.json', 'text_encoder/config.json')))
-            self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder='tokenizer')
-            self.text_model = CLIPTextModel.from_pretrained(folder, subfolder='text_encoder')
+                required=(f'{tokenizer_dir}/tokenizer_config.json', f'{encoder_dir}/config.json')))
+            self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer_dir)
+            self.text_model = model_class.from_pretrained(folder, subfolder=encoder_dir)
         elif text_encoder_cfg is not None:
             # SD 2.x's tokenizer pads with "!" (id 0) to 77 tokens, as OpenCLIP does.
             self.tokenizer = CLIPTokenizer.from_pretrained(
-                tokenizer or bundled_clip_tokenizer_dir(), model_max_length=77, pad_token='!')
+                tokenizer or bundled_clip_tokenizer_dir(), model_max_length=77, pad_token=pad_token)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(init_seed)
-                self.text_model = CLIPTextModel(CLIPTextConfig(**text_encoder_cfg))
+                self.text_model = model_class(CLIPTextConfig(**text_encoder_cfg))
         else:
             raise ValueError('CLIPTextEncoder needs `pretrained` or `text_encoder_cfg`')
         self.text_model.requires_grad_(False)
@@ -115,10 +135,17 @@ class CLIPTextEncoder(nn.Module):
         self.text_model.eval()
         self.cache_size = cache_size
         self._cache: 'OrderedDict[str, Tensor]' = OrderedDict()
+        self._pooled_cache: 'OrderedDict[str, Tuple[Tensor, Tensor]]' = OrderedDict()
 
     @property
     def embed_dim(self) -> int:
         return self.text_model.config.hidden_size
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled output: ``projection_dim`` with projection, else ``hidden_size``."""
+        config = self.text_model.config
+        return config.projection_dim if self.with_projection else config.hidden_size
 
     def train(self, mode: bool = True) -> 'CLIPTextEncoder':
         """Stays in eval mode: the encoder is frozen."""
@@ -126,28 +153,49 @@ class CLIPTextEncoder(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         self._cache.clear()  # cached embeddings live on the old device / dtype
+        self._pooled_cache.clear()
         return super()._apply(fn, *args, **kwargs)
+
+    @torch.no_grad()
+    def encode_with_pooled(self, prompts: Sequence[str]) -> Tuple[Tensor, Tensor]:
+        """Encode without the cache: ``(states len(prompts) x max_length x D, pooled len(prompts) x P)`` float32."""
+        device = next(self.text_model.parameters()).device
+        ids = self.tokenizer(list(prompts), max_length=self.tokenizer.model_max_length,
+                             padding='max_length', truncation=True, return_tensors='pt').input_ids
+        output = self.text_model(ids.to(device), output_hidden_states=self.hidden_state == 'penultimate')
+        states = output.last_hidden_state if self.hidden_state == 'last' else output.hidden_states[-2]
+        pooled = output.text_embeds if self.with_projection else output.pooler_output
+        return states.float(), pooled.float()
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Tensor:
         """Encode without the cache. Returns ``len(prompts) x max_length x D`` float32."""
-        device = next(self.text_model.parameters()).device
-        ids = self.tokenizer(list(prompts), max_length=self.tokenizer.model_max_length,
-                             padding='max_length', truncation=True, return_tensors='pt').input_ids
-        return self.text_model(ids.to(device))[0].float()
+        return self.encode_with_pooled(prompts)[0]
+
+    def _cached(self, prompts: Sequence[str], cache: 'OrderedDict[str, object]', encode) -> list:
+        """Per-prompt results of ``encode`` (batched over the prompts ``cache`` lacks), least recently used out."""
+        if isinstance(prompts, str):
+            raise TypeError('CLIPTextEncoder takes a list of prompts, got a single string')
+        missing: List[str] = list(dict.fromkeys(p for p in prompts if p not in cache))
+        if missing:
+            encoded = encode(missing)
+            rows = zip(*encoded) if isinstance(encoded, tuple) else encoded
+            for prompt, row in zip(missing, rows):
+                cache[prompt] = row
+        for prompt in prompts:
+            cache.move_to_end(prompt)
+        result = [cache[p] for p in prompts]
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
+        return result
+
+    @torch.no_grad()
+    def forward_with_pooled(self, prompts: Sequence[str]) -> Tuple[Tensor, Tensor]:
+        """``(states B x L x D, pooled B x P)`` of ``prompts`` (float32), from a cache where possible."""
+        rows = self._cached(prompts, self._pooled_cache, self.encode_with_pooled)
+        return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str]) -> Tensor:
         """Embeddings of ``prompts`` (``B x L x D`` float32), from the cache where possible."""
-        if isinstance(prompts, str):
-            raise TypeError('CLIPTextEncoder takes a list of prompts, got a single string')
-        missing: List[str] = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        if missing:
-            for prompt, embedding in zip(missing, self.encode(missing)):
-                self._cache[prompt] = embedding
-        for prompt in prompts:
-            self._cache.move_to_end(prompt)
-        result = torch.stack([self._cache[p] for p in prompts])
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return result
+        return torch.stack(self._cached(prompts, self._cache, self.encode))

@@ -1,0 +1,9 @@
+# AuthFace (the full method, Table 2 (d)) on WIDER-Test (real, no GT): paper 004, Table 1.
+#   python tools/test.py configs/authface/authface_sdxl_wider_test.py work_dirs/authface_stage2_sdxl/iter_50000.pth
+# One process restores (PortraitRunner); the model needs the stage-I checkpoint for its frozen UNet.
+_base_ = ['./authface_stage2_sdxl.py', '../_base_/datasets/authface_bfr_test.py']
+
+runner_type = 'PortraitRunner'
+test_sets = [{{_base_.wider_test_set}}]
+test_dataloader = {{_base_.wider_test_set.dataloader}}
+test_evaluator = {{_base_.wider_test_set.evaluator}}

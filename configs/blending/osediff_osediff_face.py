@@ -12,10 +12,8 @@ osediff_model = dict(
     type='OSEDiff',
     backbone={{_base_.sd21_backbone}},
     text_encoder={{_base_.sd21_text_encoder}},
-    # OSEDiff was trained on RAM tags of the GT and tags the LQ with DAPE at test time: the expected tagger here
-    # is DAPE (`model.prompter.tagger`) or tags in the dataset metainfo (`tags`); without either every prompt is
-    # empty and the prompter warns once
-    prompter=dict(type='TagPrompter', missing='empty', trained_with_prompts=True),
+    # OSEDiff tags the LQ with DAPE at test time (test_osediff.py)
+    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}),
     color_fix='adain',
 )
 model = dict(

@@ -19,12 +19,11 @@ model = dict(
     backbone={{_base_.sd21_headsup_backbone}},
     regularizer={{_base_.sd21_regularizer}},
     text_encoder={{_base_.sd21_text_encoder}},
-    # Prompts: the paper tags the LQ with DAPE at test time (appendix B: "The DAPE model ... is utilized to extract
-    # the language description of the input LQ images"); in training we follow OSEDiff, which tags the GT with RAM
-    # (the paper does not say otherwise). Expected taggers: RAM on the GT in training, DAPE on the LQ at test
-    # (`model.prompter.tagger`), or tags computed offline in the dataset metainfo (`tags` / `tags_file`). Without
-    # either every prompt is empty and the prompter warns once (the model is trained with prompts).
-    prompter=dict(type='TagPrompter', missing='empty', trained_with_prompts=True),
+    # Prompts: DAPE tags of the LQ, in training too. The paper defines the model as x_H = G(x_L, x_r, M, T(x_L))
+    # with a text extractor T on the LQ (section 3, "Overview") and T = DAPE (section 4.1, "Implementation
+    # Details"; appendix B: "The DAPE model ... is utilized to extract the language description of the input LQ
+    # images"). OSEDiff instead tags the GT with RAM in training; HeadsUp states T(x_L), so the LQ it is.
+    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}, use_gt_in_training=False),
     # appendix B, "Backbone Settings", verbatim (OSEDiff's README string repeats "oil painting"; this one does not)
     negative_prompt=('painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, '
                      'unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, '

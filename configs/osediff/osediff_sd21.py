@@ -13,11 +13,9 @@ model = dict(
     backbone={{_base_.sd21_backbone}},
     regularizer={{_base_.sd21_regularizer}},
     text_encoder={{_base_.sd21_text_encoder}},
-    # OSEDiff prompts with RAM tags of the GT in training and DAPE tags of the LQ at test time
-    # (train_osediff.py / test_osediff.py; shared/reference/osediff.md sections 1-2). Expected taggers: RAM on the
-    # GT in training, DAPE on the LQ at test (`model.prompter.tagger`), or tags computed offline in the dataset
-    # metainfo (`tags`). Without either every prompt is empty and the prompter warns once.
-    prompter=dict(type='TagPrompter', missing='empty', trained_with_prompts=True),
+    # OSEDiff prompts with RAM tags of the GT in training and DAPE tags of the LQ at test time (train_osediff.py /
+    # test_osediff.py): the caption is the tags in training, f'{tags}, {prompt},' with an empty prompt at test.
+    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}, train_tagger={{_base_.ram_tagger}}),
     # VSD's unconditional branch: the README training command's string ("oil painting" twice, as there)
     negative_prompt=('painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, '
                      '3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, '

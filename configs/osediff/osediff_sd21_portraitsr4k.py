@@ -12,7 +12,7 @@ model = dict(
     type='OSEDiff',
     backbone=dict(_base_.sd21_backbone, trained_weights='osediff.pkl'),
     text_encoder={{_base_.sd21_text_encoder}},
-    prompter=dict(type='TagPrompter', missing='empty'),
+    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}),  # DAPE tags of the LQ (test_osediff.py)
     color_fix='adain',
     # Table 2 rows restore the same inputs: the LQ is made from the GT by HeadsUp's degradation (the Real-ESRGAN
     # preset of configs/headsup/headsup_sd21.py), re-seeded per image from eval_seed and the sample index, then

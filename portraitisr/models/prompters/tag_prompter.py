@@ -53,6 +53,9 @@ class TagPrompter(BasePrompter):
     metainfo's, else ``missing='empty'``). ``portraitisr restore`` uses this: tags when the weights are present,
     and a clear word when they are not.
 
+    ``use_gt_in_training``: which images training prompts describe. True (OSEDiff): the GT; False: the LQ, as at
+    test time (HeadsUp, paper 000, section 3: ``x_H = G(x_L, x_r, M, T(x_L))`` with DAPE as ``T``).
+
     Defaults follow OSEDiff: the test-time prompt is ``f"{tags}, {prompt},"`` with an empty user prompt; in
     training the caption is the tags alone (``train_template='{tags}'``).
 
@@ -71,8 +74,10 @@ class TagPrompter(BasePrompter):
                  missing: str = 'error',
                  if_tagger_missing: str = 'error',
                  tagger_dtype: str = 'auto',
+                 use_gt_in_training: bool = True,
                  trained_with_prompts: bool = True) -> None:
         super().__init__(trained_with_prompts)
+        self.use_gt_in_training = bool(use_gt_in_training)
         if missing not in ('error', 'empty'):
             raise ValueError(f"missing must be 'error' or 'empty', got {missing!r}")
         if if_tagger_missing not in _TAGGER_MISSING:

@@ -9,7 +9,8 @@ The index (``portraitisr/model_zoo/index.json``, shipped as package data) has tw
   weights entry or null, ``checkpoint_option`` the config key that takes it, ``released``, ``requires`` the
   weights entries restoring with the config loads, ``train_requires`` those only training adds (e.g. the
   recogniser behind HeadsUp's identity loss), ``optional`` those restoring uses when they are present and does
-  without, with a warning, when they are not (the DAPE tagger of OSEDiff's prompts), ``licence``, ``paper`` numbers with the table they come from).
+  without, with a warning, when they are not (the DAPE tagger of OSEDiff's prompts), ``licence``, ``paper``
+  numbers with the table they come from).
 
 Every download goes through :mod:`portraitisr.apis.weight_resolver` (https only, resume with a validator, length
 and sha256 checks, atomic rename, lock), and nothing here touches the network unless :func:`download` is called.

@@ -41,9 +41,10 @@ GTs, metric values).
 import copy
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -88,7 +89,9 @@ def discover_configs() -> List[Path]:
 
 
 def config_id(path: Path) -> str:
-    return str(path.relative_to(CONFIG_ROOT))
+    """The path relative to ``configs/`` (the test id); a config elsewhere is named by its path."""
+    path = Path(path)
+    return str(path.relative_to(CONFIG_ROOT)) if CONFIG_ROOT in path.parents else str(path)
 
 
 @dataclass
@@ -611,6 +614,28 @@ def run_config(cfg: Config, seed: int = 0) -> ConfigRun:
         outputs = model.test_step(batch)
         run.test_gts[entry['name']] = ([out['gt'] for out in outputs if 'gt' in out], _dataset_gts(batch))
     return run
+
+
+@contextmanager
+def shared_lpips_networks() -> Iterator[None]:
+    """Within the block, each LPIPS network (``build_lpips_network(net, backbone_weights)``: the loss and the
+    metric) is built once and deep-copied. Building one constructs torchvision's whole VGG16 with its random
+    initialisation before loading the features (about 6 s on a CPU core; HeadsUp builds two); the copy is the same
+    network, since the build is deterministic (file weights, packaged linear heads)."""
+    from portraitisr.models.losses import lpips_loss
+
+    build, cache = lpips_loss.build_lpips_network, {}
+
+    def cached(net: str = 'vgg', backbone_weights: Optional[str] = None):
+        if (net, backbone_weights) not in cache:
+            cache[(net, backbone_weights)] = build(net, backbone_weights)
+        return copy.deepcopy(cache[(net, backbone_weights)])
+
+    lpips_loss.build_lpips_network = cached
+    try:
+        yield
+    finally:
+        lpips_loss.build_lpips_network = build
 
 
 def max_abs_difference(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -6,6 +6,7 @@ weights are derived from OSEDiff", paper 000 section 4.1). Every config outside 
 least one row, so a new paper config cannot arrive without its paper values being checked.
 """
 import fnmatch
+import inspect
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, List, Union
@@ -14,7 +15,9 @@ import pytest
 from mmengine.config import Config
 
 from portraitisr.datasets.degradations import PRESETS
+from portraitisr.models.face_sr.portraitsr_net import PortraitSRNet
 from .conftest import SHARED
+from .test_authface_configs import PAPER_VALUES as AUTHFACE_PAPER_VALUES
 from .helpers.tiny_config import CONFIG_ROOT, config_id, discover_configs
 
 # paper 000, appendix B "Backbone Settings", quoted
@@ -48,6 +51,9 @@ HEADSUP = 'headsup/*.py'  # fnmatch's * crosses '/': the paper config and every 
 HEADSUP_FULL = 'headsup/headsup_sd21.py'
 OSEDIFF = 'osediff/osediff*sd21.py'
 PORTRAITSR = 'portraitsr/portraitsr_x[48]_celeba.py'
+PORTRAITSR_X8 = ('portraitsr/portraitsr_x8_celeba.py', 'portraitsr/ablations/*.py')  # every ablation is x8
+PORTRAITSR_ALL = (PORTRAITSR, 'portraitsr/ablations/*.py')
+PISASR_CODE = 'PiSA-SR code (shared/reference/pisa_sr.md, csslc/PiSA-SR @9c76e12)'
 BLENDING = 'blending/*.py'
 OSEDIFF_CODE = 'OSEDiff code (shared/reference/osediff.md section 2, train_osediff.py)'
 FROM_OSEDIFF = 'paper 000 section 4.1: "the rest weights are derived from OSEDiff" + ' + OSEDIFF_CODE
@@ -59,6 +65,14 @@ def names_of_test_sets(cfg: Config) -> List[str]:
 
 def first_test_set_metrics(cfg: Config) -> List[str]:
     return [metric['type'] for metric in cfg.test_sets[0]['evaluator']]
+
+
+def generator_switches(cfg: Config) -> dict:
+    """PortraitSR's ablation switches (Tables 2-5 of paper 002); those a config leaves out take PortraitSRNet's
+    defaults (which must be the full model's)."""
+    defaults = inspect.signature(PortraitSRNet.__init__).parameters
+    return {name: cfg.model.generator.get(name, defaults[name].default)
+            for name in ('structure_prior', 'texture_prior', 'holistic_fusion', 'decoder_structure_layers')}
 
 
 def portrait_lq_side(cfg: Config) -> int:
@@ -201,27 +215,95 @@ PAPER_VALUES: List[PaperValue] = [
     PaperValue('blending/osediff_osediff_face.py', 'model.face_restorer.checkpoint', 'osediff_face.pkl',
                'paper 000 section 4.1'),
     # ---------------------------------------------------------------- PortraitSR (paper 002)
-    PaperValue(PORTRAITSR, 'model.type', 'PortraitSR', 'paper 002'),
-    PaperValue(PORTRAITSR, 'optim_wrapper.optimizer', dict(type='Adam', lr=2e-4, betas=[0.9, 0.99]),
+    PaperValue(PORTRAITSR_ALL, 'model.type', 'PortraitSR', 'paper 002'),
+    PaperValue(PORTRAITSR_ALL, 'optim_wrapper.optimizer', dict(type='Adam', lr=2e-4, betas=[0.9, 0.99]),
                'paper 002 "Implementation Details": Adam, beta1 0.9, beta2 0.99, initial learning rate 2x10^-4'),
-    PaperValue(PORTRAITSR, 'model.generator.dict_size', 512, 'paper 002 "Implementation Details": N = 512'),
-    PaperValue(PORTRAITSR, 'model.generator.dict_channels', 384, 'paper 002 "Implementation Details": C = 384'),
-    PaperValue(PORTRAITSR, 'model.generator.dict_init_std', 0.02, 'paper 002 "Implementation Details": delta 0.02'),
-    PaperValue(PORTRAITSR, 'model.perceptual_loss.loss_weight', 0.1, 'paper 002 "Implementation Details": weights '
+    PaperValue(PORTRAITSR_ALL, 'model.generator.dict_size', 512, 'paper 002 "Implementation Details": N = 512'),
+    PaperValue(PORTRAITSR_ALL, 'model.generator.dict_channels', 384, 'paper 002 "Implementation Details": C = 384'),
+    PaperValue(PORTRAITSR_ALL, 'model.generator.dict_init_std', 0.02, 'paper 002 "Implementation Details": delta 0.02'),
+    PaperValue(PORTRAITSR_ALL, 'model.perceptual_loss.loss_weight', 0.1, 'paper 002 "Implementation Details": weights '
                '0.1, 0.005, 0.5 and 0.001'),
-    PaperValue(PORTRAITSR, 'model.parsing_weight', 0.005, 'paper 002 "Implementation Details"'),
-    PaperValue(PORTRAITSR, 'model.reconstruction_weight', 0.5, 'paper 002 "Implementation Details"'),
-    PaperValue(PORTRAITSR, 'model.dictionary_weight', 0.001, 'paper 002 "Implementation Details"'),
-    PaperValue(PORTRAITSR, 'model.pixel_weight', 1.0, 'paper 002 Eq. 15 (L_1 unweighted)'),
-    PaperValue(PORTRAITSR, 'train_dataloader.dataset.size', 128, 'paper 002 "Datasets": 128x128 GT'),
-    PaperValue('portraitsr/portraitsr_x8_celeba.py', 'train_dataloader.dataset.scale', 8, 'paper 002 "Datasets": '
+    PaperValue(PORTRAITSR_ALL, 'model.parsing_weight', 0.005, 'paper 002 "Implementation Details"'),
+    PaperValue(PORTRAITSR_ALL, 'model.reconstruction_weight', 0.5, 'paper 002 "Implementation Details"'),
+    PaperValue(PORTRAITSR_ALL, 'model.dictionary_weight', 0.001, 'paper 002 "Implementation Details"'),
+    PaperValue(PORTRAITSR_ALL, 'model.pixel_weight', 1.0, 'paper 002 Eq. 15 (L_1 unweighted)'),
+    PaperValue(PORTRAITSR_ALL, 'train_dataloader.dataset.size', 128, 'paper 002 "Datasets": 128x128 GT'),
+    PaperValue(PORTRAITSR_X8, 'train_dataloader.dataset.scale', 8, 'paper 002 "Datasets": '
                '16x16 inputs (x8)'),
     PaperValue('portraitsr/portraitsr_x4_celeba.py', 'train_dataloader.dataset.scale', 4, 'paper 002 "Datasets": '
                '32x32 inputs (x4)'),
-    PaperValue(PORTRAITSR, names_of_test_sets, ['CelebA', 'Helen'],
+    PaperValue(PORTRAITSR_ALL, names_of_test_sets, ['CelebA', 'Helen'],
                'paper 002 "Datasets": evaluated on CelebA and Helen'),
-    PaperValue(PORTRAITSR, first_test_set_metrics, ['PSNR', 'SSIM', 'LPIPS'],
+    PaperValue('portraitsr/portraitsr_x4_celeba.py', first_test_set_metrics, ['PSNR', 'SSIM', 'LPIPS'],
                'paper 002 "Datasets": PSNR, SSIM and LPIPS'),
+    PaperValue(PORTRAITSR_X8, first_test_set_metrics, ['PSNR', 'SSIM', 'LPIPS', 'VIF'],
+               'paper 002 "Datasets" (PSNR, SSIM, LPIPS) and Table 5 (x8: "PSNR SSIM LPIPS VIF")'),
+    PaperValue(PORTRAITSR_ALL, lambda cfg: [entry['table'] for entry in cfg.test_sets], ['face_sr', 'face_sr'],
+               'paper 002 Tables 1 and 5 (the face_sr layout has their columns)'),
+    # the ablations' switches: one row per table row of paper 002 section "Ablation Study"
+    *[PaperValue(f'portraitsr/{config}', generator_switches,
+                 dict(structure_prior=ssp, texture_prior=atp, holistic_fusion=hpf, decoder_structure_layers=layers),
+                 f'paper 002 {row}') for config, ssp, atp, hpf, layers, row in (
+        ('portraitsr_x8_celeba.py', 'ssp', 'joint', True, 0, 'Table 2 row 5 (SSP, ATP, HPF) = Table 5 "None"'),
+        ('ablations/baseline_x8_celeba.py', None, None, False, 0, 'Table 2 row 1 (Baseline only)'),
+        ('ablations/ssp_x8_celeba.py', 'ssp', None, False, 0, 'Table 2 row 2 (Baseline + SSP)'),
+        ('ablations/atp_x8_celeba.py', None, 'joint', False, 0, 'Table 2 row 3 (Baseline + ATP) = Table 4 "Ours"'),
+        ('ablations/ssp_atp_x8_celeba.py', 'ssp', 'joint', False, 0, 'Table 2 row 4 (SSP + ATP, no HPF)'),
+        ('ablations/pm_supervision_x8_celeba.py', 'supervision', None, False, 0, 'Table 3 row 2 (PM only)'),
+        ('ablations/pm_add_x8_celeba.py', 'add', None, False, 0, 'Table 3 row 3 (unnamed column; our reading)'),
+        ('ablations/pm_attention_x8_celeba.py', 'attention', None, False, 0, 'Table 3 row 4 (Att)'),
+        ('ablations/pm_concat_x8_celeba.py', 'concat', None, False, 0, 'Table 3 row 5 (Cat)'),
+        ('ablations/hd_rf_x8_celeba.py', None, 'fixed', False, 0, 'Table 4 row 2 (HD-RF, a fixed dictionary)'),
+        ('ablations/hd_retrain_x8_celeba.py', None, 'fixed', False, 0, 'Table 4 row 3 (HD-Retrain, fixed)'),
+        ('ablations/decoder_fusion_1layer_x8_celeba.py', 'ssp', 'joint', True, 1, 'Table 5 row 2 (1-layer)'),
+        ('ablations/decoder_fusion_2layer_x8_celeba.py', 'ssp', 'joint', True, 2, 'Table 5 row 3 (2-layer)'),
+        ('ablations/decoder_fusion_3layer_x8_celeba.py', 'ssp', 'joint', True, 3, 'Table 5 row 4 (3-layer)'))],
+    # ---------------------------------------------------------------- Table 2 baselines of paper 000 (test only)
+    PaperValue('osediff/osediff_sd21_portraitsr4k.py', names_of_test_sets, ['PortraitSR-4K-Te'],
+               'paper 000 section 4.2 (Table 2, row OSEDiff)'),
+    PaperValue(('osediff/osediff_sd21_portraitsr4k.py', 'pisasr/pisasr_sd21.py'), portrait_lq_side, 256,
+               'paper 000 section 4.1: "PortraitSR-4K-Te, with the input resolution at 256x256"'),
+    PaperValue(('osediff/osediff_sd21_portraitsr4k.py', 'pisasr/pisasr_sd21.py'),
+               'model.data_preprocessor.eval_degradation', dict(preset='osediff', resize_back=False),
+               'paper 000 Table 2: every row restores the same LQ as HeadsUp (its evaluation degradation)'),
+    PaperValue('osediff/osediff_sd21_portraitsr4k.py', 'model.backbone.timestep', 999, OSEDIFF_CODE),
+    PaperValue('osediff/osediff_sd21_portraitsr4k.py', 'model.backbone.trained_weights', 'osediff.pkl',
+               'paper 000 section 4.1 "Baselines": OSEDiff (the authors\' release)'),
+    PaperValue('pisasr/pisasr_sd21.py', names_of_test_sets, ['PortraitSR-4K-Te', 'DIV2K', 'RealSR', 'DRealSR'],
+               'paper 000 Table 2 (PiSA-SR) and Table 3 (PiSA-SR-S1)'),
+    # ---------------------------------------------------------------- PiSA-SR (reference code)
+    PaperValue('pisasr/*.py', 'model.type', 'PiSASR', PISASR_CODE),
+    PaperValue('pisasr/*.py', 'model.backbone.timestep', 1, PISASR_CODE + ' section 4: t = 1, z_H = z_L - eps'),
+    PaperValue('pisasr/*.py', 'model.backbone.lora_rank_pix', 4, PISASR_CODE + ': --lora_rank_unet_pix 4'),
+    PaperValue('pisasr/*.py', 'model.backbone.lora_rank_sem', 4, PISASR_CODE + ': --lora_rank_unet_sem 4'),
+    PaperValue('pisasr/*.py', 'model.backbone.lora_alpha', 8, PISASR_CODE + ': peft default alpha 8'),
+    PaperValue('pisasr/pisasr_sd21.py', 'model.backbone.lambda_pix', 1.0, PISASR_CODE + ': --lambda_pix 1.0'),
+    PaperValue('pisasr/pisasr_sd21.py', 'model.backbone.lambda_sem', 1.0, PISASR_CODE + ': --lambda_sem 1.0'),
+    PaperValue('pisasr/pisasr_sd21.py', 'model.color_fix', 'adain', PISASR_CODE + ': --align_method adain'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'model.pix_steps', 4000, PISASR_CODE + ': pix_steps 4000 (script)'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'model.null_text_ratio', 0.5, PISASR_CODE + ': null_text_ratio 0.5'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'model.l2_weight', 1.0, PISASR_CODE + ': lambda_l2 1.0'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'model.lpips_loss.loss_weight', 2.0, PISASR_CODE + ': lambda_lpips 2'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'model.csd_weight', 1.0, PISASR_CODE + ': lambda_csd 1.0'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'model.csd_cfg_scale', 7.5, PISASR_CODE + ': cfg_csd 7.5'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'model.csd_timesteps', [20, 500],
+               PISASR_CODE + ': min/max_dm_step_ratio 0.02 / 0.5 of 1000'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'optim_wrapper.backbone.optimizer',
+               dict(type='AdamW', lr=5e-5, betas=[0.9, 0.999], weight_decay=1e-2, eps=1e-8), PISASR_CODE),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'train_dataloader.batch_size', 4, PISASR_CODE + ': 4 per GPU x 4'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'train_dataloader.dataset.crop_size', 512, PISASR_CODE + ': 512'),
+    # ---------------------------------------------------------------- AuthFace's facial loss on the one-step models
+    PaperValue('authface/*_sd21_facial_loss.py', 'model.facial_loss.type', 'TimeAwareFacialLoss',
+               'paper 004 section 3.2, Eq. 4'),
+    PaperValue('authface/*_sd21_facial_loss.py', 'model.facial_loss.discriminator.in_channels', 4,
+               'paper 004 section 3.2: discriminators on latent patches (SD latents have 4 channels)'),
+    PaperValue('authface/*_sd21_facial_loss.py', 'model.facial_loss.time_weighting', 'constant',
+               'paper 004 Eq. 3 vanishes at t = 999 (our choice for one-step models, stated in the config)'),
+    PaperValue('authface/headsup_sd21_facial_loss.py', 'model.lpips_loss.loss_weight', 2.0, FROM_OSEDIFF),
+    PaperValue('authface/headsup_sd21_facial_loss.py', 'model.face_fidelity_loss.loss_weight', 1.0,
+               'paper 000 section 4.1: lambda^fid = 1'),
+    PaperValue('authface/osediff_sd21_facial_loss.py', 'model.lpips_loss.loss_weight', 2.0, OSEDIFF_CODE),
+    PaperValue('authface/osediff_sd21_facial_loss.py', 'model.regularizer.cfg_scale', 7.5, OSEDIFF_CODE),
 ]
 
 
@@ -280,8 +362,11 @@ def test_every_row_applies_to_a_config():
 
 
 def test_every_paper_config_is_checked_against_its_paper():
-    """Configs outside debug/ reproduce a paper: each must have its stated values in PAPER_VALUES."""
-    unchecked = [c for c in CONFIGS if not c.startswith('debug/') and not any(r.applies_to(c) for r in PAPER_VALUES)]
+    """Configs outside debug/ reproduce a paper: each must have its stated values in PAPER_VALUES (AuthFace's
+    stage and test configs have theirs in tests/test_authface_configs.py, paper 004's table)."""
+    authface = {row[0] for row in AUTHFACE_PAPER_VALUES}
+    unchecked = [c for c in CONFIGS if not c.startswith('debug/') and c not in authface
+                 and not any(r.applies_to(c) for r in PAPER_VALUES)]
     assert unchecked == [], f'add the paper values of {unchecked} to PAPER_VALUES in {__file__}'
 
 

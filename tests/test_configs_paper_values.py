@@ -85,6 +85,10 @@ def portrait_lq_side(cfg: Config) -> int:
 PAPER_VALUES: List[PaperValue] = [
     # ---------------------------------------------------------------- HeadsUp (paper 000) and its Table 4 rows
     PaperValue(HEADSUP, 'model.type', 'HeadsUp', 'paper 000 section 2.4'),
+    PaperValue(HEADSUP, 'model.prompter.tagger.type', 'DAPETagger', 'paper 000 section 4.1: "For the text prompt '
+               'extractor, we adopt the DAPE module"'),
+    PaperValue(HEADSUP, 'model.prompter.use_gt_in_training', False, 'paper 000 section 3 "Overview": '
+               'x_H = G(x_L, x_r, M, T(x_L)), the text extractor reads the LQ'),
     PaperValue(HEADSUP, 'model.backbone.lora_rank', 4, 'paper 000 section 4.1: "The LoRA rank for all modules is set '
                'to 4"'),
     PaperValue(HEADSUP, 'model.regularizer.lora_rank', 4, 'paper 000 section 4.1 (all modules: rank 4)'),
@@ -173,6 +177,11 @@ PAPER_VALUES: List[PaperValue] = [
                'paper 000 Table 4 row 4'),
     # ---------------------------------------------------------------- OSEDiff and OSEDiff_Face (reference code)
     PaperValue(OSEDIFF, 'model.type', 'OSEDiff', OSEDIFF_CODE),
+    PaperValue('osediff/osediff_sd21.py', 'model.prompter.train_tagger.type', 'RAMTagger',
+               OSEDIFF_CODE + ': plain RAM tags x_tgt, the caption is the tags'),
+    PaperValue('osediff/osediff_sd21.py', 'model.prompter.use_gt_in_training', True, OSEDIFF_CODE + ': RAM on the GT'),
+    PaperValue(('osediff/osediff_sd21.py', 'osediff/osediff_sd21_portraitsr4k.py'), 'model.prompter.tagger.type',
+               'DAPETagger', 'OSEDiff code (test_osediff.py): DAPE tags of the LQ, f"{tags}, {prompt},"'),
     PaperValue(OSEDIFF, 'model.backbone.lora_rank', 4, 'OSEDiff code (osediff.md section 1: rank 4 everywhere)'),
     PaperValue(OSEDIFF, 'model.backbone.lora_alpha', 8, 'OSEDiff code (osediff.md section 1: peft default 8)'),
     PaperValue(OSEDIFF, 'model.backbone.timestep', 999, 'OSEDiff code (osediff.md section 1)'),

@@ -59,6 +59,26 @@ def test_config_trains_and_evaluates_against_the_dataset_gt(path, tmp_path):
     for name, (outputs, dataset_gts) in run.test_gts.items():
         assert len(outputs) == len(dataset_gts), name
         assert all(max_abs_difference(o, d) == 0.0 for o, d in zip(outputs, dataset_gts)), name
+    _assert_taggers_ran(run, trains(cfg))
+
+
+def _assert_taggers_ran(run, trained: bool) -> None:
+    """A prompter with RAM / DAPE taggers used each one the config names (the training one in the training step,
+    the test one in validation), and neither entered the model's state (checkpoints, optimisers)."""
+    from portraitisr.models.prompters import TagPrompter
+
+    prompters = [m for m in run.model.modules() if isinstance(m, TagPrompter)]
+    # the model's own prompter runs in every step; a nested one (a blending baseline's face restorer) only when a
+    # random tiny detector happens to find a face, so of those at least one must have run
+    own = getattr(run.model, 'prompter', None)
+    used = [p for p in prompters if p._taggers or p is own]
+    assert used or not prompters, 'no prompter of the model ran'
+    for prompter in used:
+        for mode, tagger_cfg in prompter.tagger_cfgs.items():
+            if tagger_cfg is not None and (mode == 'test' or trained):
+                assert prompter._taggers.get(mode) is not None, f'the {mode} tagger {tagger_cfg["type"]} never ran'
+    if prompters:
+        assert not any('tagger' in key for key in run.model.state_dict())
 
 
 def test_a_config_with_an_unknown_hub_weighted_type_fails_with_the_table_to_extend(tmp_path):
@@ -77,7 +97,7 @@ def test_a_config_with_an_unknown_hub_weighted_type_fails_with_the_table_to_exte
 
 
 def test_the_tagger_rule_builds_a_tiny_tagger_that_tags(tmp_path):
-    """No paper config names a RAM / DAPE tagger yet; one that does gets a random tiny tagger that runs."""
+    """A RAM / DAPE tagger of a paper config becomes a random tiny tagger that runs."""
     from portraitisr.registry import PROMPTERS
 
     ctx = TinyContext(workdir=tmp_path, config_path=tmp_path / 'x.py')

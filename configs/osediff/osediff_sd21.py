@@ -15,7 +15,8 @@ model = dict(
     text_encoder={{_base_.sd21_text_encoder}},
     # OSEDiff prompts with RAM tags of the GT in training and DAPE tags of the LQ at test time (train_osediff.py /
     # test_osediff.py): the caption is the tags in training, f'{tags}, {prompt},' with an empty prompt at test.
-    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}, train_tagger={{_base_.ram_tagger}}),
+    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}, train_tagger={{_base_.ram_tagger}},
+                  use_gt_in_training=True),
     # VSD's unconditional branch: the README training command's string ("oil painting" twice, as there)
     negative_prompt=('painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, '
                      '3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, '

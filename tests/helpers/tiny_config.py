@@ -266,8 +266,7 @@ def _facial_component_discriminator(cfg: dict, ctx: TinyContext) -> dict:
     return dict(cfg, base_channels=ctx.tiny_xl.tiny_facial_discriminator.base_channels)
 
 
-#: RAM / DAPE taggers -> random weights at test_taggers.py's small size, over a short tag list (no paper config
-#: names a tagger yet: they take tags from the dataset metainfo; a config that does gets this tiny tagger)
+#: RAM / DAPE taggers -> random weights at test_taggers.py's small size, over a short tag list
 TINY_TAGS = ['person', 'face', 'hair', 'smile', 'sky', 'black and white']
 TINY_TAGGER_SIZES = dict(swin=dict(image_size=64, embed_dim=4, depths=(2, 2), num_heads=(1, 2), window_size=4),
                          head=dict(hidden_size=8, num_layers=2, num_heads=2, intermediate_size=16))
@@ -538,6 +537,8 @@ class ConfigRun:
     eval_source: str = ''
     #: that dataloader's dataset config
     eval_dataset: dict = field(default_factory=dict)
+    #: the model after the steps (its prompter's taggers, caches and counters can be inspected)
+    model: Optional[torch.nn.Module] = None
 
 
 def _parameters_by_wrapper(model, optim_wrapper) -> Dict[str, List[torch.nn.Parameter]]:
@@ -567,7 +568,7 @@ def run_config(cfg: Config, seed: int = 0) -> ConfigRun:
         raise RuntimeError(f'building {cfg.model.get("type")} with tiny parts failed ({type(error).__name__}: '
                            f'{error}). If a type in it needs hub weights, data files or sizes too large for a CPU, '
                            'add a rule for it to TINY_SUBSTITUTIONS in tests/helpers/tiny_config.py.') from error
-    run = ConfigRun()
+    run = ConfigRun(model=model)
     if trains(cfg):
         for hook in list((cfg.get('default_hooks') or {}).values()) + list(cfg.get('custom_hooks') or []):
             if hook is not None:

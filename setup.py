@@ -45,7 +45,11 @@ EXTRAS_REQUIRE = {
     # Real photos that ship with packages (skimage astronaut/camera/lfw, matplotlib's
     # grace_hopper.jpg) used by the debug configs and tests.
     'samples': ['scikit-image', 'matplotlib'],
-    # pyiqa computes DISTS, NIQE, MUSIQ, CLIPIQA, MANIQA and FID; non-commercial licence, so optional
+    # pyiqa computes DISTS, NIQE, MUSIQ, CLIPIQA, MANIQA and FID; non-commercial licence, so optional.
+    # pyiqa requires facexlib, which requires opencv-python: a second cv2 beside opencv-python-headless (both write
+    # site-packages/cv2). pip cannot leave out a dependency's dependency, so after installing this extra (or dev)
+    # remove it as .ci/run does: `pip uninstall -y opencv-python && pip install --force-reinstall --no-deps
+    # opencv-python-headless` (README "Set up"; tests/test_packaging.py checks one cv2 remains).
     'metrics': ['pyiqa'],
     # the documentation site (`mkdocs build --strict`; 1.6 validates anchors)
     'docs': ['mkdocs>=1.6', 'mkdocs-include-markdown-plugin>=6.0'],

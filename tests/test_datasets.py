@@ -65,3 +65,45 @@ def test_clear_errors_for_bad_folders(tmp_path):
                             gt_root=str(tmp_path / 'gt')))
     with pytest.raises(KeyError, match='available'):
         DATASETS.build(dict(type='ImageFolderDataset', images=['sample://nope']))
+
+
+def test_every_dataset_reader_keeps_the_pixel_limit(tmp_path, monkeypatch):
+    """Image folders, paired folders, portrait manifests and aligned faces (with their parsing maps) read through
+    the header check: a file over the limit is refused by name before it is decoded."""
+    from PIL import Image
+
+    from portraitisr.datasets.aligned_face_dataset import AlignedFaceDataset
+    from portraitisr.datasets.portrait_triplet_dataset import PortraitDataError, manifest_line
+    from portraitisr.utils.image_io import ImageTooLargeError
+
+    monkeypatch.setenv('PORTRAITISR_MAX_IMAGE_PIXELS', '1000')  # 40 x 30 = 1200 pixels is over it
+    big = write_image(tmp_path / 'photos' / 'big.png', np.zeros((30, 40, 3), np.float32))
+    dataset = DATASETS.build(dict(type='ImageFolderDataset', data_root=str(tmp_path / 'photos')))
+    with pytest.raises(ImageTooLargeError, match='big.png: 40x30 = 1200 pixels is more than the limit of 1000'):
+        dataset[0]
+    write_image(tmp_path / 'gt' / 'big.png', np.zeros((30, 40, 3), np.float32))
+    paired = DATASETS.build(dict(type='PairedImageFolderDataset', lq_root=str(tmp_path / 'photos'),
+                                 gt_root=str(tmp_path / 'gt')))
+    with pytest.raises(ImageTooLargeError, match='big.png'):
+        paired[0]
+    manifest = tmp_path / 'manifest.jsonl'
+    manifest.write_text(manifest_line(str(big), height=30, width=40) + '\n')
+    triplets = DATASETS.build(dict(type='PortraitTripletDataset', manifest=str(manifest), crop_size=16,
+                                   include_unpaired=True))
+    with pytest.raises(PortraitDataError, match='ImageTooLargeError: .*big.png'):
+        triplets[0]
+    with pytest.raises(ImageTooLargeError, match='big.png'):
+        AlignedFaceDataset(data_root=str(tmp_path / 'photos'), size=16, scale=4)[0]
+
+    monkeypatch.setenv('PORTRAITISR_MAX_IMAGE_PIXELS', '300')  # the 16 x 16 faces pass, the 20 x 20 maps do not
+    faces, parsing = tmp_path / 'faces', tmp_path / 'parsing'
+    write_image(faces / 'a.png', np.zeros((16, 16, 3), np.float32))
+    write_image(faces / 'b.png', np.zeros((16, 16, 3), np.float32))
+    parsing.mkdir()
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(parsing / 'a.png')
+    np.save(parsing / 'b.npy', np.zeros((3, 20, 20), np.float32))
+    dataset = AlignedFaceDataset(data_root=str(faces), size=16, scale=4, parsing_root=str(parsing),
+                                 num_parsing_classes=3)
+    for index, name in ((0, 'a.png'), (1, 'b.npy')):
+        with pytest.raises(ImageTooLargeError, match=f'{name}: 20x20 = 400 pixels'):
+            dataset[index]

@@ -337,3 +337,42 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
         read_image(path)
     monkeypatch.setenv('PORTRAITISR_MAX_IMAGE_PIXELS', '0')  # no limit
     assert read_image(path).rgb.shape == (40, 50, 3)
+
+
+def test_integer_samples_are_written_as_they_are(tmp_path, astronaut):
+    """uint8 / uint16 images of the file's depth skip the float round trip and give the same file."""
+    rgb8 = astronaut[:32, :40]
+    alpha8 = np.full(rgb8.shape[:2], 200, np.uint8)
+    via_float = write_image(tmp_path / 'float.png', rgb8.astype(np.float32) / 255, alpha8.astype(np.float32) / 255)
+    direct = write_image(tmp_path / 'direct.png', rgb8, alpha8)
+    assert via_float.read_bytes() == direct.read_bytes()
+    rgb16 = (rgb8.astype(np.uint16) * 257)
+    write_image(tmp_path / 'sixteen.png', rgb16, bit_depth=16)
+    assert np.array_equal(cv2.imread(str(tmp_path / 'sixteen.png'), cv2.IMREAD_UNCHANGED)[..., ::-1], rgb16)
+
+
+def test_output_suffix_and_strict_unit_float():
+    from portraitisr.utils.image_io import output_suffix, unit_float_image
+
+    assert [output_suffix(n) for n in ('a.jpg', 'b.BMP', 'c.gif', 'd.png', 'e.PPM', 'f.tif')] == \
+        ['.jpg', '.png', '.png', '.png', '.png', '.tif']
+    assert unit_float_image(np.array([[0, 255]], np.uint8)).tolist() == [[0.0, 1.0]]
+    assert unit_float_image(np.array([[65535]], np.uint16)).tolist() == [[1.0]]
+    assert unit_float_image(np.array([[0.5]], np.float64)).dtype == np.float32
+    with pytest.raises(TypeError, match='int64'):
+        unit_float_image(np.zeros((2, 2), np.int64))
+    with pytest.raises(ValueError, match='0..255'):
+        unit_float_image(np.full((2, 2), 255.0))
+    with pytest.raises(ValueError, match='NaN'):
+        unit_float_image(np.array([[np.nan]]))
+
+
+def test_corrupt_file_error_is_the_only_output(tmp_path, capfd):
+    """OpenCV's own log line (``[ERROR:0@..] global grfmt_png.cpp ... readHeader``) is not printed beside ours."""
+    bad = tmp_path / 'bad.png'
+    bad.write_bytes(b'\x89PNG\r\n\x1a\nbroken')
+    capfd.readouterr()
+    with pytest.raises(ImageReadError, match='bad.png'):
+        read_image(bad)
+    captured = capfd.readouterr()
+    assert captured.err == '' and captured.out == ''

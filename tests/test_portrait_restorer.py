@@ -114,7 +114,8 @@ def test_tile_switches_on_the_models_tiling_or_fails_clearly(restorer, monkeypat
         restorer._tiling_kwargs(0)
     if hasattr(restorer.model, 'set_tiling'):
         lq = torch.from_numpy(_photo(24, 24, seed=5)).permute(2, 0, 1)[None]
-        untiled = restorer.restore_tensor(lq)
+        untiled = restorer.restore_tensor(lq)  # automatic: a 96-pixel output fits untiled
+        monkeypatch.setattr(restorer, 'tile', 64)
         try:
             assert restorer._tiling_kwargs(64) == {}
             tiling = restorer.model.tiling
@@ -137,6 +138,56 @@ def test_tile_switches_on_the_models_tiling_or_fails_clearly(restorer, monkeypat
     monkeypatch.setattr(restorer, 'model', Untileable())
     with pytest.raises(ValueError, match='Untileable has no tiling option'):
         restorer._tiling_kwargs(64)
+
+
+def test_tile_progress_reaches_the_total_and_matches_the_plan(restorer, tmp_path, monkeypatch):
+    """A file restored in tiles reports (done, total) per tile; the last report is total == the planned count."""
+    source = write_image(tmp_path / 'in.png', _photo(40, 36, seed=6))
+    monkeypatch.setattr(restorer, 'tile', 64)
+    reports, plans = [], []
+    restorer.restore_file(source, tmp_path / 'out.png', progress=lambda done, total: reports.append((done, total)),
+                          on_plan=plans.append)
+    assert plans[0].tile == 64 and plans[0].estimate.total > 0
+    assert [done for done, _ in reports] == list(range(1, len(reports) + 1))
+    assert len({total for _, total in reports}) == 1 and reports[-1][0] == reports[-1][1] > 3
+
+
+def test_array_inputs_are_validated_not_clipped(restorer):
+    rgb = _photo(8, 8)
+    for bad, error, match in [
+        (rgb.astype(np.int64), TypeError, 'int64'),
+        (rgb * 255, ValueError, 'outside'),  # 0..255 floats
+        (np.where(np.arange(8)[:, None, None] == 3, np.nan, rgb), ValueError, 'NaN'),
+        (np.full((8, 8, 3), np.inf, np.float32), ValueError, 'NaN or infinite'),
+        (rgb[..., :2], ValueError, 'H x W x 3'),
+        (np.zeros((0, 0, 3), np.float32), ValueError, 'empty'),
+        (rgb[:1, :1], ValueError, 'at least 2x2'),  # x4 of one pixel cannot be padded to the VAE's 8
+    ]:
+        with pytest.raises(error, match=match):
+            restorer.restore_array(bad)
+    with pytest.raises(ValueError, match='alpha must be H x W'):
+        restorer.restore_array(rgb, alpha=np.ones((7, 8), np.float32))
+    with pytest.raises(ValueError, match='alpha'):
+        restorer.restore_array(rgb, alpha=np.full((8, 8), 2.0, np.float32))
+    with pytest.raises(ValueError, match='NaN'):
+        restorer.restore_tensor(torch.full((1, 3, 8, 8), float('nan')))
+    with pytest.raises(ValueError, match='outside'):
+        restorer.restore_tensor(torch.full((1, 3, 8, 8), 2.0))
+    for scale in (0, -2):
+        with pytest.raises(ValueError, match='positive'):
+            PortraitRestorer(TINY_HEADSUP, device='cpu', scale=scale)
+    with pytest.raises(TypeError, match='integer'):
+        PortraitRestorer(TINY_HEADSUP, device='cpu', scale=2.5)
+
+
+def test_single_channel_rgba_and_tiny_arrays(restorer):
+    gray = (_photo(6, 5)[..., :1] * 65535).astype(np.uint16)  # H x W x 1, 16 bits
+    out = restorer.restore_array(gray)
+    assert out.rgb.shape == (24, 20) and out.rgb.dtype == np.float32
+    rgba = np.concatenate([_photo(6, 6), np.ones((6, 6, 1), np.float32)], axis=2)
+    out = restorer.restore_array(rgba)
+    assert out.rgb.shape == (24, 24, 3) and out.alpha.shape == (24, 24) and out.alpha.min() == 1.0
+    assert restorer.restore_array(_photo(2, 2)).rgb.shape == (8, 8, 3)  # the smallest at x4
 
 
 def test_reference_face_reaches_the_model(restorer, tmp_path, monkeypatch):
@@ -225,3 +276,49 @@ def test_training_parts_are_left_out_and_their_checkpoint_tensors_ignored(tmp_pa
     assert any(n.startswith('discriminator.') for n, _ in kept.model.named_parameters())
     lq = torch.from_numpy(_photo(16, 16)).permute(2, 0, 1)[None]
     torch.testing.assert_close(lean.restore_tensor(lq), kept.restore_tensor(lq))
+
+
+def test_zoo_configs_come_from_the_package_not_the_current_folder(tmp_path, monkeypatch):
+    from portraitisr.apis.config_location import package_root, zoo_config_path
+
+    planted = tmp_path / 'configs' / 'debug' / 'headsup_tiny.py'
+    planted.parent.mkdir(parents=True)
+    planted.write_text('raise SystemExit("a config of the current folder ran")\n')
+    monkeypatch.chdir(tmp_path)
+    found = zoo_config_path('configs/debug/headsup_tiny.py', 'tiny')
+    assert found == package_root() / 'configs' / 'debug' / 'headsup_tiny.py' and found != planted.resolve()
+    with pytest.raises(FileNotFoundError, match='--config'):
+        zoo_config_path('configs/debug/no_such.py', 'tiny')
+    with pytest.raises(FileNotFoundError, match='inside the package'):
+        zoo_config_path('../outside.py', 'tiny')
+
+
+def test_untrained_models_say_so_once(tmp_path):
+    from portraitisr.apis.portrait_restorer import UntrainedModelWarning
+    from portraitisr.engine.hooks.trainable_checkpoint_hook import trainable_names
+    from portraitisr.registry import MODELS
+    from mmengine.config import Config
+
+    with pytest.warns(UntrainedModelWarning, match='random weights'):
+        PortraitRestorer(TINY_HEADSUP, device='cpu')
+    model = MODELS.build(Config.fromfile(str(TINY_HEADSUP)).model)
+    names = trainable_names(model)
+    state = {k: v for k, v in model.state_dict().items() if k in names}
+    path = tmp_path / 'iter_40.pth'
+    torch.save({'meta': {'iter': 40, 'trainable_only': True}, 'state_dict': state}, path)
+    with pytest.warns(UntrainedModelWarning, match='only 40 iteration') as caught:
+        restorer = PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu')
+    assert len([w for w in caught if issubclass(w.category, UntrainedModelWarning)]) == 1
+    assert restorer.training_iterations == 40
+    torch.save({'meta': {'iter': 5000}, 'state_dict': state}, path)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UntrainedModelWarning)
+        assert PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu').training_iterations == 5000
+    torch.save({'meta': {'trained_iters': 0, 'iter': 0}, 'state_dict': state}, path)  # saved before any step
+    with pytest.warns(UntrainedModelWarning, match='only 0 iteration'):
+        PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu')
+    torch.save({'state_dict': state}, path)  # no meta: a release file says nothing about its training
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UntrainedModelWarning)
+        assert PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu').training_iterations is None

@@ -417,6 +417,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         reference_worker(args)
         return
     sys.path.insert(0, REPO_ROOT)
+    from portraitisr.utils.import_guards import hide_bitsandbytes
+    hide_bitsandbytes()  # before the library imports mmengine: see import_guards
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     device = torch.device(args.device)
     rows = bench_restore(args, device)

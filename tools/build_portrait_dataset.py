@@ -46,6 +46,10 @@ from typing import List, Optional, Sequence, Tuple
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
+
 from portraitisr.datasets.builder import (PairConfig, ScanConfig, WorkerStartError, build_manifests,  # noqa: E402
                                           read_records, scan_images, write_report)
 from portraitisr.datasets.builder.pairs import PairFinder  # noqa: E402

@@ -6,16 +6,28 @@ niqe musiq maniqa) are computed, leaving out (with a warning) those whose weight
 metrics are required. ``--reference CSV`` compares the result with published per-image scores (columns matched
 by name, case-insensitive) and prints the largest deviation per metric.
 
-    python tools/eval_folders.py --pred results/drealsr --gt datasets/drealsr/hr --out drealsr.csv
-    python tools/eval_folders.py --pred results --gt hr --metrics psnr ssim face_lpips id_score
+An image that cannot be read (corrupt, more pixels than ``--max-pixels``, a size that differs from its ground
+truth) is reported on one line and left out; the others are scored. Exit status: 0 every image scored, 1 some
+were left out, 2 nothing could start (a missing folder, an unknown metric, predictions without a ground truth).
+
+    python tools/eval_folders.py --pred work_dirs/results/drealsr --gt datasets/drealsr/hr \
+        --out work_dirs/drealsr.csv
+    python tools/eval_folders.py --pred work_dirs/restored --gt work_dirs/pairs/gt --metrics psnr ssim face_lpips
 """
 import argparse
 import csv
 import math
+import os
 import os.path as osp
 import sys
 
+from tqdm import tqdm
+
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
 
 from portraitisr.evaluation.folder_evaluation import MEAN_ROW, build_metrics, evaluate_folders  # noqa: E402
 from portraitisr.evaluation.metric_presets import METRIC_PRESETS, OSEDIFF_TABLE  # noqa: E402
@@ -32,6 +44,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('--device', default='cpu', help="where images are scored, e.g. 'cuda'")
     parser.add_argument('--no-quantize', action='store_true',
                         help='score 16-bit predictions as they are (default: rounded to 8 bits like PNG)')
+    parser.add_argument('--max-pixels', type=int,
+                        help='refuse images with more pixels than this (default: 134 MP, or '
+                             '$PORTRAITISR_MAX_IMAGE_PIXELS; 0: no limit)')
     return parser.parse_args()
 
 
@@ -61,22 +76,48 @@ def compare_with_reference(scores, reference: str) -> None:
             print(f'  {metric}: max |diff| {max(deviations):.6f} over {len(deviations)} images')
 
 
-def main() -> None:
+def main() -> int:
     args = parse_args()
     names = args.metrics or OSEDIFF_TABLE
     if args.gt is None:  # no-reference metrics only
         names = [n for n in names if n in ('niqe', 'musiq', 'clipiqa', 'maniqa')] if not args.metrics else names
-    metrics = build_metrics(names, skip_unavailable=args.metrics is None)
+    if args.max_pixels is not None and args.max_pixels < 0:
+        return _setup_error('--max-pixels must be 0 (no limit) or more')
+    for folder in (args.pred, args.gt):
+        if folder is not None and not os.path.isdir(folder):
+            return _setup_error(f'{folder} is not a folder' if os.path.exists(folder) else
+                                f'folder {folder} does not exist')
+    try:
+        metrics = build_metrics(names, skip_unavailable=args.metrics is None)
+    except (KeyError, ImportError, FileNotFoundError) as error:
+        return _setup_error(error.args[0] if isinstance(error, KeyError) else str(error))
     if not metrics:
-        raise SystemExit('no metric could be built (see the warnings above)')
-    scores = evaluate_folders(args.pred, args.gt, metrics, device=args.device, quantize=not args.no_quantize)
+        return _setup_error('no metric could be built (see the warnings above)')
+
+    def report(path, reason: str) -> None:
+        tqdm.write(f'skipped {path}: {reason}', file=sys.stderr)
+
+    try:
+        scores = evaluate_folders(args.pred, args.gt, metrics, device=args.device, quantize=not args.no_quantize,
+                                  max_pixels=args.max_pixels, on_failure=report)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
+        return _setup_error(str(error))
     print_table(scores)
     if args.out:
         scores.write_csv(args.out)
         print(f'\nwritten to {args.out}')
     if args.reference:
         compare_with_reference(scores, args.reference)
+    scored = len(scores.rows)
+    print(f'\n{scored} of {scored + len(scores.failed)} images scored'
+          + (f'; {len(scores.failed)} left out: {", ".join(scores.failed)}' if scores.failed else ''))
+    return 1 if scores.failed else 0
+
+
+def _setup_error(message: str) -> int:
+    print(f'eval_folders: {str(message).splitlines()[0]}', file=sys.stderr)
+    return 2
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

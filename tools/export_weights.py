@@ -19,6 +19,10 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
+
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 

@@ -26,6 +26,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
+
 from portraitisr.datasets.image_folder_dataset import crop_flip_geometry, read_rgb  # noqa: E402
 from portraitisr.datasets.sample_images import is_sample  # noqa: E402
 from portraitisr.utils.image_io import list_images  # noqa: E402

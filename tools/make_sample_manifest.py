@@ -18,6 +18,10 @@ import numpy as np
 # Run from a source checkout without installing: make the package next to tools/ importable.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
+
 from portraitisr.datasets.portrait_triplet_dataset import SAMPLE_MANIFESTS, manifest_line  # noqa: E402
 from portraitisr.datasets.sample_images import load_sample_image  # noqa: E402
 from portraitisr.models.face_detectors import DlibFaceDetector  # noqa: E402

@@ -13,6 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from portraitisr.utils.import_guards import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
+
 import torch  # noqa: E402
 
 from portraitisr.models.losses.time_aware_facial_loss import logit_normal_weight, normalized_time  # noqa: E402

@@ -7,7 +7,9 @@ without running code from it. A config lists its test sets in ``test_sets`` (nam
 dataloader, evaluator; see ``configs/_base_/datasets/``), or has one ``test_dataloader``. The scores
 are written as markdown and CSV tables in the layout of HeadsUp's Tables 1-3 to
 ``<work_dir>/tables/`` (work dir default: ``./work_dirs/<config name>``). A checkpoint that is
-missing, refused or fails to download ends the run with one message and exit status 2.
+missing, refused or fails to download ends the run with one message and exit status 2. A test image that
+cannot be read (corrupt, more pixels than the limit) is named on one line and left out; the scores are over the
+rest and the run ends with a list of what was left out and exit status 1.
 """
 import argparse
 import os
@@ -23,6 +25,7 @@ hide_bitsandbytes()  # before mmengine: see import_guards
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from portraitisr.engine.checkpoint_loading import CHECKPOINT_ERRORS, verify_checkpoint  # noqa: E402
+from portraitisr.engine.loops import NoTestDataError  # noqa: E402
 from portraitisr.evaluation.tables import ResultTables  # noqa: E402
 from portraitisr.study.table2 import merge_user_study  # noqa: E402
 from portraitisr.utils.runner_setup import build_runner, prepare_config, run_test_sets  # noqa: E402
@@ -69,6 +72,8 @@ def main() -> None:
         cfg = prepare_config(cfg, config_path=args.config, work_dir=args.work_dir,
                              cfg_options=args.cfg_options, launcher=args.launcher)
         cfg.load_from = checkpoint  # None: the model as the config builds it (pretrained parts only)
+        # A test image that cannot be read is one line and left out, not the end of the run (exit status 1).
+        cfg.test_cfg = dict(cfg.get('test_cfg') or {}, type='TolerantTestLoop')
         cfg.custom_hooks = list(cfg.get('custom_hooks', [])) + [dict(type='ProgressBarHook')]
         if args.save_dir is not None:
             save_dir = args.save_dir or osp.join(cfg.work_dir, RESTORATIONS)
@@ -76,9 +81,12 @@ def main() -> None:
         runner = build_runner(cfg)
         method = cfg.get('method_name') or osp.splitext(osp.basename(args.config))[0]
         tables = ResultTables()
-        for name, table, metrics in run_test_sets(runner, cfg.get('test_sets')):
+        failed = {}
+        for name, table, metrics, skipped in run_test_sets(runner, cfg.get('test_sets')):
             tables.add(table, name, method, metrics)
-    except CHECKPOINT_ERRORS as error:
+            if skipped:
+                failed[name] = skipped
+    except (*CHECKPOINT_ERRORS, NoTestDataError) as error:
         print(f'test.py: {error}', file=sys.stderr)
         sys.exit(2)
     unmatched = merge_user_study(tables, args.user_study)
@@ -89,6 +97,14 @@ def main() -> None:
         paths = tables.write(osp.join(cfg.work_dir, 'tables', method))
         print('\n' + tables.to_markdown() + '\nwritten: ' + ', '.join(paths)
               + (f'\nrestored images: {save_dir}' if args.save_dir is not None else ''))
+    if failed:  # the scores above leave these out
+        if runner.rank == 0:
+            print(f'test.py: {sum(map(len, failed.values()))} test batch(es) left out because a file could not be '
+                  'read, the scores are over the rest:', file=sys.stderr)
+            for name, reasons in failed.items():
+                for reason in reasons:
+                    print(f'  {name}: {reason}', file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == '__main__':

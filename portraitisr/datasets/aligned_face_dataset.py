@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from portraitisr.registry import DATASETS, FACE_PARSERS
-from portraitisr.utils.image_io import list_images
+from portraitisr.utils.image_io import check_image_size, list_images, read_image_size
 from .image_folder_dataset import read_rgb, resize_square, to_chw_tensor
 
 LFW_SCHEME = 'lfw://'  # lfw://INDEX: face INDEX (0..99) of scikit-image's ``lfw_subset()`` (25x25 grey crops)
@@ -132,11 +132,18 @@ class AlignedFaceDataset(Dataset):
             stem = os.path.splitext(os.path.basename(path))[0]
             npy, png = (os.path.join(self.parsing_root, stem + ext) for ext in ('.npy', '.png'))
             if os.path.exists(npy):
-                maps = torch.from_numpy(np.load(npy, allow_pickle=False)).float()[None]
+                # the header first (memory-mapped): a file claiming a huge map is refused before it is read
+                mapped = np.load(npy, allow_pickle=False, mmap_mode='r')
+                if mapped.ndim != 3:
+                    raise ValueError(f'parsing map {npy} must be K x H x W, got shape {mapped.shape}')
+                check_image_size(mapped.shape[2], mapped.shape[1], npy)
+                maps = torch.from_numpy(np.array(mapped)).float()[None]
                 parsing = F.interpolate(maps, size=(self.size, self.size), mode='bilinear', align_corners=False)[0]
             elif os.path.exists(png):
                 from PIL import Image
-                parsing = one_hot_labels(np.asarray(Image.open(png)), self.num_parsing_classes, self.size)
+                check_image_size(*read_image_size(png), png)  # the pixel limit of every reader, from the header
+                with Image.open(png) as labels:
+                    parsing = one_hot_labels(np.asarray(labels), self.num_parsing_classes, self.size)
             else:
                 raise FileNotFoundError(f'no parsing map {stem}.npy or {stem}.png in parsing_root for {path}')
         else:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     'IMAGE_EXTENSIONS', 'DEFAULT_MAX_IMAGE_PIXELS', 'ImageReadError', 'ImageTooLargeError', 'ImageRecord',
     'max_image_pixels', 'read_image_size', 'check_image_size', 'read_image', 'decode_image', 'write_image',
-    'image_to_tensor', 'tensor_to_image', 'list_images'
+    'image_to_tensor', 'tensor_to_image', 'list_images', 'output_suffix', 'unit_float_image', 'WRITE_REWRITES'
 ]
 
 PathLike = Union[str, 'os.PathLike[str]']
@@ -41,6 +41,8 @@ IMAGE_EXTENSIONS = ('.bmp', '.gif', '.jpeg', '.jpg', '.png', '.ppm', '.pgm', '.t
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_FORMATS = ('.png', '.tif', '.tiff', '.webp')
 _16BIT_FORMATS = ('.png', '.tif', '.tiff')
+#: Readable suffixes :func:`write_image` cannot write, and the suffix their outputs get instead.
+WRITE_REWRITES = {'.gif': '.png', '.bmp': '.png', '.ppm': '.png', '.pgm': '.png'}
 
 #: The largest image (width x height) any reader of the library decodes unless told otherwise: 16384 x 8192, twice
 #: an 8K x 8K photo and under Pillow's own hard limit (2 x ``Image.MAX_IMAGE_PIXELS``, about 179 MP). A file whose
@@ -226,6 +228,21 @@ def _apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
+_CV_LOG_LOCK = threading.Lock()
+
+
+def _quiet_imdecode(data: bytes) -> Optional[np.ndarray]:
+    """``cv2.imdecode(..., IMREAD_UNCHANGED)`` without OpenCV's own log lines on stderr (``[ERROR:0@..] ...
+    readHeader ...`` for a corrupt file): the error our caller raises already names the file, in one line. Only
+    for data whose header Pillow could not read (almost always corrupt), since the lock serialises decoding."""
+    with _CV_LOG_LOCK:
+        previous = cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        finally:
+            cv2.utils.logging.setLogLevel(previous)
+
+
 def _decode_with_pil(data: bytes) -> np.ndarray:
     """Decode with Pillow into an OpenCV-style array (BGR / BGRA channel order, uint8 or uint16)."""
     with Image.open(io.BytesIO(data)) as im:
@@ -300,8 +317,9 @@ def decode_image(data: bytes, name: PathLike = '<bytes>', max_pixels: Optional[i
     try:
         width, height = read_image_size(data)
     except ImageReadError:
-        pass  # no header Pillow knows: the decoders below give the precise error
+        header_known = False  # no header Pillow knows: the decoders below give the precise error
     else:
+        header_known = True
         check_image_size(width, height, str(path), max_pixels)
 
     is_jpeg = data[:3] == b'\xff\xd8\xff'
@@ -309,7 +327,7 @@ def decode_image(data: bytes, name: PathLike = '<bytes>', max_pixels: Optional[i
         raise ImageReadError(f'cannot read image file {path}: the JPEG data is truncated (no end-of-image marker)')
 
     # IMREAD_UNCHANGED keeps alpha and 16-bit samples; it also leaves EXIF orientation alone (handled below).
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if header_known else _quiet_imdecode(data)
     if array is None:
         try:
             array = _decode_with_pil(data)
@@ -346,19 +364,29 @@ def decode_image(data: bytes, name: PathLike = '<bytes>', max_pixels: Optional[i
         rgb = _apply_orientation(rgb, orientation)
         alpha = None if alpha is None else _apply_orientation(alpha, orientation)
 
-    rgb = (rgb.astype(np.float32) / scale)
-    alpha = None if alpha is None else alpha.astype(np.float32) / scale
-    return ImageRecord(rgb=np.ascontiguousarray(rgb), alpha=alpha, bit_depth=bit_depth, path=path)
+    # One float copy each, divided in place: ``astype(...) / scale`` would hold two float copies of a large image.
+    rgb = rgb.astype(np.float32, order='C')
+    rgb /= scale
+    if alpha is not None:
+        alpha = alpha.astype(np.float32, order='C')
+        alpha /= scale
+    return ImageRecord(rgb=rgb, alpha=alpha, bit_depth=bit_depth, path=path)
 
 
 # ------------------------------------------------------------------------------------------------ writing
+def _integer_to_unit_float(array: np.ndarray) -> np.ndarray:
+    """uint8 / 255 or uint16 / 65535 as float32, divided in place (one float copy, not two)."""
+    scale = 255.0 if array.dtype == np.uint8 else 65535.0
+    result = array.astype(np.float32)
+    result /= scale
+    return result
+
+
 def _to_unit_float(array: np.ndarray, what: str) -> np.ndarray:
     """Integer arrays are read by their dtype's range (uint8 / 255, uint16 / 65535); floats are clipped."""
     array = np.asarray(array)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
+    if array.dtype in (np.uint8, np.uint16):
+        return _integer_to_unit_float(array)
     if not np.issubdtype(array.dtype, np.floating):
         raise TypeError(f'{what} must be a float array in [0, 1], uint8 or uint16, got {array.dtype}')
     return np.clip(array.astype(np.float32), 0.0, 1.0)
@@ -369,7 +397,8 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
 
     Args:
         path: destination; the suffix picks the format (``.png``, ``.jpg``, ``.tif``, ``.webp``, ...).
-        rgb: ``H x W x 3`` RGB (or ``H x W`` gray), float in [0, 1] (clipped), or uint8 / uint16 at full range.
+        rgb: ``H x W x 3`` RGB (or ``H x W`` gray), float in [0, 1] (clipped), or uint8 / uint16 at full range
+            (written as they are when their type is the file's, ``bit_depth`` 8 / 16).
         alpha: optional ``H x W`` (or ``H x W x 1``) alpha in the same conventions; needs PNG, TIFF or WebP.
         bit_depth: 8 or 16 bits per sample; 16 needs PNG or TIFF.
 
@@ -390,14 +419,17 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
     if alpha is not None and suffix not in _ALPHA_FORMATS:
         raise ValueError(f'{path}: {suffix or "no suffix"} cannot store alpha; use one of {_ALPHA_FORMATS}')
 
-    rgb = _to_unit_float(rgb, 'rgb')
+    dtype, scale = (np.uint8, 255.0) if bit_depth == 8 else (np.uint16, 65535.0)
+    # Samples already in the file's type are written as they are: no float copies of a large image.
+    exact = np.asarray(rgb).dtype == dtype and (alpha is None or np.asarray(alpha).dtype == dtype)
+    rgb = np.asarray(rgb) if exact else _to_unit_float(rgb, 'rgb')
     if rgb.ndim == 3 and rgb.shape[2] == 1:
         rgb = rgb[..., 0]
     if not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)):
         raise ValueError(f'rgb must be H x W x 3 or H x W, got shape {rgb.shape}')
     channels = [rgb[..., ::-1]] if rgb.ndim == 3 else [rgb[..., None]]  # OpenCV wants BGR
     if alpha is not None:
-        alpha = _to_unit_float(alpha, 'alpha')
+        alpha = np.asarray(alpha) if exact else _to_unit_float(alpha, 'alpha')
         if alpha.ndim == 3 and alpha.shape[2] == 1:
             alpha = alpha[..., 0]
         if alpha.shape != rgb.shape[:2]:
@@ -406,8 +438,10 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
             channels = [np.repeat(channels[0], 3, axis=2)]
         channels.append(alpha[..., None])
     pixels = np.concatenate(channels, axis=2) if len(channels) > 1 else channels[0]
-    dtype, scale = (np.uint8, 255.0) if bit_depth == 8 else (np.uint16, 65535.0)
-    pixels = np.ascontiguousarray(np.round(pixels * scale).astype(dtype))
+    if exact:
+        pixels = np.ascontiguousarray(pixels)
+    else:
+        pixels = np.ascontiguousarray(np.round(pixels * scale).astype(dtype))
 
     try:
         ok, encoded = cv2.imencode(suffix, pixels)
@@ -415,6 +449,7 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
         raise ValueError(f'{path}: OpenCV cannot write {suffix or "files without a suffix"} ({error})') from error
     if not ok:
         raise ValueError(f'{path}: OpenCV failed to encode the image as {suffix}')
+    del pixels  # the encoded bytes are all that is needed now
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:8]}.tmp')  # same folder, so os.replace is atomic
@@ -422,12 +457,46 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
     try:
         with os.fdopen(fd, 'wb') as f:
-            f.write(encoded.tobytes())
+            f.write(memoryview(encoded))  # the buffer itself: no bytes copy of a large image
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def output_suffix(path: PathLike) -> str:
+    """The suffix :func:`write_image` writes for an output named after ``path``: the same, except PNG for readable
+    formats it cannot write (:data:`WRITE_REWRITES`)."""
+    suffix = Path(path).suffix
+    return WRITE_REWRITES.get(suffix.lower(), suffix)
+
+
+def unit_float_image(array: np.ndarray, what: str = 'image') -> np.ndarray:
+    """A float32 copy in [0, 1] of an image array given as uint8 (/ 255), uint16 (/ 65535) or float in [0, 1].
+
+    Nothing is clipped or guessed: other dtypes (int64, bool, ...), floats outside [0, 1] (e.g. 0..255 floats),
+    NaN and infinity raise with a message that names ``what`` and says how to convert.
+
+    Raises:
+        TypeError: an unsupported dtype.
+        ValueError: non-finite values or values outside [0, 1].
+    """
+    array = np.asarray(array)
+    if array.dtype in (np.uint8, np.uint16):
+        return _integer_to_unit_float(array)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f'{what} must be uint8, uint16 or float in [0, 1], got {array.dtype}: convert it first '
+                        '(e.g. uint8 for 0..255 integers)')
+    array = array.astype(np.float32)
+    if array.size:
+        if not np.isfinite(array).all():
+            raise ValueError(f'{what} has NaN or infinite values; nothing can be restored from them')
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(f'{what} values span {low:g}..{high:g}, outside [0, 1]: float images must be in [0, 1] '
+                             '(divide 0..255 values by 255, or pass uint8)')
+    return array
 
 
 # ------------------------------------------------------------------------------------------------ tensors
@@ -440,7 +509,7 @@ def image_to_tensor(rgb: np.ndarray) -> 'torch.Tensor':
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f'expected an H x W x 3 image, got shape {array.shape}')
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None].clone()
+    return torch.from_numpy(np.array(array.transpose(2, 0, 1), order='C'))[None]  # one copy
 
 
 def tensor_to_image(tensor: 'torch.Tensor') -> np.ndarray:

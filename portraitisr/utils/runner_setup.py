@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from mmengine.config import Config
 
-from portraitisr.registry import RUNNERS
+from portraitisr.registry import LOOPS, RUNNERS
 
 AMP_WRAPPER = 'AmpOptimWrapper'
 
@@ -77,21 +77,29 @@ def build_runner(cfg: Config):
 def run_test_sets(runner, test_sets: Optional[list] = None) -> list:
     """Test ``runner``'s model on every entry of ``test_sets`` (a config's list of
     ``dict(name=..., table=..., dataloader=..., evaluator=...)``), loading the checkpoint once; without
-    ``test_sets``, on the config's ``test_dataloader``.
+    ``test_sets``, on the config's ``test_dataloader``. Each set runs in the loop type of the config's
+    ``test_cfg`` (``TestLoop`` by default; ``tools/test.py`` uses ``TolerantTestLoop``, which leaves out files it
+    cannot read).
 
     Returns:
-        ``[(name, table, metrics)]`` in order.
+        ``[(name, table, metrics, failed)]`` in order; ``failed``: the one-line reasons of the test batches the loop
+        left out (empty for mmengine's ``TestLoop``).
     """
-    from mmengine.runner import TestLoop
-
+    cfg = runner.cfg
     if not test_sets:
-        cfg = runner.cfg
-        return [(cfg.get('test_set_name', 'test'), cfg.get('test_table', 'general'), runner.test())]
+        metrics = runner.test()
+        return [(cfg.get('test_set_name', 'test'), cfg.get('test_table', 'general'), metrics,
+                 list(getattr(runner.test_loop, 'failed', [])))]
+    loop_cfg = dict(cfg.get('test_cfg') or {})
+    loop_cfg.setdefault('type', 'TestLoop')
     results = []
     for test_set in test_sets:
         missing = {'name', 'dataloader', 'evaluator'} - set(test_set)
         if missing:
             raise KeyError(f'test_sets entry {test_set.get("name", "?")!r} lacks {", ".join(sorted(missing))}')
-        runner._test_loop = TestLoop(runner, test_set['dataloader'], test_set['evaluator'])
-        results.append((test_set['name'], test_set.get('table', 'general'), runner.test()))
+        runner._test_loop = LOOPS.build(dict(loop_cfg, runner=runner, dataloader=test_set['dataloader'],
+                                             evaluator=test_set['evaluator']))
+        metrics = runner.test()
+        results.append((test_set['name'], test_set.get('table', 'general'), metrics,
+                        list(getattr(runner.test_loop, 'failed', []))))
     return results

@@ -10,7 +10,11 @@ has a neighbour (where the tile's context is cut off), rising linearly to 1 acro
   into the same tiles, so the extra channels always stay aligned with the LQ latent they belong to.
 * VAE decoder: :func:`tiled_forward` with ``scale = 8``.
 * VAE encoder: tiles in pixels, blended on the latent grid; the blended *moments* (mean, log-variance) form one
-  posterior, so ``sample()`` draws the same noise as an untiled encode.
+  posterior, so ``sample()`` draws the same noise as an untiled encode. The image may be a :class:`PixelSource`
+  that makes each tile on demand (``portraitisr restore`` upscales the small input tile by tile), so the
+  full-size input never exists.
+* VAE decoder by rows (:func:`tiled_vae_decode_rows`): finished output rows are handed out while the tiles below
+  are still to come, so the full-size output need not exist in float32 either.
 
 Why not diffusers' ``AutoencoderKL.enable_tiling``: it lays tiles on a fixed stride, so the last row and column
 can be slivers (a 4096 image with its 768-pixel SD 2.1 tiles ends in a 64-pixel tile) whose GroupNorm statistics
@@ -24,7 +28,7 @@ tile 1024 px, latent tile 96 with overlap 32; reference section 1, "Tiling") set
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +40,23 @@ from .vae_stages import Stage, decoder_stages, encoder_stages
 #: How a tiled VAE stage's GroupNorms get their statistics: see :class:`LatentTiling`.
 GROUP_NORM_MODES = ('auto', 'exact', 'tile')
 
-__all__ = ['LatentTiling', 'tiled_unet', 'tiled_vae_encode', 'tiled_vae_decode', 'tile_borders',
-           'tile_border_mask', 'tile_seam_score']
+__all__ = ['LatentTiling', 'PixelSource', 'tiled_unet', 'tiled_vae_encode', 'tiled_vae_decode',
+           'tiled_vae_decode_rows', 'stage_tile_counts', 'tile_borders', 'tile_border_mask', 'tile_seam_score']
+
+
+class PixelSource(Protocol):
+    """An image that exists only as crops: ``shape`` ``(B, C, H, W)``, ``device``, and ``crop(y0, y1, x0, x1)``
+    returning ``B x C x (y1 - y0) x (x1 - x0)`` on ``device``."""
+
+    shape: Tuple[int, int, int, int]
+    device: torch.device
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> Tensor:
+        ...
+
+
+def _crop(image: Union[Tensor, PixelSource], y0: int, y1: int, x0: int, x1: int) -> Tensor:
+    return image[..., y0:y1, x0:x1] if isinstance(image, Tensor) else image.crop(y0, y1, x0, x1)
 
 
 @dataclass
@@ -102,7 +121,7 @@ def tiled_unet(unet: nn.Module, unet_in: Tensor, timesteps: Tensor, prompt_embed
         ``B x 4 x h x w`` in the UNet's output dtype. Sizes that are not a multiple of the UNet's downscale are
         reflect-padded for tiling and cropped back.
     """
-    from portraitisr.models.restorers.tiling import tiled_forward  # lazy: the restorers package imports models
+    from portraitisr.models.restorers.tiling import tile_done, tiled_forward  # lazy: restorers import models
 
     align = unet_downscale(unet)
 
@@ -111,15 +130,17 @@ def tiled_unet(unet: nn.Module, unet_in: Tensor, timesteps: Tensor, prompt_embed
 
     h, w = unet_in.shape[-2:]
     if h <= tile and w <= tile:
-        return run(unet_in)
+        eps = run(unet_in)
+        tile_done()
+        return eps
     pad_h, pad_w = (-h) % align, (-w) % align
     padded = F.pad(unet_in, (0, pad_w, 0, pad_h), mode='reflect') if pad_h or pad_w else unet_in
     eps = tiled_forward(run, padded, 1, tile, overlap, align=align, margin=margin, progress=False)
     return eps[..., :h, :w]
 
 
-def _vae_tile_results(stages: List[Stage], run: Callable[[Tensor], Tensor], image: Tensor, tile_h: int,
-                      tile_w: int, ys: List[int], xs: List[int], group_norm: str) -> Iterator[Tensor]:
+def _vae_tile_results(stages: List[Stage], run: Callable[[Tensor], Tensor], image: Union[Tensor, PixelSource],
+                      tile_h: int, tile_w: int, ys: List[int], xs: List[int], group_norm: str) -> Iterator[Tensor]:
     """Each tile's result of a VAE stage, row-major (``ys`` outer): with ``group_norm='tile'`` from ``run`` (possibly
     compiled), with ``'exact'`` from the eager ``stages`` run in step over all tiles (their GroupNorms are swapped
     per tile, which would make a ``torch.compile``'d module recompile for every tile); ``'auto'`` picks by device
@@ -128,23 +149,26 @@ def _vae_tile_results(stages: List[Stage], run: Callable[[Tensor], Tensor], imag
         raise ValueError(f'group_norm must be one of {GROUP_NORM_MODES}, got {group_norm!r}')
     if group_norm == 'auto':
         group_norm = 'exact' if image.device.type == 'cuda' else 'tile'
-    crops = [image[..., y:y + tile_h, x:x + tile_w] for y in ys for x in xs]
-    if group_norm == 'tile':
-        yield from (run(crop) for crop in crops)
+    if group_norm == 'tile':  # one tile at a time: a PixelSource makes each crop only when it is needed
+        yield from (run(_crop(image, y, y + tile_h, x, x + tile_w)) for y in ys for x in xs)
         return
+    store = torch.device('cpu') if image.device.type == 'cuda' else image.device
+    # straight to the store, one at a time: all tiles wait there between stages, never all on the GPU
+    crops = [_crop(image, y, y + tile_h, x, x + tile_w).to(store) for y in ys for x in xs]
     height, width = image.shape[-2:]
     spans_y, spans_x = owned_spans(ys, tile_h, height), owned_spans(xs, tile_w, width)
     owned = [(y0, y1, x0, x1) for y0, y1 in spans_y for x0, x1 in spans_x]
-    store = torch.device('cpu') if image.device.type == 'cuda' else image.device
     for result in run_tiles_in_step(stages, crops, owned, (tile_h, tile_w), image.device, store):
         yield result.to(image.device)
 
 
-def tiled_vae_decode(vae: nn.Module, latents: Tensor, tile: int, overlap: int, margin: Optional[int] = None,
-                     group_norm: str = 'auto') -> Tensor:
+def tiled_vae_decode_rows(vae: nn.Module, latents: Tensor, tile: int, overlap: int, margin: Optional[int] = None,
+                          group_norm: str = 'auto') -> Iterator[Tuple[int, Tensor]]:
     """``vae.decode(latents).sample`` (unscaled latents ``B x 4 x h x w`` -> ``B x 3 x 8h x 8w`` in about
-    [-1, 1]) on overlapping latent tiles; ``group_norm``: see :class:`LatentTiling`."""
-    from portraitisr.models.restorers.tiling import blend_tiles, tile_starts
+    [-1, 1]) on overlapping latent tiles, yielded as ``(first output row, B x 3 x rows x 8w)`` bands from the top
+    (:func:`~portraitisr.models.restorers.tiling.blend_rows`); one band when the latent fits in one tile.
+    ``group_norm``: see :class:`LatentTiling`."""
+    from portraitisr.models.restorers.tiling import blend_rows, tile_done, tile_starts
 
     factor = 2**(len(vae.config.block_out_channels) - 1)
 
@@ -155,23 +179,40 @@ def tiled_vae_decode(vae: nn.Module, latents: Tensor, tile: int, overlap: int, m
 
     height, width = latents.shape[-2:]
     if height <= tile and width <= tile:
-        return run(latents)
+        image = run(latents)
+        tile_done()
+        yield 0, image
+        return
     margin = overlap // 4 if margin is None else int(margin)
     tile_h, tile_w = min(tile, height), min(tile, width)
     ys, xs = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     results = _vae_tile_results(decoder_stages(vae), run, latents, tile_h, tile_w, ys, xs, group_norm)
-    return blend_tiles(results, ys, xs, (tile_h, tile_w), (height, width), overlap, margin, factor)
+    yield from blend_rows(results, ys, xs, (tile_h, tile_w), (height, width), overlap, margin, factor)
 
 
-def tiled_vae_encode(vae: nn.Module, images: Tensor, tile: int, overlap: int, margin: Optional[int] = None,
+def tiled_vae_decode(vae: nn.Module, latents: Tensor, tile: int, overlap: int, margin: Optional[int] = None,
                      group_norm: str = 'auto') -> Tensor:
+    """``vae.decode(latents).sample`` (unscaled latents ``B x 4 x h x w`` -> ``B x 3 x 8h x 8w`` in about
+    [-1, 1]) on overlapping latent tiles; ``group_norm``: see :class:`LatentTiling`."""
+    out: Optional[Tensor] = None
+    for top, rows in tiled_vae_decode_rows(vae, latents, tile, overlap, margin, group_norm):
+        if out is None:
+            factor = rows.shape[-1] // latents.shape[-1]
+            out = rows.new_empty(rows.shape[0], rows.shape[1], factor * latents.shape[-2], rows.shape[-1])
+        out[..., top:top + rows.shape[-2], :] = rows
+    return out
+
+
+def tiled_vae_encode(vae: nn.Module, images: Union[Tensor, PixelSource], tile: int, overlap: int,
+                     margin: Optional[int] = None, group_norm: str = 'auto') -> Tensor:
     """Posterior moments of ``vae.encode`` (``B x 2C x H/8 x W/8``, mean and log-variance) from overlapping
-    image tiles ``images`` ``B x 3 x H x W`` in [-1, 1]; ``H``, ``W``, ``tile`` and ``overlap`` multiples of 8.
+    image tiles of ``images`` ``B x 3 x H x W`` in [-1, 1] (a tensor, or a :class:`PixelSource` that makes each
+    tile on demand); ``H``, ``W``, ``tile`` and ``overlap`` multiples of 8.
 
     Tiles are cut in pixels and blended on the latent grid with the ramps of :func:`tiled_forward`;
     ``group_norm``: see :class:`LatentTiling`.
     """
-    from portraitisr.models.restorers.tiling import blend_tiles, tile_starts
+    from portraitisr.models.restorers.tiling import blend_tiles, tile_done, tile_starts
 
     factor = 2**(len(vae.config.block_out_channels) - 1)
     height, width = images.shape[-2:]
@@ -184,7 +225,9 @@ def tiled_vae_encode(vae: nn.Module, images: Tensor, tile: int, overlap: int, ma
         return vae.quant_conv(moments) if vae.quant_conv is not None else moments
 
     if height <= tile and width <= tile:
-        return run(images)
+        moments = run(_crop(images, 0, height, 0, width))
+        tile_done()
+        return moments
     margin = overlap // 4 if margin is None else int(margin)
     tile_h, tile_w = min(tile, height), min(tile, width)
     ys, xs = tile_starts(height, tile_h, overlap, factor), tile_starts(width, tile_w, overlap, factor)
@@ -193,6 +236,29 @@ def tiled_vae_encode(vae: nn.Module, images: Tensor, tile: int, overlap: int, ma
     lat = lambda values: [v // factor for v in values]  # noqa: E731
     return blend_tiles(results, lat(ys), lat(xs), (tile_h // factor, tile_w // factor),
                        (height // factor, width // factor), overlap // factor, margin // factor)
+
+
+def stage_tile_counts(tiling: LatentTiling, size: Tuple[int, int], factor: int = 8,
+                      unet_align: int = 8) -> Tuple[int, int, int]:
+    """How many tiles the encoder, the UNet and the decoder run for a padded image of ``size`` ``(H, W)``
+    (multiples of ``factor``) under ``tiling``; a stage that fits in one tile counts 1. For progress bars."""
+    from portraitisr.models.restorers.tiling import tile_starts
+
+    height, width = size
+    lat_h, lat_w = height // factor, width // factor
+
+    def count(h: int, w: int, tile: int, overlap: int, align: int = 1) -> int:
+        if h <= tile and w <= tile:
+            return 1
+        return len(tile_starts(h, min(tile, h), overlap, align)) * len(tile_starts(w, min(tile, w), overlap, align))
+
+    encode = count(height, width, tiling.encode_tile, tiling.encode_overlap, factor)
+    pad = lambda v: v + (-v) % unet_align  # noqa: E731  (tiled_unet reflect-pads to the UNet's factor)
+    tile = tiling.unet_tile // unet_align * unet_align
+    unet = count(pad(lat_h), pad(lat_w), tile, tiling.unet_overlap, unet_align) \
+        if lat_h > tiling.unet_tile or lat_w > tiling.unet_tile else 1
+    decode = count(lat_h, lat_w, tiling.decode_tile, tiling.decode_overlap)
+    return encode, unet, decode
 
 
 # ---------------------------------------------------------------------- seam measurement

@@ -24,20 +24,19 @@ cores in seconds or needs files this machine does not have:
   multi-step samplers (AuthFace) take :data:`TINY_SAMPLING_STEPS`; gradient accumulation is off, so that one step
   updates.
 
-Everything else stays as the config says: model and loss types and weights, degradation presets, data
-preprocessors, prompters, optimiser wrappers and their hyper-parameters, hooks, samplers and mixture ratios,
-evaluators (less :data:`HUB_METRICS`, whose networks or statistics come from hubs). Distribution (``strategy``,
-``runner_type``: FSDP2) is not exercised: the model is built and stepped in this process. The
-substitutions are the table :data:`TINY_SUBSTITUTIONS`, keyed by the registered ``type`` of a config dict (applied
-bottom-up, so a rule sees its children already tiny). A config that uses a new type needing hub weights or data
-files fails in :func:`assert_runnable_offline` with the path of the offending key and the name of the table to
-extend: add one small function (``cfg dict, context -> cfg dict``) for the new type.
+Everything else stays as the config says: model and loss types and weights, degradation presets, data preprocessors,
+prompters, optimiser wrappers and their hyper-parameters, hooks, samplers and mixture ratios, evaluators (less
+:data:`HUB_METRICS`, whose networks or statistics come from hubs). Distribution (``strategy``, ``runner_type``:
+FSDP2) is not exercised: the model is built and stepped in this process. The substitutions are the table
+:data:`TINY_SUBSTITUTIONS`, keyed by the registered ``type`` of a config dict (applied bottom-up, so a rule sees its
+children already tiny). A config that uses a new type needing hub weights or data files fails in
+:func:`assert_runnable_offline` with the path of the offending key and the name of the table to extend: add one
+small function (``cfg dict, context -> cfg dict``) for the new type.
 
-:func:`run_config` then builds the model, takes one training step when the config trains, one validation step on
-the first validation batch (scored by the config's evaluator; a config that never evaluates takes it on its first
-training batch) and one test step on the first batch of each distinct
-test set, and returns what the test checks (losses, parameters that changed, the evaluation GTs next to the dataset
-GTs, metric values).
+:func:`run_config` then builds the model, takes one training step when the config trains, one validation step on the
+first validation batch (scored by the config's evaluator; a config that never evaluates takes it on its first
+training batch) and one test step on the first batch of each distinct test set, and returns what the test checks
+(losses, parameters that changed, the evaluation GTs next to the dataset GTs, metric values).
 """
 import copy
 import math

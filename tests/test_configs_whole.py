@@ -34,8 +34,13 @@ def test_config_trains_and_evaluates_against_the_dataset_gt(path, tmp_path):
     if trains(cfg):
         assert run.train_log is not None and 'loss' in run.train_log
         assert all(math.isfinite(v) for v in run.train_log.values()), run.train_log
-        # every optimiser of the config (generator, regulariser, discriminator...) moved its parameters
-        assert run.trained and all(run.trained.values()), run.trained
+        # every optimiser of the config (generator, regulariser, discriminator...) moved its parameters; AuthFace's
+        # eye and mouth discriminators only where the batch had a face with landmarks inside the crop (a faceless
+        # batch, e.g. LSDIR in HeadsUp's mixture, gives them no crops: loss_facial_adv is then exactly 0)
+        idle = {name for name, moved in run.trained.items() if not moved}
+        if run.train_log.get('loss_facial_adv') == 0.0:
+            idle.discard('facial_loss')
+        assert run.trained and not idle, run.trained
     # the evaluation GT is the dataset GT, bit for bit: in the preprocessed batch and in what the metrics read
     if not run.dataset_gts:  # only sets of real photos without GT (AuthFace's LFW / WebPhoto / WIDER-Test)
         assert run.eval_dataset.get('gt_root', 'given') is None, f'{run.eval_source}: the batch carries no GT'

@@ -18,25 +18,25 @@ cores in seconds or needs files this machine does not have:
   manifest ``sample://portraits``, ``ImageFolderDataset`` the sample photos, ``PairedImageFolderDataset`` LQ/GT
   folders written here from them, ``AlignedFaceDataset`` LFW faces, ``CaptionedImageDataset`` the sample photos with
   the captions of ``configs/debug/authface_finetune_tiny.py``. Crops shrink to :data:`TINY_CROP`, aligned face
-  crops (FFHQ template, references, face discriminator, face restorers) to :data:`TINY_FACE`; dataloaders run in
+  crops (FFHQ template, references, face discriminator, face restorers) to :data:`TINY_FACE` (portrait crops of
+  models with a facial loss to :data:`TINY_FACIAL_CROP`); dataloaders run in
   the main process with batches of at most :data:`TINY_BATCH`; frozen SD weights run in float32 (:data:`CPU_DTYPE`);
   multi-step samplers (AuthFace) take :data:`TINY_SAMPLING_STEPS`; gradient accumulation is off, so that one step
   updates.
 
-Everything else stays as the config says: model and loss types and weights, degradation presets, data
-preprocessors, prompters, optimiser wrappers and their hyper-parameters, hooks, samplers and mixture ratios,
-evaluators (less :data:`HUB_METRICS`, whose networks or statistics come from hubs). Distribution (``strategy``,
-``runner_type``: FSDP2) is not exercised: the model is built and stepped in this process. The
-substitutions are the table :data:`TINY_SUBSTITUTIONS`, keyed by the registered ``type`` of a config dict (applied
-bottom-up, so a rule sees its children already tiny). A config that uses a new type needing hub weights or data
-files fails in :func:`assert_runnable_offline` with the path of the offending key and the name of the table to
-extend: add one small function (``cfg dict, context -> cfg dict``) for the new type.
+Everything else stays as the config says: model and loss types and weights, degradation presets, data preprocessors,
+prompters, optimiser wrappers and their hyper-parameters, hooks, samplers and mixture ratios, evaluators (less
+:data:`HUB_METRICS`, whose networks or statistics come from hubs). Distribution (``strategy``, ``runner_type``:
+FSDP2) is not exercised: the model is built and stepped in this process. The substitutions are the table
+:data:`TINY_SUBSTITUTIONS`, keyed by the registered ``type`` of a config dict (applied bottom-up, so a rule sees its
+children already tiny). A config that uses a new type needing hub weights or data files fails in
+:func:`assert_runnable_offline` with the path of the offending key and the name of the table to extend: add one
+small function (``cfg dict, context -> cfg dict``) for the new type.
 
-:func:`run_config` then builds the model, takes one training step when the config trains, one validation step on
-the first validation batch (scored by the config's evaluator; a config that never evaluates takes it on its first
-training batch) and one test step on the first batch of each distinct
-test set, and returns what the test checks (losses, parameters that changed, the evaluation GTs next to the dataset
-GTs, metric values).
+:func:`run_config` then builds the model, takes one training step when the config trains, one validation step on the
+first validation batch (scored by the config's evaluator; a config that never evaluates takes it on its first
+training batch) and one test step on the first batch of each distinct test set, and returns what the test checks
+(losses, parameters that changed, the evaluation GTs next to the dataset GTs, metric values).
 """
 import copy
 import math
@@ -59,6 +59,9 @@ TINY_CAPTIONS = CONFIG_ROOT / 'debug' / 'authface_finetune_tiny.py'
 
 #: Side of every training / evaluation crop (the papers use 512 or 1024).
 TINY_CROP = 64
+#: Side of portrait crops for models with AuthFace's facial loss: its eye and mouth boxes, on the 1/8 latent, need
+#: a whole face inside the crop (the sample photos' faces are 100-200 pixels wide); as configs/debug/authface_*_tiny.py
+TINY_FACIAL_CROP = 128
 #: Side of aligned face crops: the FFHQ-template face the losses see, references, face restorers (paper: 512).
 TINY_FACE = 64
 #: Side of aligned-face datasets (PortraitSR: 128); a multiple of the x4 and x8 scales.
@@ -104,6 +107,8 @@ class TinyContext:
     tiny_xl: Config = field(default_factory=lambda: Config.fromfile(str(TINY_SDXL)))
     #: output size / input size of the model (for LQ files of paired test sets)
     model_scale: int = 1
+    #: side of portrait crops (:data:`TINY_CROP`, or :data:`TINY_FACIAL_CROP` for models with a facial loss)
+    portrait_crop: int = 64
 
     def scratch(self, name: str) -> Path:
         path = self.workdir / name
@@ -316,7 +321,8 @@ def _crop(value: Optional[int]) -> Optional[int]:
 
 def _portrait_triplets(cfg: dict, ctx: TinyContext) -> dict:
     out = dict(cfg, manifest=SAMPLE_PORTRAITS, data_root=None, ref_size=TINY_FACE)
-    out['crop_size'] = _crop(out.get('crop_size'))
+    if out.get('crop_size') is not None:
+        out['crop_size'] = min(int(out['crop_size']), ctx.portrait_crop)
     return out
 
 
@@ -440,7 +446,8 @@ def _model_scale(model: dict) -> int:
 def tiny_config(path: Path, workdir: Path) -> Config:
     """The config at ``path`` with tiny parts (see the module docstring); files it needs go under ``workdir``."""
     cfg = Config.fromfile(str(path))
-    ctx = TinyContext(workdir=Path(workdir), config_path=Path(path), model_scale=_model_scale(cfg.model))
+    ctx = TinyContext(workdir=Path(workdir), config_path=Path(path), model_scale=_model_scale(cfg.model),
+                      portrait_crop=TINY_FACIAL_CROP if cfg.model.get('facial_loss') else TINY_CROP)
     cfg.model = _substitute(cfg.model, ctx)
     for key in [k for k in cfg.keys() if k.endswith('dataloader') and cfg.get(k) is not None]:
         cfg[key] = _local_dataloader(_substitute(cfg[key], ctx))

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# --fail-on-skip and the allowed_skip_reasons ini option (setup.cfg), which .ci/run uses
+from .helpers.skip_policy import pytest_addoption, pytest_configure  # noqa: F401
+
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
@@ -14,7 +17,8 @@ TINY_SD_CONFIG = REPO_ROOT / 'configs' / '_base_' / 'models' / 'tiny_sd.py'
 
 
 def require_shared_fixtures() -> Path:
-    """The fixtures beside the repository, or a clean skip where they are absent."""
+    """The fixtures beside the repository, or a skip where they are absent (CI has them: its --fail-on-skip turns
+    such a skip into a failure)."""
     if not FIXTURES.is_dir():
         pytest.skip('../shared/fixtures is not available')
     return FIXTURES
@@ -45,6 +49,27 @@ def tiny_cfg():
 def tiny_text_encoder(tiny_cfg):
     from portraitisr.registry import TEXT_ENCODERS
     return TEXT_ENCODERS.build(tiny_cfg.tiny_text_encoder)
+
+
+@pytest.fixture
+def mmengine_records():
+    """The records logged through mmengine's current logger (``print_log(..., logger='current')``) while the
+    test runs: a list of ``logging.LogRecord``."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    records = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    logger = MMLogger.get_current_instance()
+    handler = _Collect(level=logging.DEBUG)
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
 
 
 @pytest.fixture

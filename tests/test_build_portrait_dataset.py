@@ -8,17 +8,16 @@ import subprocess
 import sys
 import zlib
 
+import dlib  # noqa: F401  (dlib-bin is an install_requires: missing, it fails)
 import numpy as np
 import pytest
+import skimage  # noqa: F401  (scikit-image is an install_requires: missing, it fails)
 
 from portraitisr.datasets.builder.pairs import split_of
 from portraitisr.datasets.builder.scan import image_id_of
 from portraitisr.models.identity import DlibResNet
 
 from .conftest import REPO_ROOT
-
-pytest.importorskip('skimage')
-pytest.importorskip('dlib')
 
 pytestmark = pytest.mark.slow  # every test runs the tool end to end, in its own process
 

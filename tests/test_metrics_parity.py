@@ -83,7 +83,7 @@ def test_niqe_matches_osediff_log_per_image(one_torch_thread):
     difference in Y can flip a level, and the CPU's vector code decides those bits. The emulated arithmetic does not
     depend on the CPU (its exact-arithmetic test is below), which is why no assertion here compares with it.
     """
-    pytest.importorskip('pyiqa')
+    import pyiqa  # noqa: F401  (the dev extra: missing, it fails)
     home = require_pypi_weights('niqe_pris_params.npz')
     from portraitisr.evaluation.metrics.pyiqa_metrics import NIQE
 
@@ -109,7 +109,7 @@ def _round_to_float32(value: Fraction) -> float:
 
 def test_cuda_fma_emulation_rounds_once():
     """``_fma_float32`` = one rounding of the exact ``a * b + c``, also where float64 lands on a float32 midpoint."""
-    pytest.importorskip('pyiqa')
+    import pyiqa  # noqa: F401  (the dev extra: missing, it fails)
     from portraitisr.evaluation.metrics.pyiqa_metrics import _fma_float32
 
     generator = torch.Generator().manual_seed(0)

@@ -131,6 +131,23 @@ def test_training_only_weights_are_needed_only_to_train(weight_env, file_server)
     assert set(model_zoo.check_available('tiny', zoo, need_checkpoint=False)) == {'base'}
 
 
+def test_optional_weights_are_downloaded_but_never_required(weight_env, file_server):
+    """OSEDiff's DAPE tagger: restoring uses it when present and goes on without it, so checking never asks for
+    it; download fetches it with the rest."""
+    zoo = _zoo(file_server, {'base.pth': (b'base', None), 'tagger.pth': (b'tag', None)})
+    zoo.models['tiny'] = dataclasses.replace(zoo.models['tiny'], requires=('base', ), optional=('tagger', ))
+    with pytest.raises(WeightsNotFoundError) as info:
+        model_zoo.check_available('tiny', zoo)
+    assert 'base.pth' in str(info.value) and 'tagger.pth' not in str(info.value)
+    with pytest.warns(UserWarning):  # no sha256 in this index
+        assert set(model_zoo.download('tiny', zoo, progress=False)) == {'base', 'tagger'}
+    assert set(model_zoo.check_available('tiny', zoo)) == {'base'}
+    index = model_zoo.load_index()
+    for name in ('osediff_sd21', 'headsup_sd21', 'osediff_osediff_face'):  # the configs whose prompts are DAPE tags
+        assert {'dape', 'ram_swin_large_14m', 'ram_tag_list', 'ram_tag_list_threshold'} <= set(
+            index.models[name].optional), name
+
+
 def test_download_resumes_partial_file_and_verifies(weight_env, file_server):
     data = _payload(200_000, 1)
     zoo = _zoo(file_server, {'a.pth': (data, hashlib.sha256(data).hexdigest())})

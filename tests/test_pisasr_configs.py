@@ -53,7 +53,7 @@ def test_pisasr_test_config_states_the_reference_settings():
     assert (backbone.lambda_pix, backbone.lambda_sem) == (1.0, 1.0)  # test_pisasr.py defaults
     assert backbone.trained_weights == 'pisa_sr.pkl'
     assert model.color_fix == 'adain'
-    assert model.data_preprocessor == dict(type='SRDataPreprocessor', degradation='realesrgan')
+    assert model.data_preprocessor == dict(type='SRDataPreprocessor', eval_degradation=cfg.portrait_test_degradation)
     assert [s['name'] for s in cfg.test_sets] == ['PortraitSR-4K-Te', 'DIV2K', 'RealSR', 'DRealSR']
     assert all(s['dataloader']['dataset']['upscale'] == 4 for s in cfg.test_sets[1:])  # x4 input, as the script
     prompter = PROMPTERS.build(model.prompter)
@@ -90,7 +90,7 @@ def test_osediff_table2_config_states_the_reference_settings():
     assert (model.backbone.lora_rank, model.backbone.lora_alpha) == (4, 8)
     assert model.backbone.trained_weights == 'osediff.pkl' and model.color_fix == 'adain'
     assert model.get('regularizer') is None and model.get('lpips_loss') is None  # test only
-    assert model.data_preprocessor == dict(type='SRDataPreprocessor', degradation='realesrgan')
+    assert model.data_preprocessor == dict(type='SRDataPreprocessor', eval_degradation=cfg.portrait_test_degradation)
     assert [s['name'] for s in cfg.test_sets] == ['PortraitSR-4K-Te']
     assert cfg.test_sets[0]['dataloader']['dataset']['crop_size'] == 1024
 

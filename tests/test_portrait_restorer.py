@@ -16,6 +16,8 @@ from portraitisr.utils.image_io import ImageReadError, read_image, write_image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_HEADSUP = REPO_ROOT / 'configs' / 'debug' / 'headsup_tiny.py'
 
+pytest_plugins = ('tests.helpers.file_server',)
+
 
 @pytest.fixture(scope='module')
 def restorer():
@@ -322,3 +324,27 @@ def test_untrained_models_say_so_once(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter('error', UntrainedModelWarning)
         assert PortraitRestorer(TINY_HEADSUP, checkpoint=path, device='cpu').training_iterations is None
+
+
+def test_a_missing_tagger_restores_without_tags_after_one_warning(weight_env, no_internet, mmengine_records):
+    """``portraitisr restore --model osediff_sd21`` prompts with DAPE tags when DAPE's weights are here; without
+    them it restores with tagless prompts and says so once (training keeps the config's strict 'error')."""
+    import logging
+
+    from portraitisr.apis.portrait_restorer import with_optional_taggers
+
+    dape = dict(type='DAPETagger', cache_size=16)  # the model-zoo files, absent from this empty PORTRAITISR_HOME
+    restorer = PortraitRestorer(REPO_ROOT / 'configs' / 'debug' / 'osediff_tiny.py', device='cpu',
+                                cfg_options={'model.prompter': dict(type='TagPrompter', tagger=dape)})
+    assert restorer.model.prompter.if_tagger_missing == 'warn'
+    for _ in range(2):
+        restored = restorer.restore_array(_photo(32, 24))
+        assert restored.rgb.shape == (128, 96, 3)
+    warnings = [r.getMessage() for r in mmengine_records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if 'DAPETagger that tags the inputs cannot be built' in w]) == 1
+    # nested prompters (a blending baseline's OSEDiff) too; an explicit choice in the config is kept
+    nested = with_optional_taggers(dict(type='BlendingRestorer', general_restorer=dict(model=dict(
+        prompter=dict(type='TagPrompter', tagger=dape))), face_restorer=dict(model=dict(
+            prompter=dict(type='TagPrompter', tagger=dape, if_tagger_missing='error')))))
+    assert nested['general_restorer']['model']['prompter']['if_tagger_missing'] == 'warn'
+    assert nested['face_restorer']['model']['prompter']['if_tagger_missing'] == 'error'

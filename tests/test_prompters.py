@@ -62,3 +62,53 @@ def test_text_encoder_stays_frozen_in_eval(tiny_text_encoder):
     tiny_text_encoder.train()
     assert not tiny_text_encoder.training and not tiny_text_encoder.text_model.training
     assert not any(p.requires_grad for p in tiny_text_encoder.parameters())
+
+
+def _warnings(records):
+    import logging
+    return [r.getMessage() for r in records if r.levelno == logging.WARNING]
+
+
+def test_empty_prompts_warn_once_when_the_model_was_trained_with_prompts(mmengine_records):
+    images = torch.zeros(2, 3, 8, 8)
+    tagged = PROMPTERS.build(dict(type='TagPrompter', missing='empty'))  # tag prompts: trained with prompts
+    assert tagged.trained_with_prompts
+    assert tagged.eval()(images, [dict(tags=['man']), dict(tags=['cat'])]) == ['man, ,', 'cat, ,']
+    assert _warnings(mmengine_records) == []  # prompts with words: nothing to say
+    for _ in range(3):  # training and evaluation batches without tags: one warning in all
+        assert tagged.train()(images, [{}, {}]) == ['', '']
+        assert tagged.eval()(images, [{}, dict(tags=['cat'])]) == ['', 'cat, ,']
+    messages = _warnings(mmengine_records)
+    assert len(messages) == 1
+    assert 'TagPrompter: 2 of 2 prompts are empty' in messages[0]
+    assert '`model.prompter.tagger`' in messages[0] and "metainfo key 'tags'" in messages[0]
+    # a second prompter warns once on its own
+    fixed = PROMPTERS.build(dict(type='FixedPrompter', prompt='', trained_with_prompts=True))
+    fixed(images)
+    fixed(images)
+    assert len(_warnings(mmengine_records)) == 2 and '`model.prompter.prompt`' in _warnings(mmengine_records)[1]
+
+
+def test_intentionally_empty_prompts_do_not_warn(mmengine_records):
+    images = torch.zeros(2, 3, 8, 8)
+    for cfg in (dict(type='NullPrompter'), dict(type='FixedPrompter'), dict(type='FixedPrompter', prompt=''),
+                dict(type='TagPrompter', missing='empty', trained_with_prompts=False)):
+        prompter = PROMPTERS.build(cfg)
+        assert not prompter.trained_with_prompts
+        assert prompter(images, [{}, {}]) == ['', '']
+    assert _warnings(mmengine_records) == []
+
+
+def test_paper_configs_declare_prompted_training_and_their_taggers():
+    """OSEDiff and HeadsUp were trained on tags (RAM on the GT, DAPE on the LQ at test): their configs say so,
+    so an empty prompt warns; the debug configs use a fixed non-empty prompt."""
+    from mmengine.config import Config
+
+    from .conftest import REPO_ROOT
+    for name in ('osediff/osediff_sd21.py', 'headsup/headsup_sd21.py', 'blending/osediff_osediff_face.py'):
+        path = REPO_ROOT / 'configs' / name
+        cfg = Config.fromfile(str(path))
+        model = cfg.model if 'prompter' in cfg.model else cfg.model.general_restorer.model
+        assert model.prompter.type == 'TagPrompter' and model.prompter.trained_with_prompts is True, name
+        text = path.read_text(encoding='utf-8')
+        assert 'RAM' in text and 'DAPE' in text and 'model.prompter.tagger' in text, name

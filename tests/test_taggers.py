@@ -3,6 +3,7 @@ reads (model zoo, resolver, offline errors), batching and caching, and use as Ta
 
 The comparison with the reference implementation itself is in ``tests/test_taggers_parity.py``.
 """
+import logging
 import re
 
 import pytest
@@ -151,6 +152,73 @@ def test_tag_prompter_takes_the_tagger_from_its_config():
     assert prompter.eval()(images) == ['person, hair, ,'] * 2  # f"{tags}, {prompt}," with the empty prompt
     assert prompter.train()(images) == ['person, hair'] * 2
     assert not prompter.tagger.training
+
+
+def _tagger_cfg(thresholds, **kwargs) -> dict:
+    return dict(type='RAMTagger', pretrained=False, tag_list=TAGS, thresholds=thresholds, **SMALL, **kwargs)
+
+
+def test_tag_prompter_tags_training_images_and_inputs_with_their_own_taggers():
+    """OSEDiff: RAM on the GT in training (``train_tagger``), DAPE on the LQ at test time (``tagger``)."""
+    prompter = PROMPTERS.build(dict(type='TagPrompter', tagger=_tagger_cfg([0.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+                                    train_tagger=_tagger_cfg([1.0, 1.0, 1.0, 1.0, 0.0, 1.0])))
+    images = torch.rand(2, 3, 48, 48)
+    assert prompter._taggers == {}  # nothing built before the first batch
+    assert prompter.train()(images) == ['sky'] * 2
+    assert set(prompter._taggers) == {'train'}  # a training run without validation never builds the test tagger
+    assert prompter.eval()(images) == ['person, ,'] * 2
+    assert prompter._taggers['train'] is not prompter._taggers['test']
+    # one config for both modes builds one model
+    shared = PROMPTERS.build(dict(type='TagPrompter', tagger=_tagger_cfg(0.5)))
+    shared.train()(images)
+    shared.eval()(images)
+    assert shared._taggers['train'] is shared._taggers['test']
+
+
+def test_tag_prompter_keeps_taggers_out_of_the_model_state():
+    """Checkpoints, optimisers and DDP see the restorer, not the frozen taggers; .to() still reaches them."""
+    prompter = PROMPTERS.build(dict(type='TagPrompter', tagger=_tagger_cfg(0.5)))
+    prompter.eval()(torch.rand(1, 3, 48, 48))
+    assert prompter.tagger is not None
+    assert list(prompter.state_dict()) == [] and list(prompter.parameters()) == []
+    prompter.to(torch.float64)
+    assert prompter.tagger.label_embed.dtype == torch.float64
+    prompter(torch.rand(1, 3, 48, 48))  # _ready() puts it back to the configured dtype before use
+    assert prompter.tagger.label_embed.dtype == torch.float32
+
+
+def test_tag_prompter_tags_an_evaluation_input_once(monkeypatch):
+    prompter = PROMPTERS.build(dict(type='TagPrompter', tagger=_tagger_cfg(0.5, cache_size=8))).eval()
+    tagger = prompter.tagger
+    calls = []
+    original = tagger.forward
+    monkeypatch.setattr(tagger, 'forward', lambda images: calls.append(images.shape[0]) or original(images))
+    first, second = torch.rand(1, 3, 48, 48), torch.rand(1, 3, 48, 48)
+    expected = prompter(torch.cat([first, second]))
+    assert calls == [2]
+    assert prompter(torch.cat([second, first])) == expected[::-1]  # same pixels: no second run
+    assert calls == [2]
+    prompter(second + 1e-3)  # other pixels: tagged
+    assert calls == [2, 1]
+    prompter.train()(first)  # training crops are never looked up
+    assert calls == [2, 1, 1]
+
+
+def test_tag_prompter_without_tagger_weights_errors_or_warns_once(weight_env, no_internet, mmengine_records):
+    images = torch.rand(2, 3, 48, 48)
+    missing = dict(type='RAMTagger', weights='ram_swin_large_14m.pth', tag_list=TAGS, thresholds=0.5, **SMALL)
+    strict = PROMPTERS.build(dict(type='TagPrompter', tagger=missing))  # built lazily: no error yet
+    with pytest.raises(WeightsNotFoundError, match=r"'ram_swin_large_14m\.pth' not found"):
+        strict.eval()(images)
+    lenient = PROMPTERS.build(dict(type='TagPrompter', tagger=missing, if_tagger_missing='warn'))
+    for _ in range(2):
+        assert lenient.eval()(images, [dict(tags=['cat']), {}]) == ['cat, ,', '']  # metainfo tags, else none
+    warnings = [r.getMessage() for r in mmengine_records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if 'cannot be built' in w]) == 1
+    assert "RAMTagger that tags the inputs cannot be built" in warnings[0]
+    assert 'ram_swin_large_14m.pth' in warnings[0] and 'portraitisr download' in warnings[0]
+    with pytest.raises(ValueError, match='if_tagger_missing'):
+        PROMPTERS.build(dict(type='TagPrompter', if_tagger_missing='ignore'))
 
 
 def test_dape_tagger_adds_lora_to_qkv_and_the_cross_attention():

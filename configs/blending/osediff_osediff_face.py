@@ -12,7 +12,8 @@ osediff_model = dict(
     type='OSEDiff',
     backbone={{_base_.sd21_backbone}},
     text_encoder={{_base_.sd21_text_encoder}},
-    prompter=dict(type='TagPrompter', missing='empty'),
+    # OSEDiff tags the LQ with DAPE at test time (test_osediff.py)
+    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}),
     color_fix='adain',
 )
 model = dict(
@@ -27,11 +28,15 @@ model = dict(
     detect_on='upscaled',
     crop_from='upscaled',
     min_eye_distance=20,
-    data_preprocessor=dict(type='BlendingDataPreprocessor', scale=4, degradation='realesrgan'),
+    # PortraitSR-4K-Te's 256 LQ, the very one HeadsUp restores (same pipeline, same per-image seeds); the
+    # evaluation GT is the dataset's (the preprocessor keeps only the degradation's LQ)
+    data_preprocessor=dict(type='BlendingDataPreprocessor', scale=4,
+                           degradation={{_base_.portrait_test_degradation}}),
 )
 
-# Table 2 (PortraitSR-4K-Te: the LQ is made from the GT by HeadsUp's degradation with the same per-image seeds,
-# so both methods restore the same inputs) and Table 3 (native 128x128 LQ, the general model upscales)
+# Table 2 (PortraitSR-4K-Te: the LQ is made from the GT by `portrait_test_degradation` with the same per-image
+# seeds as HeadsUp's evaluation, so both methods restore the same inputs) and Table 3 (native 128x128 LQ, the
+# general model upscales)
 test_sets = _base_.portrait_test_sets + _base_.general_test_sets_native_lq
 test_cfg = dict(type='TestLoop')
 val_cfg = dict(type='ValLoop')

@@ -31,7 +31,10 @@ model = dict(
     ref_dropout=0.2,
     ref_placement='resize',
     color_fix='adain',
-    data_preprocessor=dict(type='PortraitDataPreprocessor', degradation='osediff'),
+    # as headsup_sd21.py: OSEDiff's Real-ESRGAN pipeline (no USM) in training, the native-size LQ upscaled
+    # bicubically in evaluation, scored against the dataset GT
+    data_preprocessor=dict(type='PortraitDataPreprocessor', degradation='osediff',
+                           eval_degradation=dict(preset='osediff', resize_back=False)),
 )
 
 optim_wrapper = dict(

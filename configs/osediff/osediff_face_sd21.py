@@ -6,6 +6,7 @@ model = dict(
     negative_prompt=('blurring, dirty, messy, worst quality, low quality, frames, watermark, '
                      'signature, jpeg artifacts, deformed, lowres, over-smooth'),
     color_fix=None,
+    # params_codeformer.yml run by dataloaders/facesr_dataset.py: no GT sharpening, the target is the face itself
     data_preprocessor=dict(degradation='codeformer_face'),
 )
 # facesr_dataset.py: LANCZOS to 512, horizontal flip and BasicSR rotation augmentation.

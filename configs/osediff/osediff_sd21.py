@@ -13,14 +13,21 @@ model = dict(
     backbone={{_base_.sd21_backbone}},
     regularizer={{_base_.sd21_regularizer}},
     text_encoder={{_base_.sd21_text_encoder}},
-    # OSEDiff prompts with RAM tags of the GT in training and DAPE tags of the LQ at test time;
-    # tags computed offline go in the dataset metainfo (`tags`).
-    prompter=dict(type='TagPrompter', missing='empty'),
+    # OSEDiff prompts with RAM tags of the GT in training and DAPE tags of the LQ at test time (train_osediff.py /
+    # test_osediff.py): the caption is the tags in training, f'{tags}, {prompt},' with an empty prompt at test.
+    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}, train_tagger={{_base_.ram_tagger}},
+                  use_gt_in_training=True),
+    # VSD's unconditional branch: the README training command's string ("oil painting" twice, as there)
+    negative_prompt=('painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, '
+                     '3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, '
+                     'watermark, signature, jpeg artifacts, deformed, lowres, over-smooth'),
     lpips_loss=dict(type='LPIPSLoss', net='vgg', loss_weight=2.0),
     l2_weight=1.0,
     vsd_weight=1.0,
     regularizer_weight=1.0,
     color_fix='adain',
+    # Real-ESRGAN's pipeline as OSEDiff runs it: no USM (dataloaders/realesrgan.py comments the GT sharpening
+    # out), so the training target is the GT itself; x4 with the LQ resized back to the crop size.
     data_preprocessor=dict(
         type='SRDataPreprocessor', degradation='osediff'),
 )

@@ -12,13 +12,14 @@ model = dict(
     type='OSEDiff',
     backbone=dict(_base_.sd21_backbone, trained_weights='osediff.pkl'),
     text_encoder={{_base_.sd21_text_encoder}},
-    prompter=dict(type='TagPrompter', missing='empty'),
+    prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}),  # DAPE tags of the LQ (test_osediff.py)
     color_fix='adain',
-    # Table 2 rows restore the same inputs: the LQ is made from the GT by HeadsUp's degradation (the Real-ESRGAN
-    # preset of configs/headsup/headsup_sd21.py), re-seeded per image from eval_seed and the sample index, then
-    # enlarged x4 bicubically as test_osediff.py does. tests/test_pisasr_configs.py checks that this LQ equals
-    # HeadsUp's and the blending baselines'.
-    data_preprocessor=dict(type='SRDataPreprocessor', degradation='realesrgan'),
+    # Table 2 rows restore the same inputs: the LQ is made from the GT by HeadsUp's evaluation degradation
+    # (`portrait_test_degradation` of _base_/datasets/portraitsr4k_test.py, OSEDiff's Real-ESRGAN pipeline without
+    # USM, as configs/headsup/headsup_sd21.py), re-seeded per image from eval_seed and the sample index, then
+    # enlarged x4 bicubically (as test_osediff.py does); scores compare against the dataset GT.
+    # tests/test_pisasr_configs.py checks that this LQ equals HeadsUp's and the blending baselines'.
+    data_preprocessor=dict(type='SRDataPreprocessor', eval_degradation={{_base_.portrait_test_degradation}}),
 )
 
 test_sets = _base_.portrait_test_sets

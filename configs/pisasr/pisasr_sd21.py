@@ -30,14 +30,17 @@ model = dict(
     text_encoder={{_base_.sd21_text_encoder}},
     # test_pisasr.py restores with the empty prompt ('you can add the text prompt here'); training prompts are RAM
     # tags of the GT as f'{tags}, {pos_prompt_csd}' with pos_prompt_csd = '' (train_pisasr.py).
-    prompter=dict(type='TagPrompter', template='{prompt}', train_template='{tags}, {prompt}', prompt='',
-                  missing='empty'),
+    # The empty test prompt is PiSA-SR's own choice, so it does not warn (trained_with_prompts=False).
+    prompter=dict(type='TagPrompter', train_tagger={{_base_.ram_tagger}}, template='{prompt}',
+                  train_template='{tags}, {prompt}', prompt='', missing='empty', trained_with_prompts=False),
     color_fix='adain',  # --align_method adain
-    # Table 2 rows restore the same inputs: the LQ is made from the GT by HeadsUp's degradation (the Real-ESRGAN
-    # preset of configs/headsup/headsup_sd21.py), re-seeded per image from eval_seed and the sample index, then
-    # enlarged x4 bicubically (PiSA-SR enlarges with PIL's bicubic). tests/test_pisasr_configs.py checks that this
-    # LQ equals HeadsUp's and the blending baselines'. The GISR sets are paired (no degradation).
-    data_preprocessor=dict(type='SRDataPreprocessor', degradation='realesrgan'),
+    # Table 2 rows restore the same inputs: the LQ is made from the GT by HeadsUp's evaluation degradation
+    # (`portrait_test_degradation` of _base_/datasets/portraitsr4k_test.py, OSEDiff's Real-ESRGAN pipeline without
+    # USM, as configs/headsup/headsup_sd21.py), re-seeded per image from eval_seed and the sample index, then
+    # enlarged x4 bicubically (PiSA-SR enlarges with PIL's bicubic); scores compare against the dataset GT.
+    # tests/test_pisasr_configs.py checks that this LQ equals HeadsUp's and the blending baselines'. The GISR sets
+    # are paired (no degradation).
+    data_preprocessor=dict(type='SRDataPreprocessor', eval_degradation={{_base_.portrait_test_degradation}}),
 )
 
 # Table 2 (PortraitSR-4K-Te, 256 -> 1024) and Table 3 (128 -> 512, the LQ enlarged x4 with PIL bicubic as

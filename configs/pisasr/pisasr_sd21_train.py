@@ -6,8 +6,8 @@
 # 7.5, t ~ [20, 500) from --min_dm_step_ratio 0.02 --max_dm_step_ratio 0.5); the generator gets the empty prompt
 # with probability 0.5 (--null_text_ratio 0.5). Batch 4 per GPU x 4 GPUs, 512 crops, Real-ESRGAN degradation with
 # PiSA-SR's src/datasets/params.yml (the `seesr` preset, LQ resized back to 512). Seed 123 (default_runtime).
-# Prompts: PiSA-SR tags the GT with RAM at every step; put tags computed offline in the dataset metainfo (`tags`),
-# or the prompts are empty. Test the result with configs/pisasr/pisasr_sd21.py and
+# Prompts: PiSA-SR tags the GT with RAM at every step (model.prompter.train_tagger of pisasr_sd21.py).
+# Test the result with configs/pisasr/pisasr_sd21.py and
 #   --cfg-options model.backbone.trained_weights=<exported .safetensors> (tools/export_weights.py).
 _base_ = ['./pisasr_sd21.py', '../_base_/datasets/osediff_train.py']
 

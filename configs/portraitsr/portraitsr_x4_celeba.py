@@ -12,7 +12,7 @@ val_evaluator = [dict(type=metric, prefix='CelebA') for metric in ('PSNR', 'SSIM
 test_evaluator = val_evaluator
 # a list is replaced, not merged: the x8 test sets with the x4 LR
 test_sets = [
-    dict(name=name, table='face',
+    dict(name=name, table='face_sr',
          dataloader=dict(batch_size=8, num_workers=2, sampler=dict(type='DefaultSampler', shuffle=False, seed=0),
                          dataset=dict(type='AlignedFaceDataset', data_root=root, size=size, scale=scale)),
          evaluator=[dict(type=metric, prefix=name) for metric in ('PSNR', 'SSIM', 'LPIPS')])

@@ -39,7 +39,7 @@ test_dataloader = val_dataloader
 test_evaluator = val_evaluator
 # tools/test.py: CelebA (1,000 faces) and Helen (50 faces), PSNR/SSIM/LPIPS as in Table 1 and VIF as in Table 5.
 test_sets = [
-    dict(name=name, table='face',
+    dict(name=name, table='face_sr',
          dataloader=dict(batch_size=8, num_workers=2, sampler=dict(type='DefaultSampler', shuffle=False, seed=0),
                          dataset=dict(type='AlignedFaceDataset', data_root=root, size=size, scale=scale)),
          evaluator=[dict(type=metric, prefix=name) for metric in x8_metrics])

@@ -8,7 +8,9 @@ The index (``portraitisr/model_zoo/index.json``, shipped as package data) has tw
 * ``models``: one entry per runnable config (``config`` relative to the repository, ``checkpoint`` naming a
   weights entry or null, ``checkpoint_option`` the config key that takes it, ``released``, ``requires`` the
   weights entries restoring with the config loads, ``train_requires`` those only training adds (e.g. the
-  recogniser behind HeadsUp's identity loss), ``licence``, ``paper`` numbers with the table they come from).
+  recogniser behind HeadsUp's identity loss), ``optional`` those restoring uses when they are present and does
+  without, with a warning, when they are not (the DAPE tagger of OSEDiff's prompts), ``licence``, ``paper``
+  numbers with the table they come from).
 
 Every download goes through :mod:`portraitisr.apis.weight_resolver` (https only, resume with a validator, length
 and sha256 checks, atomic rename, lock), and nothing here touches the network unless :func:`download` is called.
@@ -87,6 +89,7 @@ class ModelEntry:
     how_to_get: Optional[str] = None
     paper: Optional[dict] = field(default=None, compare=False)
     train_requires: tuple = ()
+    optional: tuple = ()
 
 
 def _fail(where: str, problem: str) -> ValueError:
@@ -132,7 +135,8 @@ def _model_entry(name: str, raw: dict, weights: dict[str, WeightsEntry]) -> Mode
         raise _fail(where, 'needs released: true/false')
     requires = tuple(raw.get('requires', ()))
     train_requires = tuple(raw.get('train_requires', ()))
-    unknown = [w for w in requires + train_requires + ((raw['checkpoint'],) if raw.get('checkpoint') else ())
+    optional = tuple(raw.get('optional', ()))
+    unknown = [w for w in requires + train_requires + optional + ((raw['checkpoint'],) if raw.get('checkpoint') else ())
                if w not in weights]
     if unknown:
         raise _fail(where, f'names weights that are not in the index: {unknown}')
@@ -145,7 +149,8 @@ def _model_entry(name: str, raw: dict, weights: dict[str, WeightsEntry]) -> Mode
         raise _fail(where, 'paper numbers need a source (paper and table)')
     return ModelEntry(name, raw['description'], raw['config'], raw['licence'], raw['released'], requires,
                       checkpoint=raw.get('checkpoint'), checkpoint_option=raw.get('checkpoint_option'),
-                      how_to_get=raw.get('how_to_get'), paper=paper, train_requires=train_requires)
+                      how_to_get=raw.get('how_to_get'), paper=paper, train_requires=train_requires,
+                      optional=optional)
 
 
 @dataclass
@@ -196,9 +201,12 @@ def config_path(entry: ModelEntry) -> Path:
                             f'{REPO_ROOT}; run from a portraitisr checkout or pass --config')
 
 
-def _weight_names(entry: ModelEntry, training: bool = False) -> list[str]:
-    """The weights entries to restore with ``entry`` (``training``: also those to train it)."""
-    names = list(entry.requires) + [w for w in entry.train_requires if training and w not in entry.requires]
+def _weight_names(entry: ModelEntry, training: bool = False, optional: bool = False) -> list[str]:
+    """The weights entries to restore with ``entry`` (``training``: also those to train it; ``optional``: also
+    those restoring uses when present)."""
+    names = list(entry.requires)
+    extra = (entry.train_requires if training else ()) + (entry.optional if optional else ())
+    names += [w for w in dict.fromkeys(extra) if w not in names]
     if entry.checkpoint and entry.checkpoint not in names:
         names.append(entry.checkpoint)
     return names
@@ -251,8 +259,8 @@ def check_available(name: str, zoo: Optional[ModelZoo] = None, need_checkpoint: 
 
 
 def download(name: str, zoo: Optional[ModelZoo] = None, progress: bool = True) -> dict[str, Path]:
-    """Download what model ``name`` needs to restore and to train (or the single weights entry ``name``);
-    existing files are kept.
+    """Download what model ``name`` needs to restore and to train, and what it uses when present (or the single
+    weights entry ``name``); existing files are kept.
 
     Files go to ``$PORTRAITISR_HOME`` through :func:`~portraitisr.apis.weight_resolver.resolve_file` (https,
     partial files resume only against the same file version, pinned sha256 or trust-on-first-use record checked,
@@ -268,7 +276,7 @@ def download(name: str, zoo: Optional[ModelZoo] = None, progress: bool = True) -
     if name in zoo.weights:
         names = [name]
     else:
-        names = _weight_names(get_model(name, zoo), training=True)
+        names = _weight_names(get_model(name, zoo), training=True, optional=True)
     found: dict[str, Path] = {}
     failed: list[str] = []
     for weight_name in names:

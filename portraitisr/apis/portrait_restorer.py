@@ -25,7 +25,7 @@ import inspect
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -85,6 +85,21 @@ def without_training_parts(model_cfg: dict) -> Tuple[dict, Tuple[str, ...]]:
     """``(model config with the training-only parts set to None, the names of the parts dropped)``."""
     dropped = tuple(key for key in TRAINING_ONLY_PARTS if model_cfg.get(key) is not None)
     return dict(model_cfg, **{key: None for key in dropped}), dropped
+
+
+def with_optional_taggers(cfg: Any) -> Any:
+    """``cfg`` with every ``TagPrompter`` (nested ones too, e.g. a blending baseline's OSEDiff) told to restore
+    without tags, after one warning, when its tagger's weights are missing (``if_tagger_missing='warn'``), unless
+    the config chose otherwise. Restoring is where a missing DAPE should not stop the user; training keeps the
+    configs' ``'error'``."""
+    if isinstance(cfg, dict):
+        out = {key: with_optional_taggers(value) for key, value in cfg.items()}
+        if out.get('type') == 'TagPrompter':
+            out.setdefault('if_tagger_missing', 'warn')
+        return out
+    if isinstance(cfg, (list, tuple)):
+        return type(cfg)(with_optional_taggers(value) for value in cfg)
+    return cfg
 
 
 def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike,
@@ -188,7 +203,7 @@ class PortraitRestorer:
         init_default_scope(cfg.get('default_scope', 'portraitisr'))
         self.device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         model_cfg, dropped = (dict(cfg.model), ()) if keep_training_parts else without_training_parts(cfg.model)
-        model = MODELS.build(model_cfg)
+        model = MODELS.build(with_optional_taggers(model_cfg))
         self.training_iterations = _load_model_weights(model, checkpoint, dropped) if checkpoint is not None else None
         self.untrained_note = _untrained_note(model, model_cfg, checkpoint, self.training_iterations)
         if self.untrained_note:

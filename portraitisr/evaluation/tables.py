@@ -1,4 +1,5 @@
-"""Result tables in the layout of HeadsUp's Tables 1-3 (paper 000, section 4), as markdown and CSV.
+"""Result tables in the layout of HeadsUp's Tables 1-3 (paper 000, section 4) and PortraitSR's Tables 1 and 5
+(paper 002), as markdown and CSV.
 
 A layout is a list of ``(header, metric name)`` columns; the metric name is what the metric reports (prefixes
 such as ``RealSR/`` are stripped). A metric a run did not compute is left empty, so a partial evaluation still
@@ -25,6 +26,9 @@ TABLE_LAYOUTS: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     'general': ('General ISR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'), ('DISTS↓', 'DISTS'),
                                 ('FID↓', 'FID'), ('NIQE↓', 'NIQE'), ('MUSIQ↑', 'MUSIQ'), ('CLIPIQA↑', 'CLIPIQA'),
                                 ('MANIQA↑', 'MANIQA')]),
+    # PortraitSR (paper 002) face super-resolution on CelebA and Helen: Table 1's PSNR/SSIM/LPIPS and the VIF of
+    # Table 5 (x8 only; an x4 run leaves the column empty)
+    'face_sr': ('Face SR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'), ('VIF↑', 'VIF')]),
 }
 
 

@@ -65,10 +65,11 @@ class HeadsUp(OSEDiff):
             does not state it); required with ``discriminator``.
         ref_dropout: probability of dropping an available reference in training (0.2, appendix B).
         ref_placement: how the aligned reference ``x_r`` (``S x S``) is brought to the LQ size before
-            encoding, so its latent can be concatenated with the LQ latent: ``'resize'`` (the whole
-            aligned face resized to the LQ size; the paper's 1024 training crops and 1024 references
-            need no resize) or ``'paste'`` (warped back onto the face's location in the LQ, zeros
-            elsewhere, so reference and mask are spatially aligned). The paper does not say.
+            encoding, so its latent can be concatenated with the LQ latent (the paper does not say):
+            ``'resize'`` (the whole aligned face scaled by one factor in x and y to the largest size that
+            fits the LQ, centred, zeros on the two bands of a non-square LQ; on the paper's square 1024
+            crops it is a plain resize) or ``'paste'`` (warped back onto the face's location in the LQ,
+            zeros elsewhere, so reference and mask are spatially aligned). Neither stretches the face.
         use_reference_at_test: condition on the dataset's references in ``val_step``/``test_step``.
         face_detector: ``FACE_DETECTORS`` config used at inference to locate the face for the mask
             when a reference comes without landmarks (default: the best detector available offline).
@@ -158,11 +159,26 @@ class HeadsUp(OSEDiff):
         mask[index] = self.face_aligner.region_mask(matrices[index].to(has_ref.device), mask.shape[-2:],
                                                     scale=1 / factor).to(mask.dtype)
         if self.ref_placement == 'resize':
-            ref_image = F.interpolate(ref.float(), size=size, mode='bicubic', align_corners=False,
-                                      antialias=True).clamp(0, 1)
+            ref_image = self._resize_reference(ref.float(), size)
         else:
             ref_image = self._paste_reference(ref.float(), matrices.to(ref.device), size)
         return ref_image * has_ref.to(ref_image.dtype).reshape(-1, 1, 1, 1), mask
+
+    @staticmethod
+    def _resize_reference(ref: Tensor, size: Tuple[int, int]) -> Tensor:
+        """``B x 3 x h x w`` -> ``B x 3 x H x W``: the reference scaled by one factor for both axes (so a face keeps
+        its proportions on any aspect ratio) to the largest size that fits, centred, zeros elsewhere. An
+        ``S x S`` reference on a square LQ is a plain resize."""
+        height, width = size
+        factor = min(height / ref.shape[-2], width / ref.shape[-1])
+        new_h = min(height, max(1, round(ref.shape[-2] * factor)))
+        new_w = min(width, max(1, round(ref.shape[-1] * factor)))
+        scaled = F.interpolate(ref, size=(new_h, new_w), mode='bicubic', align_corners=False,
+                               antialias=True).clamp(0, 1)
+        if (new_h, new_w) == (height, width):
+            return scaled
+        top, left = (height - new_h) // 2, (width - new_w) // 2
+        return F.pad(scaled, (left, width - new_w - left, top, height - new_h - top))
 
     def _paste_reference(self, ref: Tensor, matrices: Tensor, size: Tuple[int, int]) -> Tensor:
         """Warp each ``S x S`` aligned reference back onto its face's place in an ``H x W`` image."""

@@ -10,13 +10,20 @@ from .base_prompter import BasePrompter
 @PROMPTERS.register_module()
 class FixedPrompter(BasePrompter):
     """The same prompt for every image, e.g. S3Diff's "A high-resolution, 8K, ultra-realistic
-    image with sharp focus, vibrant colors, and natural lighting."."""
+    image with sharp focus, vibrant colors, and natural lighting.".
 
-    def __init__(self, prompt: str = '') -> None:
-        super().__init__()
+    ``trained_with_prompts`` (default False): set it when the model was trained with prompts, so that an empty
+    ``prompt`` warns (see :class:`BasePrompter`).
+    """
+
+    def __init__(self, prompt: str = '', trained_with_prompts: bool = False) -> None:
+        super().__init__(trained_with_prompts)
         if not isinstance(prompt, str):
             raise TypeError(f'prompt must be a string, got {type(prompt).__name__}')
         self.prompt = prompt
+
+    def empty_prompt_advice(self) -> str:
+        return 'Set `model.prompter.prompt`.'
 
     def forward(self, images: Tensor, metainfo: Optional[Sequence[dict]] = None) -> List[str]:
         return [self.prompt] * images.shape[0]
@@ -28,7 +35,7 @@ class FixedPrompter(BasePrompter):
 @PROMPTERS.register_module()
 class NullPrompter(FixedPrompter):
     """The empty prompt (PiSA-SR at inference, the unconditional branch of classifier-free
-    guidance)."""
+    guidance): empty by intent, so it never warns."""
 
     def __init__(self) -> None:
         super().__init__('')

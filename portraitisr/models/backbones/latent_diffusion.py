@@ -30,7 +30,7 @@ def load_unet_weights(unet: nn.Module, spec: str) -> None:
     """Load a fine-tuned UNet into ``unet``: a training checkpoint of :class:`AuthFaceFineTune` (its
     ``state_dict`` holds ``backbone.unet.*``), or a ``.safetensors`` / ``.pth`` UNet state dict. Loaded with the
     safe loader (``weights_only``); every UNet key must be present (a clear error names what is missing)."""
-    from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
+    from portraitisr.weights import load_state_dict, resolve_file
 
     state = load_state_dict(resolve_file(spec))
     if isinstance(state.get('state_dict'), dict):

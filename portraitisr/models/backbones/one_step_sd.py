@@ -129,7 +129,7 @@ class OneStepSD(nn.Module):
 
     Args:
         pretrained: a diffusers-layout Stable Diffusion folder or hub id (resolved offline through
-            :func:`portraitisr.apis.weight_resolver.resolve_pretrained_dir`), or None to build
+            :func:`portraitisr.weights.resolve_pretrained_dir`), or None to build
             random components from the inline configs.
         unet_cfg / vae_cfg / scheduler_cfg: inline ``diffusers`` configs (tests, debug configs);
             with ``pretrained`` they override single keys of the loaded configs' scheduler only.
@@ -501,7 +501,7 @@ class OneStepSD(nn.Module):
 
     def load_trained_weights(self, spec: str) -> None:
         """Load an OSEDiff ``.pkl`` release or our ``.safetensors`` (path or resolver spec)."""
-        from portraitisr.apis.weight_resolver import resolve_file
+        from portraitisr.weights import resolve_file
 
         path = str(resolve_file(spec))
         if path.endswith('.safetensors'):
@@ -520,7 +520,7 @@ class OneStepSD(nn.Module):
         """Load tensors written by :meth:`save_trainable` (a path or a state dict)."""
         self._check_trainable()
         if isinstance(state, str):
-            from portraitisr.apis.weight_resolver import load_state_dict
+            from portraitisr.weights import load_state_dict
             state = load_state_dict(state)
         expected = self.trainable_state_dict()
         missing = sorted(set(expected) - set(state))
@@ -559,7 +559,7 @@ def build_sd_components(pretrained: Optional[str],
                         vae=lambda: AutoencoderKL(**vae_cfg),
                         scheduler=lambda: DDPMScheduler(**(scheduler_cfg or {})))
         return {part: builders[part]() for part in parts}
-    from portraitisr.apis.weight_resolver import resolve_pretrained_dir
+    from portraitisr.weights import resolve_pretrained_dir
 
     required = [f for f in SD_REQUIRED_FILES if f.split('/')[0] in parts]
     folder = str(resolve_pretrained_dir(pretrained, required=required))

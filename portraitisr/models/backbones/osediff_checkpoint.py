@@ -18,7 +18,7 @@ from typing import Dict, Union
 import torch
 from torch import Tensor
 
-from portraitisr.apis.weight_resolver import load_state_dict
+from portraitisr.weights import load_state_dict
 
 from .lora_targets import osediff_vae_module_list
 from .one_step_sd import OneStepSD

@@ -137,7 +137,7 @@ def build_default_face_detector(device=None, **kwargs) -> BaseFaceDetector:
         device: where RetinaFace runs (dlib always runs on its own).
         **kwargs: options of :class:`BaseFaceDetector` (``eye_dist_threshold``, ``only_keep_largest``, ...).
     """
-    from portraitisr.apis.weight_resolver import WeightsNotFoundError
+    from portraitisr.weights import WeightsNotFoundError
     from .retinaface import RetinaFaceDetector
 
     try:

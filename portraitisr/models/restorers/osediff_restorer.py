@@ -32,7 +32,7 @@ class OSEDiffRestorer(BaseImageRestorer):
         model: ``MODELS`` config of the one-step model (e.g. ``model`` of ``configs/osediff/osediff_sd21.py``);
             its VSD regulariser and LPIPS loss are dropped (inference only).
         checkpoint: the official release file (``osediff.pkl`` / ``osediff_face.pkl``): a weight spec for
-            :func:`portraitisr.apis.weight_resolver.resolve_file` (a path, a cached file name, a URL or a dict
+            :func:`portraitisr.weights.resolve_file` (a path, a cached file name, a URL or a dict
             with ``sha256``) or an already loaded dict, read by
             :func:`portraitisr.models.backbones.osediff_checkpoint.load_osediff_checkpoint`.
         pretrained: ``False`` keeps the model's initial LoRA weights (tests with random tiny SD); it must then come
@@ -80,7 +80,7 @@ class OSEDiffRestorer(BaseImageRestorer):
             from portraitisr.models.backbones.osediff_checkpoint import load_osediff_checkpoint
 
             if not isinstance(checkpoint, dict) or set(checkpoint) <= {'path', 'url', 'sha256', 'filename'}:
-                from portraitisr.apis.weight_resolver import resolve_file
+                from portraitisr.weights import resolve_file
 
                 self.checkpoint_path = str(resolve_file(checkpoint))
                 checkpoint = self.checkpoint_path

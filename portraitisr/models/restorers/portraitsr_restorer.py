@@ -35,9 +35,9 @@ class PortraitSRRestorer(BaseImageRestorer):
                 raise ValueError('PortraitSR has no released weights: pass weights=<checkpoint of tools/train.py> '
                                  'or pretrained=False')
             # the restorers' strict loader, with the `generator.` prefix of PortraitSR training checkpoints
-            from portraitisr.models.identity.base_extractor import load_extractor_weights
-            self.weights_path = load_extractor_weights(self.net, weights,
-                                                       prefixes=('generator.', 'generator.module.', 'module.'))
+            from portraitisr.weights import load_module_weights
+            self.weights_path = load_module_weights(self.net, weights,
+                                                    prefixes=('generator.', 'generator.module.', 'module.'))
         self._finish_init(pretrained, weights)
 
     def restore(self, image: Tensor) -> Tensor:

@@ -75,7 +75,7 @@ class RAMTagger(nn.Module):
     """RAM (``lora_rank=0``) or RAM + LoRA (DAPE, see :class:`DAPETagger`): images in, tags out.
 
     Args:
-        weights: the RAM checkpoint, any :func:`~portraitisr.apis.weight_resolver.resolve_file` spec (default: the
+        weights: the RAM checkpoint, any :func:`~portraitisr.weights.resolve_file` spec (default: the
             model-zoo entry ``ram_swin_large_14m``); loaded strictly (see :mod:`.ram_checkpoint`).
         lora_weights: the LoRA checkpoint (DAPE.pth) when ``lora_rank > 0``; loaded strictly on top of ``weights``.
         tag_list: the tag names: a spec of ``ram_tag_list.txt`` (default: model-zoo entry ``ram_tag_list``) or a
@@ -166,7 +166,7 @@ class RAMTagger(nn.Module):
             if not tags:
                 raise ValueError('tag_list is empty')
             return tags
-        from portraitisr.apis.weight_resolver import resolve_file
+        from portraitisr.weights import resolve_file
 
         return read_tag_list(resolve_file(tag_list, allow_download=allow_download))
 
@@ -174,13 +174,13 @@ class RAMTagger(nn.Module):
     def _read_thresholds(thresholds: Any, allow_download: Optional[bool]) -> list[float]:
         if not _is_spec(thresholds):
             return [float(t) for t in thresholds]
-        from portraitisr.apis.weight_resolver import resolve_file
+        from portraitisr.weights import resolve_file
 
         return read_thresholds(resolve_file(thresholds, allow_download=allow_download))
 
     def load_weights(self, weights: Any, lora_weights: Any = None, allow_download: Optional[bool] = None) -> None:
         """Load the RAM checkpoint strictly, then (``lora_rank > 0``) the LoRA checkpoint strictly on top."""
-        from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
+        from portraitisr.weights import load_state_dict, resolve_file
 
         own = set(self.state_dict())
         path = resolve_file(weights, allow_download=allow_download)

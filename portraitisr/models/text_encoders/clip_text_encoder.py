@@ -52,7 +52,7 @@ def bundled_clip_tokenizer_dir(cache_dir: Optional[str] = None) -> str:
                           '(pip install open_clip_torch), or pass `tokenizer=` a tokenizer folder.')
     bpe_path = os.path.join(os.path.dirname(spec.origin), 'bpe_simple_vocab_16e6.txt.gz')
     if cache_dir is None:
-        from portraitisr.apis.weight_resolver import portraitisr_home
+        from portraitisr.weights import portraitisr_home
         cache_dir = str(portraitisr_home() / 'clip_tokenizer')
     vocab_file = os.path.join(cache_dir, 'vocab.json')
     merges_file = os.path.join(cache_dir, 'merges.txt')
@@ -114,7 +114,7 @@ class CLIPTextEncoder(nn.Module):
         self.hidden_state, self.with_projection = hidden_state, with_projection
         model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
         if pretrained is not None:
-            from portraitisr.apis.weight_resolver import resolve_pretrained_dir
+            from portraitisr.weights import resolve_pretrained_dir
             tokenizer_dir, encoder_dir = f'tokenizer{subfolder_suffix}', f'text_encoder{subfolder_suffix}'
             folder = str(resolve_pretrained_dir(
                 pretrained,

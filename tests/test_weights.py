@@ -1,4 +1,4 @@
-"""Tests of the weight resolver: local look-ups, downloads from a local HTTP server, hub-layout folders, loading.
+"""Tests of the weights floor: local look-ups, downloads from a local HTTP server, hub-layout folders, loading.
 
 Nothing here reaches the internet: an autouse fixture makes any connection outside 127.0.0.1 fail, and the
 download tests use a threaded ``http.server`` on 127.0.0.1 that speaks HTTP Range like a real file host.
@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from portraitisr.apis.weight_resolver import (ChecksumError, CheckpointLoadError, InsecureURLError,
-                                              WeightsNotFoundError, check_download_url, load_state_dict,
-                                              portraitisr_home, resolve_file, resolve_pretrained_dir)
+from portraitisr.weights import (CheckpointLoadError, ChecksumError, InsecureURLError, WeightsNotFoundError,
+                                 check_download_url, load_state_dict, portraitisr_home, resolve_file,
+                                 resolve_pretrained_dir)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def _payload(size=300_000, seed=0):
 
 # ------------------------------------------------------------------------------------------------ local files
 def test_import_is_light():
-    code = ('import sys, portraitisr.apis.weight_resolver; '
+    code = ('import sys, portraitisr.weights; '
             "bad = [m for m in ('torch', 'huggingface_hub', 'safetensors') if m in sys.modules]; "
             'assert not bad, bad')
     subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO_ROOT)

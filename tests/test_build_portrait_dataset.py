@@ -13,7 +13,7 @@ import pytest
 
 from portraitisr.datasets.builder.pairs import split_of
 from portraitisr.datasets.builder.scan import image_id_of
-from portraitisr.models.identity import DlibResNet
+from portraitisr.face.identity import DlibResNet
 
 from .conftest import REPO_ROOT
 

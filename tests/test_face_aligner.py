@@ -8,7 +8,7 @@ import torch
 
 cv2 = pytest.importorskip('cv2')
 
-from portraitisr.models.aligners import (ARCFACE_112, FFHQ_512, FaceAligner, FaceBatch,  # noqa: E402
+from portraitisr.face.alignment import (ARCFACE_112, FFHQ_512, FaceAligner, FaceBatch,  # noqa: E402
                                          detect_and_align, estimate_similarity_lmeds, estimate_similarity_lstsq,
                                          get_template)
 from portraitisr.registry import FACE_ALIGNERS  # noqa: E402

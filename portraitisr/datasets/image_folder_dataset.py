@@ -194,7 +194,7 @@ class ImageFolderDataset(Dataset):
             if rotate90:
                 raise ValueError('aligned_face_template cannot be combined with rotate90: a vertically '
                                  'flipped or transposed face has no image-left-first landmark order')
-            from portraitisr.models.aligners.templates import get_template
+            from portraitisr.face.alignment.templates import get_template
 
             points, (template_h, template_w) = get_template(aligned_face_template)
             # normalised to the template's square, so any image size scales it like get_template

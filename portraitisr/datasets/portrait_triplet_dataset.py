@@ -312,7 +312,7 @@ class PortraitTripletDataset(Dataset):
         if crop_size is not None and crop_size <= 0 or ref_size <= 0 or repeat < 1:
             raise ValueError(f'crop_size, ref_size and repeat must be positive, got {crop_size}, {ref_size}, '
                              f'{repeat}')
-        from portraitisr.models.aligners.face_aligner import FaceAligner
+        from portraitisr.face.alignment.face_aligner import FaceAligner
 
         self.manifest = str(resolve_manifest(manifest))
         self.entries = load_manifest(manifest, data_root)

@@ -31,8 +31,8 @@ class FaceCropper:
 
     def __init__(self, crop_size: int = 512, detector: str = 'auto') -> None:
         # Function-level imports: torch, kornia and the face stack are needed only for face crops.
-        from portraitisr.models.aligners import FaceAligner
-        from portraitisr.models.face_detectors import DlibFaceDetector, build_default_face_detector
+        from portraitisr.face.alignment import FaceAligner
+        from portraitisr.face.detection import DlibFaceDetector, build_default_face_detector
 
         if crop_size < 64:
             raise ValueError(f'crop_size must be at least 64 pixels, got {crop_size}')

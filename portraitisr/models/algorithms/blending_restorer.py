@@ -34,8 +34,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import Tensor, nn
 
+from portraitisr.face.alignment.face_aligner import invert_affine
 from portraitisr.registry import FACE_ALIGNERS, FACE_DETECTORS, MODELS, RESTORERS
-from ..aligners.face_aligner import invert_affine
 from .one_step_restorer import pack_outputs
 
 __all__ = ['BlendingRestorer', 'BlendingDataPreprocessor']

@@ -85,7 +85,7 @@ TEXT_ENCODERS = Registry('text encoder', locations=['portraitisr.models.text_enc
 # prompters, and the image taggers a TagPrompter builds from its ``tagger=`` config (RAM, DAPE)
 PROMPTERS = Registry('prompter', locations=['portraitisr.models.prompters', 'portraitisr.models.taggers'])
 LOSSES = Registry('loss', locations=['portraitisr.models.losses'])
-DEGRADATIONS = Registry('degradation', locations=['portraitisr.datasets.degradations'])
+DEGRADATIONS = Registry('degradation', locations=['portraitisr.degradations'])
 FACE_DETECTORS = Registry('face detector', locations=['portraitisr.face.detection'])
 FACE_ALIGNERS = Registry('face aligner', locations=['portraitisr.face.alignment'])
 IDENTITY_EXTRACTORS = Registry('identity extractor', locations=['portraitisr.face.identity'])

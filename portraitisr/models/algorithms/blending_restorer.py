@@ -34,6 +34,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import Tensor, nn
 
+from portraitisr.degradations import build_degradation
 from portraitisr.face.alignment.face_aligner import invert_affine
 from portraitisr.registry import FACE_ALIGNERS, FACE_DETECTORS, MODELS, RESTORERS
 from .one_step_restorer import pack_outputs
@@ -68,8 +69,6 @@ class BlendingDataPreprocessor(BaseDataPreprocessor):
         self.eval_seed = int(eval_seed)
         self.degradation = None
         if degradation is not None:
-            from portraitisr.datasets.degradations import build_degradation
-
             self.degradation = build_degradation(degradation, seed=torch.initial_seed() % 2**31)
 
     def _make_lq(self, gt: Tensor, metainfo: List[dict]) -> Tensor:

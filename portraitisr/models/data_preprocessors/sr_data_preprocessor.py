@@ -51,7 +51,7 @@ class SRDataPreprocessor(BaseDataPreprocessor):
         super().__init__()
         self.degradation = None
         if degradation is not None:
-            from portraitisr.datasets.degradations import build_degradation
+            from portraitisr.degradations import build_degradation
 
             if degradation_seed is None:
                 degradation_seed = torch.initial_seed() % 2**31

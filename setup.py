@@ -59,10 +59,11 @@ EXTRAS_REQUIRE = {
     # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; sewar (MIT)
     # for the VIFp parity test; mkdocs for the docs-build test; httpx for Starlette's test client, selenium to drive
     # Debian's chromium in the study's browser test, statsmodels for the Fleiss-kappa parity test; psutil for the
-    # web-scale tests (they kill a Ray driver and the processes it started)
+    # web-scale tests (they kill a Ray driver and the processes it started); import-linter checks the layers
+    # (docs/architecture.md)
     'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'sewar', 'mkdocs>=1.6',
             'mkdocs-include-markdown-plugin>=6.0'] + STUDY + WEBSCALE + ['httpx', 'selenium>=4.11', 'statsmodels',
-                                                                          'psutil'],
+                                                                          'psutil', 'import-linter'],
 }
 
 setup(

@@ -9,6 +9,7 @@ __all__ = ['PortraitRestorer', 'model_zoo']
 
 def __getattr__(name: str) -> Any:
     if name == 'PortraitRestorer':
+        # torch, diffusers and every model: `import portraitisr.apis` (the model zoo, the CLI) must not load them
         from .portrait_restorer import PortraitRestorer
         return PortraitRestorer
     if name == 'model_zoo':

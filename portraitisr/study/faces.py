@@ -6,8 +6,8 @@ one, else the per-coordinate median over the methods' images (robust to one meth
 the largest one the detector finds (portraits have one subject; our choice). The crop is the FFHQ 512 template
 scaled to ``crop_size`` (facexlib's alignment, as in HeadsUp's face pipeline, paper 000 appendix "Face Alignment").
 
-This module imports torch and the face stack when a :class:`FaceCropper` is built (a heavy optional dependency:
-studies without face crops never import torch).
+This module imports torch and the face stack; :mod:`portraitisr.study.create` imports it only when face crops are
+asked for, so studies without face crops never import torch.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from portraitisr.face.alignment import FaceAligner
+from portraitisr.face.detection import DlibFaceDetector, build_default_face_detector
 from portraitisr.utils.image_io import image_to_tensor, tensor_to_image
 
 __all__ = ['FaceCropper']
@@ -30,9 +32,6 @@ class FaceCropper:
     """
 
     def __init__(self, crop_size: int = 512, detector: str = 'auto') -> None:
-        # Function-level imports: torch, kornia and the face stack are needed only for face crops.
-        from portraitisr.face.alignment import FaceAligner
-        from portraitisr.face.detection import DlibFaceDetector, build_default_face_detector
 
         if crop_size < 64:
             raise ValueError(f'crop_size must be at least 64 pixels, got {crop_size}')

@@ -47,6 +47,7 @@ from torch import nn
 
 from portraitisr.registry import STRATEGIES
 from portraitisr.utils.atomic_files import publish_file
+from portraitisr.weights import load_state_dict
 
 __all__ = ['FSDP2Strategy', 'gather_rank_random_states', 'select_rank_random_state']
 
@@ -299,7 +300,6 @@ class FSDP2Strategy(SingleDeviceStrategy):
         ``callback`` (the runner's ``after_load_checkpoint`` hooks) sees the whole checkpoint; only the entries the
         file itself holds are copied into the model (a hook may add the model's own frozen weights, which are
         already in place)."""
-        from portraitisr.weights import load_state_dict
 
         self.logger.info(f'Load checkpoint from {filename}')
         checkpoint = load_state_dict(filename, map_location='cpu', mmap=True)

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from portraitisr.registry import FACE_DETECTORS
+from portraitisr.weights import load_state_dict, resolve_file
 from .base_detector import BaseFaceDetector, FaceDetections, nms_detections
 
 __all__ = ['RetinaFaceDetector', 'prior_boxes', 'decode_boxes', 'decode_landmarks', 'RETINAFACE_WEIGHTS']
@@ -212,7 +213,6 @@ class RetinaFaceDetector(BaseFaceDetector):
     # ------------------------------------------------------------------ weights
     def load_weights(self, weights=None, allow_download: Optional[bool] = None) -> None:
         """Load facexlib-layout weights (``module.`` prefixes stripped), strictly."""
-        from portraitisr.weights import load_state_dict, resolve_file
 
         filename, url = RETINAFACE_WEIGHTS[self.network]
         if weights is None:

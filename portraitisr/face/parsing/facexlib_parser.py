@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import FACE_PARSERS
+from portraitisr.weights import load_state_dict, resolve_file
 
 FACEXLIB_PARSING_WEIGHTS = {
     'bisenet': {'filename': 'parsing_bisenet.pth',
@@ -61,7 +62,6 @@ class FacexlibFaceParser(nn.Module):
         self.net = _build_network(arch)
         self.weights_path: Optional[str] = None
         if pretrained:
-            from portraitisr.weights import load_state_dict, resolve_file
             path = resolve_file(FACEXLIB_PARSING_WEIGHTS[arch] if weights is None else weights)
             self.net.load_state_dict(load_state_dict(path), strict=True)
             self.weights_path = str(path)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from portraitisr.weights import load_state_dict, resolve_file
+
 
 class AssociativeTexturePrior(nn.Module):
     """``F B x C x h x w`` -> ``F + D[argmax_j cos(F_i, D_j)]`` of the same shape.
@@ -80,8 +82,6 @@ def load_dictionary(weights: Union[Tensor, str, 'os.PathLike[str]', dict], key: 
     """
     if isinstance(weights, Tensor):
         return weights
-    # function-level: the resolver lives in apis (it may download on request), like every weight loader here
-    from portraitisr.weights import load_state_dict, resolve_file
     path = resolve_file(weights)
     state = load_state_dict(path)
     for wrapper in ('state_dict', 'params_ema', 'params'):  # a training checkpoint nests its tensors once

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import LOSSES
+from .perceptual_weights import load_backbone_features
 
 #: lambda_1..lambda_4 of Eq. 15 as printed in "Implementation Details" (see the module docstring).
 PORTRAITSR_LOSS_WEIGHTS = dict(perceptual=0.1, parsing=0.005, reconstruction=0.5, dictionary=0.001)
@@ -97,7 +98,6 @@ class VGGPerceptualLoss(nn.Module):
         self.taps = sorted(VGG16_RELU_INDICES[name] for name in layers)
         self.features = vgg16_features(self.taps[-1])
         if pretrained:
-            from .perceptual_weights import load_backbone_features
             state = load_backbone_features('vgg', weights)
             state = {k[len('features.'):]: v for k, v in state.items()
                      if int(k.split('.')[1]) <= self.taps[-1]}

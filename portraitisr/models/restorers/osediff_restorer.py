@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from portraitisr.models.backbones.osediff_checkpoint import load_osediff_checkpoint
 from portraitisr.registry import MODELS, RESTORERS
+from portraitisr.weights import resolve_file
 from .base_restorer import BaseImageRestorer
 from .tiling import tiled_forward
 
@@ -77,11 +79,7 @@ class OSEDiffRestorer(BaseImageRestorer):
             if checkpoint is None:
                 raise ValueError('OSEDiffRestorer needs the OSEDiff checkpoint (osediff.pkl / osediff_face.pkl); '
                                  'pass checkpoint=..., or pretrained=False for random LoRA weights')
-            from portraitisr.models.backbones.osediff_checkpoint import load_osediff_checkpoint
-
             if not isinstance(checkpoint, dict) or set(checkpoint) <= {'path', 'url', 'sha256', 'filename'}:
-                from portraitisr.weights import resolve_file
-
                 self.checkpoint_path = str(resolve_file(checkpoint))
                 checkpoint = self.checkpoint_path
             load_osediff_checkpoint(self.model._backbone, checkpoint)

@@ -5,6 +5,7 @@ from torch import Tensor
 
 from portraitisr.models.face_sr import PortraitSRNet
 from portraitisr.registry import RESTORERS
+from portraitisr.weights import load_module_weights
 from .base_restorer import BaseImageRestorer
 
 
@@ -35,7 +36,6 @@ class PortraitSRRestorer(BaseImageRestorer):
                 raise ValueError('PortraitSR has no released weights: pass weights=<checkpoint of tools/train.py> '
                                  'or pretrained=False')
             # the restorers' strict loader, with the `generator.` prefix of PortraitSR training checkpoints
-            from portraitisr.weights import load_module_weights
             self.weights_path = load_module_weights(self.net, weights,
                                                     prefixes=('generator.', 'generator.module.', 'module.'))
         self._finish_init(pretrained, weights)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import RESTORERS
+from portraitisr.weights import load_module_weights
 from .base_restorer import BaseImageRestorer
 from .tiling import tiled_forward
 
@@ -48,8 +49,6 @@ def load_restorer_weights(module: nn.Module, weights: Any) -> str:
         The path of the loaded file.
     """
     # Same unwrapping and strict copy as the identity extractors (params_ema is tried before params).
-    from portraitisr.weights import load_module_weights
-
     return load_module_weights(module, weights, prefixes=('module.',))
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from portraitisr.registry import PROMPTERS
+from portraitisr.weights import load_state_dict, resolve_file
 from .ram_checkpoint import dape_state_dict, load_strict, ram_state_dict
 from .ram_preprocess import ram_preprocess
 from .swin_transformer import SwinTransformer
@@ -166,7 +167,6 @@ class RAMTagger(nn.Module):
             if not tags:
                 raise ValueError('tag_list is empty')
             return tags
-        from portraitisr.weights import resolve_file
 
         return read_tag_list(resolve_file(tag_list, allow_download=allow_download))
 
@@ -174,13 +174,11 @@ class RAMTagger(nn.Module):
     def _read_thresholds(thresholds: Any, allow_download: Optional[bool]) -> list[float]:
         if not _is_spec(thresholds):
             return [float(t) for t in thresholds]
-        from portraitisr.weights import resolve_file
 
         return read_thresholds(resolve_file(thresholds, allow_download=allow_download))
 
     def load_weights(self, weights: Any, lora_weights: Any = None, allow_download: Optional[bool] = None) -> None:
         """Load the RAM checkpoint strictly, then (``lora_rank > 0``) the LoRA checkpoint strictly on top."""
-        from portraitisr.weights import load_state_dict, resolve_file
 
         own = set(self.state_dict())
         path = resolve_file(weights, allow_download=allow_download)

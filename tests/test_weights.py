@@ -570,3 +570,20 @@ def test_load_rejects_garbage_and_non_dicts(tmp_path):
     torch.save(torch.zeros(2), tmp_path / 'tensor.pth')
     with pytest.raises(TypeError, match='not a dict'):
         load_state_dict(tmp_path / 'tensor.pth')
+
+
+def test_pretrained_download_offline_is_one_clear_error(env, monkeypatch):
+    # huggingface_hub on httpx raises httpx's ConnectError on a machine without network, which is not an OSError:
+    # it must still end as WeightsNotFoundError (the CLI prints that as one paragraph), not as a traceback.
+    import huggingface_hub
+    import huggingface_hub.utils._http as hub_http
+
+    httpx = sys.modules[next(name for name in ('httpx2', 'httpx') if hasattr(hub_http, name))]
+
+    class OfflineApi:
+        def list_repo_files(self, repo_id, revision=None):
+            raise httpx.ConnectError('[Errno -2] Name or service not known')
+
+    monkeypatch.setattr(huggingface_hub, 'HfApi', OfflineApi)
+    with pytest.raises(WeightsNotFoundError, match=r'Downloading org/sd failed: \[Errno -2\] Name or service not'):
+        resolve_pretrained_dir('org/sd', required=SD_REQUIRED, allow_download=True)

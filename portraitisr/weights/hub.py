@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,18 @@ _HUB_ID_RE = re.compile(r'^(?P<repo>[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*)(?:@
 DEFAULT_HUB_IGNORE_PATTERNS = ('*.ckpt', '*.msgpack', '*.h5', '*.onnx', '*.onnx_data', '*.pb', '*.ot',
                                '*.tflite', '*.mlmodel', '*.mlpackage/*')
 _WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth', '.ckpt')
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What a failed hub call raises: OSError, ValueError (bad ids), ImportError, and the HTTP errors of the httpx
+    client that huggingface_hub uses (not OSErrors: an offline machine raises ``httpx.ConnectError``). Read when an
+    exception is being matched, so the httpx module huggingface_hub loaded is in ``sys.modules`` by then."""
+    errors: list[type[BaseException]] = [ImportError, OSError, ValueError]
+    for name in ('httpx', 'httpx2'):  # huggingface_hub's HTTP client: httpx, or httpx2 in the newest releases
+        module = sys.modules.get(name)
+        if module is not None and isinstance(getattr(module, 'HTTPError', None), type):
+            errors.append(module.HTTPError)
+    return tuple(errors)
 
 
 def _missing_files(folder: Path, required: Sequence[str]) -> list[str]:
@@ -185,7 +198,7 @@ def resolve_pretrained_dir(spec: Union[str, 'os.PathLike[str]'], *, required: Se
             patterns = _select_hub_files(HfApi().list_repo_files(repo_id, revision=revision), required)
         folder = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache,
                                         allow_patterns=list(patterns), ignore_patterns=list(ignore_patterns)))
-    except (ImportError, OSError, ValueError) as error:  # hub HTTP errors are OSErrors
+    except _hub_errors() as error:
         raise weights_not_found(f'Model {text!r} not found.', looked, hints, wanted=text,
                                 reason=f'Downloading {repo_id} failed: {error}') from error
     missing = _missing_files(folder, required)

@@ -4,7 +4,8 @@ One similarity matrix per item, estimated once and applied to every method's ima
 differ only in what the methods restored, never in framing: the landmarks come from the ground truth when there is
 one, else the per-coordinate median over the methods' images (robust to one method that lost the face). The face is
 the largest one the detector finds (portraits have one subject; our choice). The crop is the FFHQ 512 template
-scaled to ``crop_size`` (facexlib's alignment, as in HeadsUp's face pipeline, paper 000 appendix "Face Alignment").
+scaled to ``crop_size`` (facexlib's alignment, as in HeadsUp's face pipeline: HeadsUp, arXiv 2510.09924, appendix "Face
+Alignment").
 
 This module imports torch and the face stack; :mod:`portraitisr.study.create` imports it only when face crops are
 asked for, so studies without face crops never import torch.

@@ -3,9 +3,10 @@
 Why not mmengine's own ``FSDPStrategy``: it wraps the whole model in FSDP1, which cannot run without an accelerator
 ("FSDP needs a non-CPU accelerator device"), ``mmengine.dist.init_dist`` calls ``torch.cuda.set_device``
 unconditionally, and its wrapper calls ``forward(mode='loss')`` instead of a model's own ``train_step``, which our
-multi-optimiser models (AuthFace's ControlNet + discriminators) need (shared/reference/authface_parts.md,
-section d). FSDP2 shards parameters in place: the model keeps its class and methods, its ``train_step`` runs as
-under a single process, and the sharded submodules gather their parameters around each ``forward``.
+multi-optimiser models (AuthFace's ControlNet + discriminators) need (mmengine 0.10 ``FSDPStrategy`` and
+``MMFullyShardedDataParallel.train_step``). FSDP2 shards parameters in place: the model keeps its class and
+methods, its ``train_step`` runs as under a single process, and the sharded submodules gather their parameters around
+each ``forward``.
 
 What it does:
 

@@ -1,4 +1,5 @@
-"""AuthFace stage II: a ControlNet on the frozen, face-fine-tuned UNet restores degraded faces (paper 004, §3.2).
+"""AuthFace stage II: a ControlNet on the frozen, face-fine-tuned UNet restores degraded faces (AuthFace, arXiv
+2410.09864, §3.2).
 
 "AuthFace: Towards Authentic Blind Face Restoration with Face-Oriented Generative Diffusion Prior", section 3.2
 and Fig. 4: the HQ image is encoded by the frozen VAE (``z_0``) and noised to ``z_t`` at a random ``t``; the

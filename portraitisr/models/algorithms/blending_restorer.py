@@ -14,7 +14,7 @@ Tables 1-3, "blending": Real-ESRGAN + CodeFormer, OSEDiff + OSEDiff_Face). Per i
    the output, smaller faces first so that bigger faces win where they overlap.
 
 The soft mask follows facexlib ``FaceRestoreHelper.paste_faces_to_input_image`` (xinntao/facexlib
-``facexlib/utils/face_restoration_helper.py``, ``use_parse=False`` branch; shared/reference/face.md section 1):
+``facexlib/utils/face_restoration_helper.py``, ``use_parse=False`` branch):
 ``warpAffine(ones(face), inv)``, eroded by ``int(2 s)`` (s = output / input scale), the face multiplied by that
 hard mask; ``w_edge = int(sqrt(mask.sum())) // 20``; eroded again by ``2 w_edge`` and
 ``GaussianBlur(2 w_edge + 1, sigma=0)``. The maths run on a region around each face's footprint, which gives the

@@ -1,6 +1,6 @@
 """Multi-step latent diffusion backbones (SD 2.1 or SDXL): a UNet, its VAE and the DDPM noise schedule.
 
-AuthFace (paper 004) trains a text-to-image UNet twice: stage I fine-tunes the whole UNet on captioned portraits
+AuthFace (arXiv 2410.09864) trains a text-to-image UNet twice: stage I fine-tunes the whole UNet on captioned portraits
 (section 3.1, :class:`LatentDiffusion`), stage II freezes it and trains a ControlNet that reads the degraded image
 (section 3.2, :class:`ControlNetDiffusion`). Both use the standard DDPM epsilon objective (Ho et al. 2020)::
 

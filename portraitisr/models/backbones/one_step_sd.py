@@ -3,7 +3,7 @@
 The backbone shared by OSEDiff and HeadsUp. An LQ image (already upscaled to the output size) is
 encoded by the LoRA VAE encoder, denoised in a single UNet pass at a fixed timestep and decoded by
 the frozen VAE decoder. The one-step update is the DDPM posterior mean at ``t = 999`` with
-``prev_t = -1`` (OSEDiff ``osediff.py``; shared/reference/osediff.md, section 1)::
+``prev_t = -1`` (cswry/OSEDiff ``osediff.py``)::
 
     z_H = (z_L - sqrt(1 - abar_t) * eps_theta(z_L, t, c)) / sqrt(abar_t)
 

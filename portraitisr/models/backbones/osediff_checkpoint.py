@@ -1,7 +1,6 @@
 """Read and write the official OSEDiff release format (``osediff.pkl``, ``osediff_face.pkl``).
 
-The release is a ``torch.save`` dict (cswry/OSEDiff ``OSEDiff_gen.save_model``;
-shared/reference/osediff.md, section 3)::
+The release is a ``torch.save`` dict (cswry/OSEDiff ``osediff.py``, ``OSEDiff_gen.save_model``)::
 
     vae_lora_encoder_modules   list[str]  (65 entries for SD 2.1, with duplicates)
     unet_lora_encoder_modules  list[str]  (94)

@@ -1,4 +1,4 @@
-"""Associative Texture Prior (ATP) of PortraitSR (paper 002, section "Associative Texture Prior", Eq. 4-6).
+"""Associative Texture Prior (ATP) of PortraitSR (AAAI 2026, section "Associative Texture Prior", Eq. 4-6).
 
 A learnable high-quality dictionary ``D in R^{N x C}`` (N = 512, C = 384, initialised from N(0, 0.02^2),
 "Implementation Details") is filled by the HR reconstruction branch (Eq. 4) and read by the SR branch: every

@@ -1,4 +1,4 @@
-"""PortraitSR's training losses (paper 002, "Model Objectives", Eq. 11-15).
+"""PortraitSR's training losses (PortraitSR, AAAI 2026, "Model Objectives", Eq. 11-15).
 
 ``L_total = L_1 + lambda_1 L_per + lambda_2 L_pm + lambda_3 L_rec + lambda_4 L_dic`` (Eq. 15). The paper prints
 the weights as "0.1, 0.005, 0.5 and 0.001" for "four components L_1, L_2, L_3, L_4" ("Implementation

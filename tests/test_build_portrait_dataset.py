@@ -15,7 +15,7 @@ import skimage  # noqa: F401  (scikit-image is an install_requires: missing, it 
 
 from portraitisr.datasets.builder.pairs import split_of
 from portraitisr.datasets.builder.scan import image_id_of
-from portraitisr.models.identity import DlibResNet
+from portraitisr.face.identity import DlibResNet
 
 from .conftest import REPO_ROOT
 

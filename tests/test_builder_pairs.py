@@ -313,7 +313,7 @@ def test_the_threshold_is_the_identity_models_own(tmp_path):
     sims = summary['pair_similarities']['train']
     assert sims and min(sims) > 0.91
     assert identity_threshold(dict(type='AdaFaceIR', depth=101)) == (
-        0.65, 'AdaFaceIR: HeadsUp (paper 000) appendix C: CVLFace similarity 0.65')
+        0.65, 'AdaFaceIR: HeadsUp (arXiv 2510.09924) appendix C: CVLFace similarity 0.65')
     # a threshold given explicitly wins, and is recorded as given
     summary = build_manifests(out_dir, input_root, config=PairConfig(similarity_threshold=0.5, test_ratio=0.0))
     assert summary['similarity_threshold'] == 0.5 and summary['threshold_source'].startswith('given')

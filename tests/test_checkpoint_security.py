@@ -16,7 +16,7 @@ import torch
 from mmengine.model import BaseModel
 
 from portraitisr.apis import model_zoo
-from portraitisr.apis.weight_resolver import CheckpointLoadError, WeightsNotFoundError, sha256_of
+from portraitisr.weights import CheckpointLoadError, WeightsNotFoundError, sha256_of
 from portraitisr.engine.checkpoint_loading import (CheckpointNotFoundError, UntrustedCheckpointError,
                                                    checkpoint_training_info, find_resumable_checkpoint,
                                                    resolve_checkpoint, split_checkpoint_spec)

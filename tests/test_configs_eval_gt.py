@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.model import BaseDataPreprocessor
 
-from portraitisr.datasets.degradations.usm import USMSharp
+from portraitisr.degradations.usm import USMSharp
 from portraitisr.datasets.sample_images import load_sample_image
 from portraitisr.registry import MODELS
 from .helpers.tiny_config import CONFIG_ROOT, config_id, discover_configs

@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Union
 import pytest
 from mmengine.config import Config
 
-from portraitisr.datasets.degradations import PRESETS
+from portraitisr.degradations import PRESETS
 from portraitisr.models.face_sr.portraitsr_net import PortraitSRNet
 from .conftest import SHARED
 from .test_authface_configs import PAPER_VALUES as AUTHFACE_PAPER_VALUES

@@ -24,12 +24,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from portraitisr.datasets.degradations import (DiffJPEG, FaceDegradation, KERNEL_TYPES, PRESETS, RESIZE_MODES,
+from portraitisr.degradations import (DiffJPEG, FaceDegradation, KERNEL_TYPES, PRESETS, RESIZE_MODES,
                                                RealESRGANDegradation, USMSharp, add_gaussian_noise,
                                                add_poisson_noise, build_degradation, filter2d, preset_config,
                                                resize_per_sample, sample_final_sinc, sample_mixed_kernels)
-from portraitisr.datasets.degradations.kernels import bessel_j1, kernels_from_params
-from portraitisr.datasets.degradations.realesrgan import zero_outside
+from portraitisr.degradations.kernels import bessel_j1, kernels_from_params
+from portraitisr.degradations.realesrgan import zero_outside
 from portraitisr.registry import DEGRADATIONS
 
 Z = 4.0  # tolerance of the statistical comparisons, in standard errors
@@ -266,7 +266,7 @@ def test_usm_matches_basicsr():
     _basicsr()
     import cv2
     from basicsr.utils import USMSharp as BasicSRUSMSharp
-    from portraitisr.datasets.degradations.usm import opencv_gaussian_kernel
+    from portraitisr.degradations.usm import opencv_gaussian_kernel
     for ksize in (1, 3, 5, 7, 9, 11, 51):
         assert np.abs(opencv_gaussian_kernel(ksize).numpy() - cv2.getGaussianKernel(ksize, 0)[:, 0]).max() < 1e-15
     img = _crops()[:3]

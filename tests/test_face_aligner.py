@@ -7,7 +7,7 @@ import pytest
 import cv2
 import torch
 
-from portraitisr.models.aligners import (ARCFACE_112, FFHQ_512, FaceAligner, FaceBatch, detect_and_align,
+from portraitisr.face.alignment import (ARCFACE_112, FFHQ_512, FaceAligner, FaceBatch, detect_and_align,
                                          estimate_similarity_lmeds, estimate_similarity_lstsq, get_template)
 from portraitisr.registry import FACE_ALIGNERS
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from portraitisr.apis.weight_resolver import WeightsNotFoundError
-from portraitisr.models.face_detectors import (BaseFaceDetector, DlibFaceDetector, FaceDetections,
+from portraitisr.weights import WeightsNotFoundError
+from portraitisr.face.detection import (BaseFaceDetector, DlibFaceDetector, FaceDetections,
                                                RetinaFaceDetector, build_default_face_detector, decode_boxes,
                                                decode_landmarks, prior_boxes)
 from portraitisr.registry import FACE_DETECTORS
@@ -114,7 +114,7 @@ def test_dlib_hog_and_mmod_agree_on_fixture_photos(hog, mmod):
 
 
 def test_dlib_landmark_order_matches_68_point_mapping():
-    from portraitisr.models.face_detectors import landmarks68_to_5
+    from portraitisr.face.detection import landmarks68_to_5
     pts = np.zeros((68, 2), np.float32)
     pts[36:42] = [10, 20]
     pts[42:48] = [30, 20]
@@ -364,8 +364,8 @@ def test_retinaface_missing_weights_raise(tmp_path, monkeypatch):
     monkeypatch.setenv('PORTRAITISR_HOME', str(tmp_path / 'home'))
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     monkeypatch.setenv('PORTRAITISR_ALLOW_DOWNLOAD', '0')
-    import portraitisr.apis.weight_resolver as resolver
-    monkeypatch.setattr(resolver, '_file_cache_dirs', lambda: [])
+    import portraitisr.weights.places as places
+    monkeypatch.setattr(places, 'file_cache_dirs', lambda: [])
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'torch' / 'hub'))
     with pytest.raises(WeightsNotFoundError, match='detection_mobilenet0.25_Final.pth'):
         RetinaFaceDetector('mobilenet0.25')

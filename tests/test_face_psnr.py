@@ -2,7 +2,7 @@
 import torch
 
 from portraitisr.evaluation.metrics import FacePSNR, psnr
-from portraitisr.models.aligners.templates import get_template
+from portraitisr.face.alignment.templates import get_template
 
 
 def _landmarks(scale=0.5, offset=32.0):

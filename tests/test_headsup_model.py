@@ -3,7 +3,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from portraitisr.models.aligners.templates import get_template
+from portraitisr.face.alignment.templates import get_template
 from portraitisr.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 from .conftest import REPO_ROOT, require_pypi_weights
 

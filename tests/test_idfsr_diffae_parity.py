@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from portraitisr.apis.weight_resolver import CheckpointLoadError
+from portraitisr.weights import CheckpointLoadError
 from portraitisr.models.algorithms.idfsr import diffae_schedulers
 from portraitisr.models.backbones import FFHQ256_AUTOENC, DiffAEUNet, load_diffae_checkpoint, load_lightning_checkpoint
 from portraitisr.models.backbones.diffae_blocks import AttentionBlock

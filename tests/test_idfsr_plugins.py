@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from portraitisr.models.aligners.templates import FFHQ_512
+from portraitisr.face.alignment.templates import FFHQ_512
 from portraitisr.models.conditioning import (IdentityEmbedder, face_ellipse_mask,
                                              load_identity_embedding, save_identity_embedding, verification_threshold)
 from portraitisr.registry import MODELS

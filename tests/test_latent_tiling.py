@@ -115,7 +115,7 @@ def test_tiled_restore_matches_untiled_without_seams(osediff, photo):
 
 
 def test_headsup_with_reference_works_tiled(photo):
-    from portraitisr.models.aligners.templates import get_template
+    from portraitisr.face.alignment.templates import get_template
 
     model = _build('headsup_tiny.py')
     with torch.no_grad():  # as if trained: the reference and mask channels reach the UNet

@@ -5,7 +5,7 @@ import torch
 
 from portraitisr.evaluation.metric_presets import METRIC_PRESETS, metric_config
 from portraitisr.evaluation.metrics import PSNR, SSIM, FaceRegionMetric, psnr
-from portraitisr.models.aligners.templates import get_template
+from portraitisr.face.alignment.templates import get_template
 from portraitisr.registry import METRICS
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from portraitisr.apis import model_zoo
-from portraitisr.apis.weight_resolver import WeightsNotFoundError
+from portraitisr.weights import WeightsNotFoundError
 
 pytest_plugins = ('tests.helpers.file_server',)
 

@@ -177,7 +177,7 @@ def test_lq_size_must_be_a_multiple_of_the_vae_factor(backbone, tiny_text_encode
 
 
 def test_missing_sd_weights_fail_with_a_clear_message(tmp_path, monkeypatch):
-    from portraitisr.apis.weight_resolver import WeightsNotFoundError
+    from portraitisr.weights import WeightsNotFoundError
 
     monkeypatch.setenv('PORTRAITISR_HOME', str(tmp_path))
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'hf'))

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 from portraitisr.datasets import (ImageFolderDataset, ManifestError, MixedDataset, MixtureSampler, PortraitDataError,
                                   PortraitTripletDataset, load_sample_image, portrait_collate)
 from portraitisr.datasets.image_folder_dataset import read_rgb, resize_square
-from portraitisr.models.aligners import FaceAligner, get_template
+from portraitisr.face.alignment import FaceAligner, get_template
 from portraitisr.registry import FUNCTIONS
 from portraitisr.utils.image_io import write_image
 

@@ -232,7 +232,7 @@ def test_from_zoo_passes_the_checkpoint_through_the_config(restorer, tmp_path, m
     from safetensors.torch import save_file
 
     from portraitisr.apis import model_zoo
-    from portraitisr.apis.weight_resolver import sha256_of
+    from portraitisr.weights import sha256_of
 
     # The file sits in the torch hub cache (a place the resolver searches; another tool's cache counts only when
     # the index's sha256 matches); PORTRAITISR_HOME keeps the LPIPS weights the tiny config needs.

@@ -87,7 +87,7 @@ def test_parsing_maps_from_label_files_follow_flips(tmp_path):
 def test_face_parser_loads_through_the_resolver_or_falls_back(tmp_path, monkeypatch):
     monkeypatch.setenv('PORTRAITISR_HOME', str(tmp_path / 'home'))
     monkeypatch.setenv('PORTRAITISR_ALLOW_DOWNLOAD', '0')
-    from portraitisr.apis.weight_resolver import WeightsNotFoundError
+    from portraitisr.weights import WeightsNotFoundError
     with pytest.raises(WeightsNotFoundError, match='parsing_bisenet.pth'):
         FACE_PARSERS.build(dict(type='FacexlibFaceParser'))
     dataset = AlignedFaceDataset(lfw_range=(0, 1), size=32, parser=dict(type='FacexlibFaceParser'))

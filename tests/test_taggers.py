@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms as T
 
 from portraitisr.apis import model_zoo
-from portraitisr.apis.weight_resolver import WeightsNotFoundError
+from portraitisr.weights import WeightsNotFoundError
 from portraitisr.models.taggers import (DAPE_WEIGHTS, RAM_TAG_LIST, RAM_TAG_THRESHOLDS, RAM_WEIGHTS, DAPETagger,
                                         LoRALinear, RAMTagger, SwinTransformer, class_thresholds, dape_state_dict,
                                         ram_preprocess, ram_state_dict, read_tag_list, read_thresholds)

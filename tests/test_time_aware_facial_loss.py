@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from portraitisr.models.aligners.templates import FFHQ_512
+from portraitisr.face.alignment.templates import FFHQ_512
 from portraitisr.models.discriminators import FacialComponentDiscriminator
 from portraitisr.models.losses.time_aware_facial_loss import (TimeAwareFacialLoss, crop_latent_boxes,
                                                               ddim_predicted_x0, facial_component_boxes,

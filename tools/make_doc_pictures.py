@@ -88,7 +88,7 @@ def main() -> int:
     import torch
 
     from portraitisr.apis.portrait_restorer import PortraitRestorer, UntrainedModelWarning
-    from portraitisr.models.face_detectors.dlib_detector import DlibFaceDetector
+    from portraitisr.face.detection.dlib_detector import DlibFaceDetector
 
     torch.manual_seed(0)
     grid_tool, pairs_tool = _load_tool('make_comparison_grid'), _load_tool('make_test_pairs')

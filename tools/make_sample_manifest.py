@@ -24,7 +24,7 @@ hide_bitsandbytes()  # before mmengine and pyiqa: see import_guards
 
 from portraitisr.datasets.portrait_triplet_dataset import SAMPLE_MANIFESTS, manifest_line  # noqa: E402
 from portraitisr.datasets.sample_images import load_sample_image  # noqa: E402
-from portraitisr.models.face_detectors import DlibFaceDetector  # noqa: E402
+from portraitisr.face.detection import DlibFaceDetector  # noqa: E402
 
 PHOTOS = ('astronaut', 'grace_hopper', 'camera')
 

@@ -14,7 +14,7 @@ Presets (``--preset``):
 * ``bicubic``: antialiased bicubic downsampling to 1/scale, rounded to 8-bit levels (the classic SR benchmark
   degradation, and that of the docs' comparison grids);
 * ``realesrgan``, ``osediff``, ``seesr``: the Real-ESRGAN second-order pipelines of those papers' training
-  recipes (``portraitisr/datasets/degradations/presets.py``), with the final resize to 1/scale (``resize_back``
+  recipes (``portraitisr/degradations/presets.py``), with the final resize to 1/scale (``resize_back``
   off) and no sharpening of the GT, so ``gt/`` holds the photo itself;
 * ``codeformer_face``, ``codeformer_stage2``: the blind face degradations (blur, down/up-size, noise, JPEG) at the
   photo's size, then bicubic to 1/scale; meant for aligned face crops.
@@ -45,7 +45,7 @@ RESIZING_PRESETS = ('realesrgan', 'osediff', 'seesr')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from portraitisr.datasets.degradations.presets import PRESETS
+    from portraitisr.degradations.presets import PRESETS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('inputs', nargs='+', metavar='PHOTO', help='image files, folders, or sample://NAME')
@@ -110,7 +110,7 @@ class Degrader:
         self.settings: dict = dict(preset=preset, scale=scale, seed=seed)
         self.module = None
         if preset != BICUBIC:
-            from portraitisr.datasets.degradations.presets import build_degradation, preset_config
+            from portraitisr.degradations.presets import build_degradation, preset_config
 
             overrides = dict(seed=seed)
             if preset in RESIZING_PRESETS:

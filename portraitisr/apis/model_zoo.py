@@ -12,13 +12,13 @@ The index (``portraitisr/model_zoo/index.json``, shipped as package data) has tw
   without, with a warning, when they are not (the DAPE tagger of OSEDiff's prompts), ``licence``, ``paper``
   numbers with the table they come from).
 
-Every download goes through :mod:`portraitisr.apis.weight_resolver` (https only, resume with a validator, length
+Every download goes through :mod:`portraitisr.weights` (https only, resume with a validator, length
 and sha256 checks, atomic rename, lock), and nothing here touches the network unless :func:`download` is called.
 An entry with a published sha256 is *pinned*: only that file is accepted. An entry without one is *trust on first
 use*: the digest of the first file (downloaded, or found in ``$PORTRAITISR_HOME``) is recorded next to it as
 ``<file>.sha256``, and a different file is refused from then on; files other tools cached under the same name are
 not used for it. :func:`check_available` turns missing files into one
-:class:`~portraitisr.apis.weight_resolver.WeightsNotFoundError` that names every missing file and the command that
+:class:`~portraitisr.weights.WeightsNotFoundError` that names every missing file and the command that
 fetches it; :func:`download` reports every file it could not get in one such error.
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .weight_resolver import (ChecksumError, WeightsNotFoundError, portraitisr_home, resolve_file,
-                              resolve_pretrained_dir)
+from portraitisr.weights import (ChecksumError, WeightsNotFoundError, portraitisr_home, resolve_file,
+                                 resolve_pretrained_dir)
 
 __all__ = ['INDEX_PATH', 'WeightsEntry', 'ModelEntry', 'ModelZoo', 'load_index', 'list_models', 'get_model',
            'check_available', 'download', 'config_path']
@@ -262,7 +262,7 @@ def download(name: str, zoo: Optional[ModelZoo] = None, progress: bool = True) -
     """Download what model ``name`` needs to restore and to train, and what it uses when present (or the single
     weights entry ``name``); existing files are kept.
 
-    Files go to ``$PORTRAITISR_HOME`` through :func:`~portraitisr.apis.weight_resolver.resolve_file` (https,
+    Files go to ``$PORTRAITISR_HOME`` through :func:`~portraitisr.weights.resolve_file` (https,
     partial files resume only against the same file version, pinned sha256 or trust-on-first-use record checked,
     atomic rename); SD folders go to the Hugging Face cache. Every entry is tried, so one run reports everything
     that is missing. Returns ``{weights name: local path}``.

@@ -112,8 +112,8 @@ def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike,
     in the checkpoint and nothing else may be, so a checkpoint of another config fails loudly. Tensors of
     ``dropped_parts`` (training-only modules the model was built without, e.g. ``discriminator``) are ignored.
     """
-    from portraitisr.apis.weight_resolver import load_state_dict
     from portraitisr.engine.hooks.trainable_checkpoint_hook import trainable_names
+    from portraitisr.weights import load_state_dict
 
     loaded = load_state_dict(checkpoint)
     state = loaded.get('state_dict', loaded)

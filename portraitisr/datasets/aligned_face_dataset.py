@@ -111,7 +111,7 @@ class AlignedFaceDataset(Dataset):
     def _build_parser(self, parser: Optional[dict]):
         if parser is None:
             return None
-        from portraitisr.apis.weight_resolver import WeightsNotFoundError
+        from portraitisr.weights import WeightsNotFoundError
         try:
             model = FACE_PARSERS.build(parser)
         except WeightsNotFoundError as error:

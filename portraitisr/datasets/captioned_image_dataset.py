@@ -1,4 +1,5 @@
-"""Images with one caption each, for text-to-image fine-tuning (AuthFace stage I, paper 004, section 3.1).
+"""Images with one caption each, for text-to-image fine-tuning (AuthFace stage I; AuthFace, arXiv 2410.09864, section
+3.1).
 
 The caption of ``photos/0001.png`` is the text file ``photos/0001.txt`` (or ``<caption_root>/0001.txt``), the
 layout text-to-image fine-tuning tools share; AuthFace's captions are tag-style prompts written by a

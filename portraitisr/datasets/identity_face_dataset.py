@@ -111,7 +111,7 @@ class IdentityFaceDataset(Dataset):
             raise ValueError(f'size {size} must be a multiple of scale {scale}')
         if split not in SPLITS:
             raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-        from portraitisr.models.aligners.face_aligner import FaceAligner
+        from portraitisr.face.alignment.face_aligner import FaceAligner
 
         self.size, self.scale, self.aligned, self.flip, self.repeat = size, scale, aligned, flip, repeat
         self.ref_choice, self.ref_jitter = ref_choice, None if ref_jitter is None else tuple(ref_jitter)

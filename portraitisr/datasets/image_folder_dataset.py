@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from portraitisr.face.alignment.templates import get_template
 from portraitisr.registry import DATASETS
 from portraitisr.utils.image_io import list_images, read_image
 from .sample_images import SAMPLE_IMAGES, SAMPLE_SCHEME, is_sample, load_sample_image
@@ -194,8 +195,6 @@ class ImageFolderDataset(Dataset):
             if rotate90:
                 raise ValueError('aligned_face_template cannot be combined with rotate90: a vertically '
                                  'flipped or transposed face has no image-left-first landmark order')
-            from portraitisr.models.aligners.templates import get_template
-
             points, (template_h, template_w) = get_template(aligned_face_template)
             # normalised to the template's square, so any image size scales it like get_template
             self.template_points = (points / np.array([template_w, template_h])).astype(np.float32)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from portraitisr.face.alignment.face_aligner import FaceAligner
 from portraitisr.registry import DATASETS
 from .image_folder_dataset import (TagMap, crop_flip_geometry, flip_box, flip_landmarks, load_tags, read_rgb,
                                    resize_square, to_chw_tensor)
@@ -312,8 +313,6 @@ class PortraitTripletDataset(Dataset):
         if crop_size is not None and crop_size <= 0 or ref_size <= 0 or repeat < 1:
             raise ValueError(f'crop_size, ref_size and repeat must be positive, got {crop_size}, {ref_size}, '
                              f'{repeat}')
-        from portraitisr.models.aligners.face_aligner import FaceAligner
-
         self.manifest = str(resolve_manifest(manifest))
         self.entries = load_manifest(manifest, data_root)
         self.crop_size, self.crop_mode, self.flip = crop_size, crop_mode, flip

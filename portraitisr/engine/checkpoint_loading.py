@@ -8,7 +8,7 @@ code. :class:`~portraitisr.engine.runners.PortraitRunner` loads through the func
   needs its sha256 (``https://host/x.pth#sha256=<64 hex>``, pip's notation) or an explicit ``trust_url=True``
   (``--trust-url``); downloads land in ``$PORTRAITISR_HOME/checkpoints/``, never in another tool's cache.
 * :func:`load_checkpoint_file` reads it with ``torch.load(weights_only=True)`` or safetensors
-  (:func:`~portraitisr.apis.weight_resolver.load_state_dict`): a file that needs other Python objects is refused
+  (:func:`~portraitisr.weights.load_state_dict`): a file that needs other Python objects is refused
   with one line, and nothing in it runs.
 * :func:`find_resumable_checkpoint` picks the newest checkpoint of a work dir that loads, saying which newer ones
   it skipped and why (a checkpoint cut short by a crash must not stop ``--resume``).
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from portraitisr.apis.weight_resolver import (ChecksumError, CheckpointLoadError, WeightsNotFoundError,
-                                              load_state_dict, resolve_file, sha256_of)
+from portraitisr.weights import (ChecksumError, CheckpointLoadError, WeightsNotFoundError, load_state_dict,
+                                 resolve_file, sha256_of)
 
 __all__ = ['UntrustedCheckpointError', 'CheckpointNotFoundError', 'CHECKPOINT_ERRORS', 'split_checkpoint_spec',
            'resolve_checkpoint', 'verify_checkpoint', 'load_checkpoint_file', 'ResumePoint',

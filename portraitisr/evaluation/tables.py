@@ -1,5 +1,5 @@
-"""Result tables in the layout of HeadsUp's Tables 1-3 (paper 000, section 4) and PortraitSR's Tables 1 and 5
-(paper 002), as markdown and CSV.
+"""Result tables in the layout of HeadsUp's Tables 1-3 (HeadsUp, arXiv 2510.09924, section 4) and PortraitSR's
+Tables 1 and 5 (PortraitSR, AAAI 2026), as markdown and CSV.
 
 A layout is a list of ``(header, metric name)`` columns; the metric name is what the metric reports (prefixes
 such as ``RealSR/`` are stripped). A metric a run did not compute is left empty, so a partial evaluation still

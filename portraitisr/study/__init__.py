@@ -1,5 +1,5 @@
-"""User studies: HeadsUp's WR_id / WR_N win rates (paper 000, Table 2 and appendix) and AuthFace's A/B test
-(paper 004, appendix C), from restored folders to a web questionnaire to win rates in Table 2.
+"""User studies: HeadsUp's WR_id / WR_N win rates (HeadsUp, arXiv 2510.09924, Table 2 and appendix) and AuthFace's A/B
+test (AuthFace, arXiv 2410.09864, appendix C), from restored folders to a web questionnaire to win rates in Table 2.
 
 One concept per module: :mod:`.folders` (the restored folders), :mod:`.design` (study kinds, questionnaire drawing),
 :mod:`.attention` (attention checks), :mod:`.faces` (aligned face crops), :mod:`.create` (the study folder),

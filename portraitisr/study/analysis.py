@@ -1,13 +1,14 @@
 """``portraitisr study results``: win rates with bootstrap intervals, a Bradley-Terry ranking, agreement, exclusions.
 
 * **Who counts.** Participants who failed more than ``max_attention_failures`` attention checks are excluded, and so
-  (unless ``include_incomplete``) are those who did not finish: HeadsUp counts collected questionnaires (paper 000,
-  appendix: "36 questionnaires ... each questionnaire contains 58 questions"). Attention checks never count as votes.
+  (unless ``include_incomplete``) are those who did not finish: HeadsUp counts collected questionnaires (HeadsUp, arXiv
+  2510.09924, appendix: "36 questionnaires ... each questionnaire contains 58 questions"). Attention checks never count
+  as votes.
 * **Win rate (WR_id, WR_N).** HeadsUp, section 4.2: "The win rate of one method is the frequency it is selected as
   the best image, out of all the selections." The rates of all methods sum to 1.
 * **A/B.** Per pair, the shares of "A better", "B better", "same" in a fixed (first, second) order, as AuthFace's
-  Table 5 (paper 004, appendix C) reports its method against each baseline. Per method, ``AB_win`` is the share of
-  its comparisons it won (ties are neither wins nor losses).
+  Table 5 (AuthFace, arXiv 2410.09864, appendix C) reports its method against each baseline. Per method, ``AB_win`` is
+  the share of its comparisons it won (ties are neither wins nor losses).
 * **95% intervals.** Percentile bootstrap over participants (answers of one person are not independent, so whole
   questionnaires are resampled): ``bootstrap`` replicates drawn by ``numpy.random.default_rng(seed)``. With fewer than
   two counted participants there is nothing to resample and the bounds are NaN.

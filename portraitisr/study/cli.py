@@ -83,6 +83,7 @@ def _fail(command: str, error: BaseException) -> int:
 
 
 def _create(args: argparse.Namespace) -> int:
+    # cv2 and the image I/O (and, for face crops, torch): `portraitisr --help` must not load them
     from .create import create_study
     from .folders import StudyFolderError, parse_method_spec
 
@@ -130,6 +131,7 @@ def _admin_token(args: argparse.Namespace) -> Optional[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # the study extra (Starlette, uvicorn) and numpy: optional, loaded only to serve a study
     from .design import StudyFileError
     from .server import bind_socket, serve_forever
     from .webapp import build_app
@@ -161,6 +163,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _results(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    # the study extra (SQLAlchemy; choix in the analysis) and numpy: optional, loaded only to analyse answers
     from .analysis import analyse, write_results
     from .design import StudyFileError, load_study
     from .storage import DB_FILE, StudyStore

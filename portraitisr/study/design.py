@@ -2,13 +2,13 @@
 
 Three kinds, after the papers:
 
-* ``wr_id``: HeadsUp's identity study (paper 000, appendix "User Study Details"): the ground-truth face and the
-  methods' faces, "select the image that is most similar to the ground-truth face image". Metric WR_id.
+* ``wr_id``: HeadsUp's identity study (HeadsUp, arXiv 2510.09924, appendix "User Study Details"): the ground-truth face
+  and the methods' faces, "select the image that is most similar to the ground-truth face image". Metric WR_id.
 * ``wr_n``: HeadsUp's naturalness study: the methods' faces without the ground truth, "select the most natural
   face". Metric WR_N.
-* ``ab``: AuthFace's A/B test (paper 004, appendix C): two images A and B and three answers, "A is better",
-  "B is better", "Both are equally good", positions randomised; each pair of methods, or one method against each of
-  the others (AuthFace: its method against six baselines).
+* ``ab``: AuthFace's A/B test (AuthFace, arXiv 2410.09864, appendix C): two images A and B and three answers, "A is
+  better", "B is better", "Both are equally good", positions randomised; each pair of methods, or one method against
+  each of the others (AuthFace: its method against six baselines).
 
 A questionnaire is ``questions_per_participant`` questions drawn without replacement from the study's pool (items;
 for A/B, item x pair combinations) by ``numpy.random.default_rng([seed, participant number])``, the options of each

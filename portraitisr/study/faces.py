@@ -4,10 +4,11 @@ One similarity matrix per item, estimated once and applied to every method's ima
 differ only in what the methods restored, never in framing: the landmarks come from the ground truth when there is
 one, else the per-coordinate median over the methods' images (robust to one method that lost the face). The face is
 the largest one the detector finds (portraits have one subject; our choice). The crop is the FFHQ 512 template
-scaled to ``crop_size`` (facexlib's alignment, as in HeadsUp's face pipeline, paper 000 appendix "Face Alignment").
+scaled to ``crop_size`` (facexlib's alignment, as in HeadsUp's face pipeline: HeadsUp, arXiv 2510.09924, appendix "Face
+Alignment").
 
-This module imports torch and the face stack when a :class:`FaceCropper` is built (a heavy optional dependency:
-studies without face crops never import torch).
+This module imports torch and the face stack; :mod:`portraitisr.study.create` imports it only when face crops are
+asked for, so studies without face crops never import torch.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from portraitisr.face.alignment import FaceAligner
+from portraitisr.face.detection import DlibFaceDetector, build_default_face_detector
 from portraitisr.utils.image_io import image_to_tensor, tensor_to_image
 
 __all__ = ['FaceCropper']
@@ -30,9 +33,6 @@ class FaceCropper:
     """
 
     def __init__(self, crop_size: int = 512, detector: str = 'auto') -> None:
-        # Function-level imports: torch, kornia and the face stack are needed only for face crops.
-        from portraitisr.models.aligners import FaceAligner
-        from portraitisr.models.face_detectors import DlibFaceDetector, build_default_face_detector
 
         if crop_size < 64:
             raise ValueError(f'crop_size must be at least 64 pixels, got {crop_size}')

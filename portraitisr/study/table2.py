@@ -1,6 +1,7 @@
 """Merge user-study win rates into Table 2: ``tools/test.py --user-study RESULTS/win_rates.csv ...``.
 
-HeadsUp (paper 000, Table 2) reports WR_id and WR_N next to the metrics; ``portraitisr study results`` writes them to
+HeadsUp (arXiv 2510.09924, Table 2) reports WR_id and WR_N next to the metrics; ``portraitisr study results`` writes
+them to
 ``win_rates.csv`` (:mod:`.win_rates`) and :func:`merge_user_study` puts them into the ``'portrait'`` rows of a
 :class:`~portraitisr.evaluation.tables.ResultTables` whose method has the same name. This module imports the
 evaluation package (and so torch); the rest of the study package does not.

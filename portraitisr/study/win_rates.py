@@ -1,15 +1,15 @@
 """``win_rates.csv``: the win rates ``portraitisr study results`` writes and ``tools/test.py`` merges into Table 2.
 
-HeadsUp (paper 000, section 4.2 and appendix "User Study Details") reports two win rates next to the metrics of
+HeadsUp (arXiv 2510.09924, section 4.2 and appendix "User Study Details") reports two win rates next to the metrics of
 Table 2: WR_id (participants see the ground-truth face and pick the most similar of the methods' faces) and WR_N
 (they pick the most natural face). "The win rate of one method is the frequency it is selected as the best image,
 out of all the selections." A study measures one of them; its ``win_rates.csv`` has one row per method:
 
 ``study, metric, method, value, ci_low, ci_high, selections, answers, participants``
 
-``metric`` is ``WR_id`` or ``WR_N`` for the two Table 2 studies and ``AB_win`` for a pairwise A/B study (paper 004,
-appendix C), which has no Table 2 column and is not merged (see :mod:`.table2`). Standard library only: the web app
-and the analysis write this file without importing the evaluation package (which imports torch).
+``metric`` is ``WR_id`` or ``WR_N`` for the two Table 2 studies and ``AB_win`` for a pairwise A/B study (AuthFace, arXiv
+2410.09864, appendix C), which has no Table 2 column and is not merged (see :mod:`.table2`). Standard library only: the
+web app and the analysis write this file without importing the evaluation package (which imports torch).
 """
 from __future__ import annotations
 

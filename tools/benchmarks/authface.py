@@ -101,7 +101,7 @@ def build(stage: str, args) -> tuple:
 
 
 def batch(args, size: int, start: int) -> dict:
-    from portraitisr.models.aligners.templates import FFHQ_512
+    from portraitisr.face.alignment.templates import FFHQ_512
 
     landmarks = torch.from_numpy(FFHQ_512 * size / 512).float()
     return dict(gt=[torch.rand(3, size, size) for _ in range(args.batch)],

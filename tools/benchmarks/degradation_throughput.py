@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from portraitisr.datasets.degradations import build_degradation, preset_config  # noqa: E402
+from portraitisr.degradations import build_degradation, preset_config  # noqa: E402
 
 
 def _gt_crops(n: int, size: int) -> torch.Tensor:

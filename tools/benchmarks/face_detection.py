@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from portraitisr.apis.weight_resolver import WeightsNotFoundError  # noqa: E402
-from portraitisr.models.face_detectors import DlibFaceDetector, RetinaFaceDetector  # noqa: E402
+from portraitisr.face.detection import DlibFaceDetector, RetinaFaceDetector  # noqa: E402
+from portraitisr.weights import WeightsNotFoundError  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[3] / 'shared' / 'fixtures' / 'portraits_lq'
 

@@ -35,7 +35,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tools'))  # make_webdataset_shards
 sys.path.insert(0, HERE)  # portrait_builder
 
-#: DlibResNet.verification_threshold (the offline identity model's, see portraitisr/models/identity/dlib_resnet.py)
+#: DlibResNet.verification_threshold (the offline identity model's, see portraitisr/face/identity/dlib_resnet.py)
 THRESHOLD = 0.91
 DIM = 128
 

@@ -43,7 +43,7 @@ def find_faces(photos: List[str]) -> List[str]:
 
     from portraitisr.datasets.image_folder_dataset import read_rgb
     from portraitisr.datasets.portrait_triplet_dataset import manifest_line
-    from portraitisr.models.face_detectors import DlibFaceDetector
+    from portraitisr.face.detection import DlibFaceDetector
 
     detector = DlibFaceDetector(model='hog', upsample_times=1)
     lines = []

@@ -43,8 +43,8 @@ def main() -> None:
 
     from mmengine.registry import init_default_scope
 
-    from portraitisr.apis.weight_resolver import load_state_dict
     from portraitisr.registry import DATASETS, MODELS
+    from portraitisr.weights import load_state_dict
     init_default_scope('portraitisr')
     cfg = Config.fromfile(args.config)
     model_cfg = cfg.model.copy()

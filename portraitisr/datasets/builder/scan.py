@@ -51,7 +51,7 @@ from .stages import (EMBEDDINGS_DIR, FACES_DIR, AlignStep, DetectStep, EmbedStep
                      size_reject_reason)
 
 if TYPE_CHECKING:
-    from portraitisr.models.face_detectors.base_detector import FaceDetections
+    from portraitisr.face.detection.base_detector import FaceDetections
 
 PathLike = Union[str, os.PathLike]
 

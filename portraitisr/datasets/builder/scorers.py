@@ -10,7 +10,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from portraitisr.registry import IMAGE_SCORERS
+from portraitisr.registry import IMAGE_SCORERS, METRICS
+from portraitisr.utils.quantization import quantize_8bit
 
 
 def shrink_to_max_side(image: np.ndarray, max_side: Optional[int]) -> np.ndarray:
@@ -80,8 +81,6 @@ class MetricScorer:
     """
 
     def __init__(self, metric: Optional[dict] = None, max_side: Optional[int] = 1024) -> None:
-        from portraitisr.registry import METRICS
-
         self.metric_cfg = dict(metric or dict(type='NIQE'))
         self.metric = METRICS.build(self.metric_cfg)
         if getattr(self.metric, 'needs_gt', False):
@@ -92,8 +91,6 @@ class MetricScorer:
     def score(self, image: np.ndarray) -> float:
         """The metric's value on an ``H x W x 3`` float32 RGB image in [0, 1] (8-bit quantised if the metric asks)."""
         import torch
-
-        from portraitisr.evaluation.metrics.base_metric import quantize_8bit
 
         image = shrink_to_max_side(_check_image(image), self.max_side)
         pred = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].clamp(0, 1)

@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
+from portraitisr.face.alignment.face_aligner import FaceAligner
+from portraitisr.face.detection.base_detector import FaceDetections
 from portraitisr.registry import FACE_DETECTORS, IDENTITY_EXTRACTORS, IMAGE_SCORERS
 from portraitisr.utils.image_io import (ImageReadError, check_image_size, decode_image, read_image, read_image_size,
                                         write_image)
@@ -38,8 +40,6 @@ from .scorers import passes_threshold, shrink_to_max_side
 
 if TYPE_CHECKING:
     import torch
-
-    from portraitisr.models.face_detectors.base_detector import FaceDetections
 
     from .scan import ScanConfig
 
@@ -222,8 +222,6 @@ def detections_to_state(dets: 'FaceDetections') -> dict:
 
 def detections_from_state(state: dict) -> 'FaceDetections':
     """The inverse of :func:`detections_to_state`."""
-    from portraitisr.models.face_detectors.base_detector import FaceDetections
-
     return FaceDetections(np.asarray(state['boxes'], np.float32), np.asarray(state['scores'], np.float32),
                           np.asarray(state['landmarks'], np.float32))
 
@@ -239,8 +237,6 @@ class AlignStep:
     """
 
     def __init__(self, config: 'ScanConfig', out_dir: PathLike, identity_size: int) -> None:
-        from portraitisr.models.aligners.face_aligner import FaceAligner
-
         self.out_dir = Path(out_dir)
         self.crop_aligner = FaceAligner(template='ffhq512', output_size=config.crop_size)
         # the identity metrics' aligner: ArcFace 112 template, black border

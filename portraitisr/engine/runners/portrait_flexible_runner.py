@@ -24,10 +24,10 @@ from mmengine.dist import get_dist_info, is_distributed, is_main_process
 from mmengine.runner._flexible_runner import FlexibleRunner
 from mmengine.utils.dl_utils import collect_env
 
-from portraitisr.apis.weight_resolver import CheckpointLoadError
 from portraitisr.engine.checkpoint_loading import find_resumable_checkpoint, resolve_checkpoint
 from portraitisr.registry import RUNNERS, STRATEGIES
 from portraitisr.version import __version__
+from portraitisr.weights import CheckpointLoadError
 
 __all__ = ['PortraitFlexibleRunner']
 

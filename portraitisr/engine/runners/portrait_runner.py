@@ -35,12 +35,12 @@ from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.priority import Priority
 from mmengine.utils.dl_utils import collect_env
 
-from portraitisr.apis.weight_resolver import CheckpointLoadError
 from portraitisr.engine.checkpoint_loading import find_resumable_checkpoint, load_checkpoint_file
 from portraitisr.engine.hooks.atomic_checkpoint_hook import TEMPORARY_SUFFIX
 from portraitisr.registry import RUNNERS
 from portraitisr.utils.atomic_files import publish_file
 from portraitisr.version import __version__
+from portraitisr.weights import CheckpointLoadError
 
 __all__ = ['PortraitRunner']
 

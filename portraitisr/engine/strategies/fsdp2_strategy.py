@@ -3,9 +3,10 @@
 Why not mmengine's own ``FSDPStrategy``: it wraps the whole model in FSDP1, which cannot run without an accelerator
 ("FSDP needs a non-CPU accelerator device"), ``mmengine.dist.init_dist`` calls ``torch.cuda.set_device``
 unconditionally, and its wrapper calls ``forward(mode='loss')`` instead of a model's own ``train_step``, which our
-multi-optimiser models (AuthFace's ControlNet + discriminators) need (shared/reference/authface_parts.md,
-section d). FSDP2 shards parameters in place: the model keeps its class and methods, its ``train_step`` runs as
-under a single process, and the sharded submodules gather their parameters around each ``forward``.
+multi-optimiser models (AuthFace's ControlNet + discriminators) need (mmengine 0.10 ``FSDPStrategy`` and
+``MMFullyShardedDataParallel.train_step``). FSDP2 shards parameters in place: the model keeps its class and
+methods, its ``train_step`` runs as under a single process, and the sharded submodules gather their parameters around
+each ``forward``.
 
 What it does:
 
@@ -47,6 +48,7 @@ from torch import nn
 
 from portraitisr.registry import STRATEGIES
 from portraitisr.utils.atomic_files import publish_file
+from portraitisr.weights import load_state_dict
 
 __all__ = ['FSDP2Strategy', 'gather_rank_random_states', 'select_rank_random_state']
 
@@ -299,7 +301,6 @@ class FSDP2Strategy(SingleDeviceStrategy):
         ``callback`` (the runner's ``after_load_checkpoint`` hooks) sees the whole checkpoint; only the entries the
         file itself holds are copied into the model (a hook may add the model's own frozen weights, which are
         already in place)."""
-        from portraitisr.apis.weight_resolver import load_state_dict
 
         self.logger.info(f'Load checkpoint from {filename}')
         checkpoint = load_state_dict(filename, map_location='cpu', mmap=True)

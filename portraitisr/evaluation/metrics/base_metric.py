@@ -2,15 +2,12 @@
 from abc import abstractmethod
 from typing import Any, List, Optional, Sequence
 
-import torch
 from mmengine.evaluator import BaseMetric
 from torch import Tensor
 
+from portraitisr.utils.quantization import quantize_8bit
 
-def quantize_8bit(images: Tensor) -> Tensor:
-    """Round ``[0, 1]`` images to 8-bit levels, as if saved as PNG (published numbers are computed on saved
-    images)."""
-    return torch.round(images.clamp(0, 1) * 255) / 255
+__all__ = ['ImageMetric', 'quantize_8bit']
 
 
 class ImageMetric(BaseMetric):

@@ -1,7 +1,7 @@
 """Full-reference metrics on the face: prediction and GT faces aligned from the same landmarks.
 
-HeadsUp's claim is about the face region (paper 000, sections 2.2 and 4), so every full-reference metric has a
-face-region version: :class:`FaceRegionMetric` wraps any registered :class:`ImageMetric` and scores the aligned
+HeadsUp's claim is about the face region (HeadsUp, arXiv 2510.09924, sections 2.2 and 4), so every full-reference metric
+has a face-region version: :class:`FaceRegionMetric` wraps any registered :class:`ImageMetric` and scores the aligned
 face crops instead of the whole image. :class:`FacePSNR` is PSNR restricted to the part of the crop that lies
 inside the image.
 

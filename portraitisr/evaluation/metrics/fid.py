@@ -8,7 +8,7 @@ ground truth), ``compute_metrics`` fits the Gaussians and returns one number. Th
 ``ffhq_clean_trainval70k_512.npz``).
 
 The Inception is pyiqa's port of the TF FID network, ``pt_inception-2015-12-05-6726825d.pth``, resolved by
-:func:`~portraitisr.apis.weight_resolver.resolve_file` (offline first; a missing file raises
+:func:`~portraitisr.weights.resolve_file` (offline first; a missing file raises
 :class:`WeightsNotFoundError` before any network access). pyiqa's ``inception`` module would fetch it from its URL
 and unpickle it freely; while the network is built, that module's loader is replaced by ours
 (``weights_only=True``), then restored.
@@ -31,7 +31,7 @@ import torch
 from mmengine.evaluator import BaseMetric
 from torch import Tensor
 
-from portraitisr.apis.weight_resolver import WeightSpec, resolve_file
+from portraitisr.weights import WeightSpec, resolve_file
 from portraitisr.registry import METRICS
 from .pyiqa_metrics import WeightFile, import_pyiqa, load_checkpoint_into, pyiqa_url, resolve_weight
 

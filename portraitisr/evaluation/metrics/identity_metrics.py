@@ -12,7 +12,7 @@
   ``cv2.resize(128, INTER_LINEAR)``, ``(x - 127.5) / 127.5``; ``arccos(cos) / pi * 180``; pairs under 1 degree are
   counted as "identical" and left out of the mean.
 
-Source facts: ``/shared/reference/degradation_metrics.md`` section 5 and ``reference/face.md`` section 3. The VQFR
+The sources are the evaluation scripts named above (VQFR's ``metric_paper/calculate_cos_dist.py``). The VQFR
 network was checked against ronghuaiyang/arcface-pytorch ``models/resnet.py`` (``ResNetFace``/``IRBlock``) and
 ``config/config.py`` (``use_se = False``): its layout and key names are those of :class:`ResNetArcFace` (conv1, bn1,
 prelu, maxpool, layer1..4 of IRBlock bn0/conv1/bn1/prelu/conv2/bn2/downsample, bn4, dropout, fc5, bn5), so

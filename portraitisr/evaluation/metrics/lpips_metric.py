@@ -29,6 +29,7 @@ class LPIPS(ImageMetric):
         super().__init__(quantize=quantize, prefix=prefix, collect_device=collect_device)
         if net not in ('alex', 'vgg'):
             raise ValueError(f"LPIPS net must be 'alex' or 'vgg', got {net!r}")
+        # portraitisr.models loads diffusers and transformers (seconds); of all metrics only LPIPS needs a model
         from portraitisr.models.losses.lpips_loss import build_lpips_network
         self.network = build_lpips_network(net, backbone_weights)
         self.metric_name = 'LPIPS' if net == 'alex' else 'LPIPS_VGG'

@@ -1,7 +1,7 @@
 """PSNR as OSEDiff evaluates it: Y of BT.601 YCbCr (with the +16 offset), no border crop.
 
 OSEDiff's ``test_metrics.py`` uses pyiqa ``psnr`` with ``test_y_channel=True,
-color_space='ycbcr'`` on images read with OpenCV as RGB in [0, 1] (shared/fixtures/README.md).
+color_space='ycbcr'`` on images read with OpenCV as RGB in [0, 1].
 """
 from typing import Optional
 

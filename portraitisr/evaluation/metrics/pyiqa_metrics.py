@@ -6,7 +6,7 @@ OSEDiff's ``test_metrics.py`` uses). pyiqa is an optional dependency under a **n
 imported only inside the functions that need it and none of its code is copied here.
 
 Weights, offline first (DESIGN section 5). Every file a metric needs is turned into a local path by
-:func:`~portraitisr.apis.weight_resolver.resolve_file` *before* pyiqa builds anything, with pyiqa's official URL
+:func:`~portraitisr.weights.resolve_file` *before* pyiqa builds anything, with pyiqa's official URL
 and file name as the default spec (``weights=`` overrides it). A missing file therefore raises our
 :class:`WeightsNotFoundError`, naming the file and how to provide it, before any network access; downloads happen
 only when allowed (``allow_download=True`` or ``PORTRAITISR_ALLOW_DOWNLOAD=1``) and go to ``PORTRAITISR_HOME``.
@@ -48,8 +48,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from portraitisr.apis.weight_resolver import (WeightSpec, WeightsNotFoundError, load_state_dict, resolve_file)
 from portraitisr.registry import METRICS
+from portraitisr.weights import WeightSpec, WeightsNotFoundError, load_state_dict, resolve_file
 from .base_metric import ImageMetric
 
 __all__ = [

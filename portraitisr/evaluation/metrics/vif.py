@@ -19,7 +19,7 @@ distorted variance is noise; where the distorted image has none, gain and noise 
 with all the distorted variance as noise; the noise variance is at least 1e-10. The ratio makes the base of the
 logarithm and the 1/2 irrelevant (base 10 is used, as the released code).
 
-Which VIF PortraitSR (paper 002, Table 5) reports is not stated in the paper. We take VIFp on the BT.601 Y channel
+Which VIF PortraitSR (AAAI 2026, Table 5) reports is not stated in the paper. We take VIFp on the BT.601 Y channel
 of 8-bit images: see docs/evaluation.md ("VIF") for the evidence and the uncertainty. ``channel='gray'`` uses the
 luma of MATLAB's ``rgb2gray`` / pyiqa's YIQ instead, ``'rgb'`` the mean of the three channels' VIFp.
 

@@ -1,4 +1,5 @@
-"""AuthFace stage II: a ControlNet on the frozen, face-fine-tuned UNet restores degraded faces (paper 004, §3.2).
+"""AuthFace stage II: a ControlNet on the frozen, face-fine-tuned UNet restores degraded faces (AuthFace, arXiv
+2410.09864, §3.2).
 
 "AuthFace: Towards Authentic Blind Face Restoration with Face-Oriented Generative Diffusion Prior", section 3.2
 and Fig. 4: the HQ image is encoded by the frozen VAE (``z_0``) and noised to ``z_t`` at a random ``t``; the
@@ -30,6 +31,7 @@ from torch import Tensor
 from portraitisr.models.backbones.latent_diffusion import pad_to_multiple
 from portraitisr.models.backbones.latent_tiling import LatentTiling
 from portraitisr.models.losses.time_aware_facial_loss import ddim_predicted_x0
+from portraitisr.models.restorers.tiling import blend_tiles, tile_starts
 from portraitisr.registry import MODELS
 from .authface_base import TextConditionedDiffusion
 from .authface_facial_terms import FacialLossTerms
@@ -129,8 +131,6 @@ class AuthFace(FacialLossTerms, TextConditionedDiffusion):
             if tiling is None or (h <= tiling.unet_tile and w <= tiling.unet_tile):
                 return backbone.predict_eps(latents, timesteps, states, added_for(h * scale, w * scale),
                                             control=control)
-            from portraitisr.models.restorers.tiling import blend_tiles, tile_starts
-
             align = backbone.unet_downscale
             tile = tiling.unet_tile // align * align
             tile_h, tile_w = min(tile, h), min(tile, w)

@@ -1,8 +1,8 @@
 """What AuthFace's two stages share: a text-conditioned latent diffusion backbone, prompts, noise and sampling.
 
 Stage I (:class:`~portraitisr.models.algorithms.AuthFaceFineTune`) and stage II
-(:class:`~portraitisr.models.algorithms.AuthFace`) of paper 004 both train a diffusers UNet (SD 2.1 or SDXL) with
-the DDPM noise loss (Eq. 1) and sample with a diffusers scheduler. This base holds the backbone
+(:class:`~portraitisr.models.algorithms.AuthFace`) of AuthFace (arXiv 2410.09864) both train a diffusers UNet (SD 2.1 or
+SDXL) with the DDPM noise loss (Eq. 1) and sample with a diffusers scheduler. This base holds the backbone
 (:class:`~portraitisr.models.backbones.LatentDiffusion` or :class:`~portraitisr.models.backbones.ControlNetDiffusion`),
 the frozen text encoder (``CLIPTextEncoder`` for SD 2.1, ``SDXLTextEncoder`` for SDXL) and the prompter, and:
 

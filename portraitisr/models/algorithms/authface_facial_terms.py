@@ -1,4 +1,5 @@
-"""AuthFace's time-aware facial loss as an extra loss of any diffusion restorer (paper 004, section 3.2).
+"""AuthFace's time-aware facial loss as an extra loss of any diffusion restorer (AuthFace, arXiv 2410.09864, section
+3.2).
 
 :class:`FacialLossTerms` is a mixin for models that own a ``facial_loss`` child
 (:class:`~portraitisr.models.losses.TimeAwareFacialLoss`) and train with an ``OptimWrapperDict``. A model's

@@ -1,4 +1,5 @@
-"""AuthFace stage I: face-oriented fine-tuning of the whole text-to-image UNet (paper 004, section 3.1).
+"""AuthFace stage I: face-oriented fine-tuning of the whole text-to-image UNet (AuthFace, arXiv 2410.09864, section
+3.1).
 
 "AuthFace: Towards Authentic Blind Face Restoration with Face-Oriented Generative Diffusion Prior", sections 3.1
 and 4.1: the entire SDXL UNet is fine-tuned "following their original optimization strategies" (the DDPM noise

@@ -14,7 +14,7 @@ Tables 1-3, "blending": Real-ESRGAN + CodeFormer, OSEDiff + OSEDiff_Face). Per i
    the output, smaller faces first so that bigger faces win where they overlap.
 
 The soft mask follows facexlib ``FaceRestoreHelper.paste_faces_to_input_image`` (xinntao/facexlib
-``facexlib/utils/face_restoration_helper.py``, ``use_parse=False`` branch; shared/reference/face.md section 1):
+``facexlib/utils/face_restoration_helper.py``, ``use_parse=False`` branch):
 ``warpAffine(ones(face), inv)``, eroded by ``int(2 s)`` (s = output / input scale), the face multiplied by that
 hard mask; ``w_edge = int(sqrt(mask.sum())) // 20``; eroded again by ``2 w_edge`` and
 ``GaussianBlur(2 w_edge + 1, sigma=0)``. The maths run on a region around each face's footprint, which gives the
@@ -34,8 +34,9 @@ from mmengine.logging import print_log
 from mmengine.model import BaseDataPreprocessor, BaseModel
 from torch import Tensor, nn
 
+from portraitisr.degradations import build_degradation
+from portraitisr.face.alignment.face_aligner import invert_affine
 from portraitisr.registry import FACE_ALIGNERS, FACE_DETECTORS, MODELS, RESTORERS
-from ..aligners.face_aligner import invert_affine
 from .one_step_restorer import pack_outputs
 
 __all__ = ['BlendingRestorer', 'BlendingDataPreprocessor']
@@ -68,8 +69,6 @@ class BlendingDataPreprocessor(BaseDataPreprocessor):
         self.eval_seed = int(eval_seed)
         self.degradation = None
         if degradation is not None:
-            from portraitisr.datasets.degradations import build_degradation
-
             self.degradation = build_degradation(degradation, seed=torch.initial_seed() % 2**31)
 
     def _make_lq(self, gt: Tensor, metainfo: List[dict]) -> Tensor:

@@ -184,7 +184,7 @@ class HeadsUp(OSEDiff):
         """Warp each ``S x S`` aligned reference back onto its face's place in an ``H x W`` image."""
         from kornia.geometry.transform import warp_affine
 
-        from portraitisr.models.aligners.face_aligner import invert_affine
+        from portraitisr.face.alignment.face_aligner import invert_affine
 
         crop_h, crop_w = self.face_aligner.crop_size
         scale = torch.tensor([[ref.shape[-1] / crop_w], [ref.shape[-2] / crop_h]], dtype=torch.float64,
@@ -208,7 +208,7 @@ class HeadsUp(OSEDiff):
             if self.face_detector_cfg is not None:
                 self._face_detector = FACE_DETECTORS.build(self.face_detector_cfg)
             else:
-                from portraitisr.models.face_detectors import build_default_face_detector
+                from portraitisr.face.detection import build_default_face_detector
 
                 self._face_detector = build_default_face_detector()
         return self._face_detector

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import Tensor, nn
 
-from portraitisr.models.aligners.templates import FFHQ_512
+from portraitisr.face.alignment.templates import FFHQ_512
 from portraitisr.models.backbones.diffae_checkpoint import DiffAELoadReport, load_diffae_checkpoint
 from portraitisr.models.backbones.diffae_unet import DiffAEUNet
 from portraitisr.models.conditioning import identity_embedder as id_file
@@ -243,7 +243,7 @@ class IDFSR(BaseModel):
         """Load a training checkpoint of this library (``work_dir/iter_N.pth``, trainable tensors under
         ``state_dict``) or a bare state dict, as a file (a weight spec) or already loaded: every UNet tensor must be
         in it and nothing unknown; the frozen identity network keeps the weights its config gave it."""
-        from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
+        from portraitisr.weights import load_state_dict, resolve_file
 
         given = isinstance(checkpoint, dict)
         loaded = checkpoint if given else load_state_dict(resolve_file(checkpoint))

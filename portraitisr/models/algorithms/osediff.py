@@ -4,7 +4,7 @@ Generator: the one-step SD backbone (LoRA on the VAE encoder and the UNet, train
 trained with ``lambda_l2 * MSE + lambda_lpips * LPIPS-VGG + lambda_vsd * VSD`` on [-1, 1] images
 (1, 2, 1). Regulariser: a LoRA SD UNet trained by its diffusion loss on the generator's latents
 (weight 1). One generator step, then one regulariser step, each with its own AdamW
-(cswry/OSEDiff ``train_osediff.py``; shared/reference/osediff.md, section 2).
+(cswry/OSEDiff ``train_osediff.py``).
 """
 from typing import Dict, Optional
 

@@ -2,7 +2,7 @@
 
 Sun, Wu, Ma, Liu, Yi, Zhang, "Pixel-level and Semantic-level Adjustable Super-resolution: A Dual-LoRA Approach"
 (arXiv 2412.03017); reference code csslc/PiSA-SR (``pisasr.py``, ``train_pisasr.py``,
-``scripts/train/train_pisasr.sh``; shared/reference/pisa_sr.md, sections 6-8).
+``scripts/train/train_pisasr.sh``).
 
 Generator: :class:`~portraitisr.models.backbones.PiSASD` (SD 2.1, frozen VAE, pixel + semantic UNet LoRA, one step
 at ``t = 1``, ``z_H = z_L - eps``). Training has two stages on one AdamW:

@@ -1,4 +1,4 @@
-"""PortraitSR training model (paper 002): the face SR network with its five losses (Eq. 11-15).
+"""PortraitSR training model (PortraitSR, AAAI 2026): the face SR network with its five losses (Eq. 11-15).
 
 One optimiser (Adam, beta (0.9, 0.99), lr 2e-4, "Implementation Details") trains everything: the SR branch
 (encoder, SSP, ATP, HPF, shared decoder) and the HR reconstruction branch (``E_rec`` + shared decoder) that fills
@@ -48,7 +48,7 @@ class PortraitSR(BaseModel):
     Batches without parsing maps train without ``L_pm`` (logged once); the parsing decoder still learns through
     the SR loss because SSP and HPF consume its output.
 
-    A term whose part the generator's ablation switches removed is absent, not zero (paper 002, "Ablation
+    A term whose part the generator's ablation switches removed is absent, not zero (PortraitSR, AAAI 2026, "Ablation
     Studies"): no ``L_pm`` without a structure prior (there is no ``P_hat``), no ``L_rec`` and no ``L_dic``
     without the jointly trained dictionary (no reconstruction branch; a fixed dictionary does not learn). Its
     weight is then unused.

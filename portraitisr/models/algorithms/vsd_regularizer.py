@@ -1,6 +1,6 @@
 """OSEDiff's variational score distillation (VSD) regulariser in latent space.
 
-OSEDiff (cswry/OSEDiff ``osediff.py``, ``OSEDiff_reg``; shared/reference/osediff.md, section 2)
+OSEDiff (cswry/OSEDiff ``osediff.py``, ``OSEDiff_reg``)
 keeps two UNets beside the generator: ``unet_fix``, the frozen pretrained SD UNet, and
 ``unet_update``, the same SD UNet with its own rank-4 LoRA that learns the distribution of the
 generator's latents by an ordinary diffusion loss. Both start from SD, not from the generator.

@@ -62,7 +62,7 @@ def load_lightning_checkpoint(path) -> dict:
         CheckpointLoadError: the file names a global outside :data:`LIGHTNING_MODULES` that ``weights_only`` does
             not allow (it is never loaded with ``weights_only=False``).
     """
-    from portraitisr.apis.weight_resolver import load_state_dict
+    from portraitisr.weights import load_state_dict
 
     path = str(path)
     stand_ins = []
@@ -211,7 +211,7 @@ def load_diffae_checkpoint(model: DiffAEUNet, weights: Any, use_ema: bool = True
                                                                         for v in weights.values())):
         checkpoint = weights
     else:
-        from portraitisr.apis.weight_resolver import resolve_file
+        from portraitisr.weights import resolve_file
 
         checkpoint = load_lightning_checkpoint(resolve_file(weights))
     state, report = convert_diffae_state_dict(diffae_state_dict(checkpoint, use_ema), model)

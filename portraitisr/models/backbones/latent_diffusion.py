@@ -1,6 +1,6 @@
 """Multi-step latent diffusion backbones (SD 2.1 or SDXL): a UNet, its VAE and the DDPM noise schedule.
 
-AuthFace (paper 004) trains a text-to-image UNet twice: stage I fine-tunes the whole UNet on captioned portraits
+AuthFace (arXiv 2410.09864) trains a text-to-image UNet twice: stage I fine-tunes the whole UNet on captioned portraits
 (section 3.1, :class:`LatentDiffusion`), stage II freezes it and trains a ControlNet that reads the degraded image
 (section 3.2, :class:`ControlNetDiffusion`). Both use the standard DDPM epsilon objective (Ho et al. 2020)::
 
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import BACKBONES
+from portraitisr.weights import load_state_dict, resolve_file
 from .latent_tiling import LatentTiling, tiled_vae_decode
 from .one_step_sd import build_sd_components, cast_for_training, frozen_dtype_autocast, parse_dtype
 from .sdxl_architecture import sdxl_time_ids
@@ -30,7 +31,6 @@ def load_unet_weights(unet: nn.Module, spec: str) -> None:
     """Load a fine-tuned UNet into ``unet``: a training checkpoint of :class:`AuthFaceFineTune` (its
     ``state_dict`` holds ``backbone.unet.*``), or a ``.safetensors`` / ``.pth`` UNet state dict. Loaded with the
     safe loader (``weights_only``); every UNet key must be present (a clear error names what is missing)."""
-    from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
 
     state = load_state_dict(resolve_file(spec))
     if isinstance(state.get('state_dict'), dict):

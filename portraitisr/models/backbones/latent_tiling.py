@@ -290,7 +290,7 @@ def tile_seam_score(image: Tensor, rows: Sequence[int], cols: Sequence[int], **k
     Lines closer than the score's band offset to each other or to the image border would mix bands; choose
     tiles larger than ``2 * offset`` (12 px by default). Returns ``B`` float64 scores (8-bit levels per pixel).
     """
-    from portraitisr.evaluation.metrics.seam_score import seam_score
+    from portraitisr.utils.seam_geometry import seam_score
 
     mask = tile_border_mask(image.shape[-2:], rows, cols).to(image.device).expand(image.shape[0], -1, -1, -1)
     return seam_score(image, mask, **kwargs)

@@ -4,8 +4,8 @@ OSEDiff (cswry/OSEDiff ``osediff.py``: ``initialize_unet`` / ``initialize_vae``)
 parameter names, skips biases and norms, and matches substrings. The resulting module lists are
 part of its checkpoint format (``unet_lora_*_modules``, ``vae_lora_encoder_modules``), so we
 reproduce the rule rather than pick modules by type. For SD 2.1-base this gives 94 / 148 / 16
-UNet modules (encoder / decoder / others) and 32 unique VAE-encoder modules
-(shared/reference/osediff.md, section 1).
+UNet modules (encoder / decoder / others) and 32 unique VAE-encoder modules (cswry/OSEDiff
+``osediff.py``, ``OSEDiff_gen.__init__``).
 """
 from typing import Dict, List
 

@@ -3,7 +3,7 @@
 The backbone shared by OSEDiff and HeadsUp. An LQ image (already upscaled to the output size) is
 encoded by the LoRA VAE encoder, denoised in a single UNet pass at a fixed timestep and decoded by
 the frozen VAE decoder. The one-step update is the DDPM posterior mean at ``t = 999`` with
-``prev_t = -1`` (OSEDiff ``osediff.py``; shared/reference/osediff.md, section 1)::
+``prev_t = -1`` (cswry/OSEDiff ``osediff.py``)::
 
     z_H = (z_L - sqrt(1 - abar_t) * eps_theta(z_L, t, c)) / sqrt(abar_t)
 
@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import BACKBONES
+from portraitisr.weights import load_state_dict, resolve_file, resolve_pretrained_dir
 from .latent_tiling import LatentTiling, tiled_unet, tiled_vae_decode, tiled_vae_encode
 from .lora_targets import UNET_ADAPTERS, VAE_ADAPTER, unet_lora_targets, vae_encoder_lora_targets
+from .osediff_checkpoint import load_osediff_checkpoint
 
 _DTYPES = {'float32': torch.float32, 'fp32': torch.float32, 'bfloat16': torch.bfloat16,
            'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16}
@@ -129,7 +131,7 @@ class OneStepSD(nn.Module):
 
     Args:
         pretrained: a diffusers-layout Stable Diffusion folder or hub id (resolved offline through
-            :func:`portraitisr.apis.weight_resolver.resolve_pretrained_dir`), or None to build
+            :func:`portraitisr.weights.resolve_pretrained_dir`), or None to build
             random components from the inline configs.
         unet_cfg / vae_cfg / scheduler_cfg: inline ``diffusers`` configs (tests, debug configs);
             with ``pretrained`` they override single keys of the loaded configs' scheduler only.
@@ -501,7 +503,6 @@ class OneStepSD(nn.Module):
 
     def load_trained_weights(self, spec: str) -> None:
         """Load an OSEDiff ``.pkl`` release or our ``.safetensors`` (path or resolver spec)."""
-        from portraitisr.apis.weight_resolver import resolve_file
 
         path = str(resolve_file(spec))
         if path.endswith('.safetensors'):
@@ -512,15 +513,12 @@ class OneStepSD(nn.Module):
     def load_release_checkpoint(self, checkpoint: Union[str, Dict]) -> None:
         """Load the method's official release file (path or loaded dict): OSEDiff's ``.pkl`` layout here; a method
         with another release layout (PiSA-SR's ``pisa_sr.pkl``) overrides it."""
-        from .osediff_checkpoint import load_osediff_checkpoint
-
         load_osediff_checkpoint(self, checkpoint)
 
     def load_trainable(self, state: Union[str, Dict[str, Tensor]], strict: bool = True) -> None:
         """Load tensors written by :meth:`save_trainable` (a path or a state dict)."""
         self._check_trainable()
         if isinstance(state, str):
-            from portraitisr.apis.weight_resolver import load_state_dict
             state = load_state_dict(state)
         expected = self.trainable_state_dict()
         missing = sorted(set(expected) - set(state))
@@ -559,7 +557,6 @@ def build_sd_components(pretrained: Optional[str],
                         vae=lambda: AutoencoderKL(**vae_cfg),
                         scheduler=lambda: DDPMScheduler(**(scheduler_cfg or {})))
         return {part: builders[part]() for part in parts}
-    from portraitisr.apis.weight_resolver import resolve_pretrained_dir
 
     required = [f for f in SD_REQUIRED_FILES if f.split('/')[0] in parts]
     folder = str(resolve_pretrained_dir(pretrained, required=required))

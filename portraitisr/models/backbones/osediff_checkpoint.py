@@ -1,7 +1,6 @@
 """Read and write the official OSEDiff release format (``osediff.pkl``, ``osediff_face.pkl``).
 
-The release is a ``torch.save`` dict (cswry/OSEDiff ``OSEDiff_gen.save_model``;
-shared/reference/osediff.md, section 3)::
+The release is a ``torch.save`` dict (cswry/OSEDiff ``osediff.py``, ``OSEDiff_gen.save_model``)::
 
     vae_lora_encoder_modules   list[str]  (65 entries for SD 2.1, with duplicates)
     unet_lora_encoder_modules  list[str]  (94)
@@ -13,15 +12,19 @@ shared/reference/osediff.md, section 3)::
 
 It holds only strings, ints and tensors, so ``load_state_dict`` (``torch.load(weights_only=True)``) reads it safely.
 """
-from typing import Dict, Union
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Dict, Union
 
 import torch
 from torch import Tensor
 
-from portraitisr.apis.weight_resolver import load_state_dict
+from portraitisr.weights import load_state_dict
 
 from .lora_targets import osediff_vae_module_list
-from .one_step_sd import OneStepSD
+
+if TYPE_CHECKING:  # only annotations: one_step_sd imports this module to load OSEDiff releases
+    from .one_step_sd import OneStepSD
 
 _UNET_LIST_KEYS = {'default_encoder': 'unet_lora_encoder_modules',
                    'default_decoder': 'unet_lora_decoder_modules',

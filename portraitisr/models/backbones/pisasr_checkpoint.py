@@ -1,7 +1,6 @@
 """Read and write the official PiSA-SR release format (``pisa_sr.pkl``).
 
-The release is a ``torch.save`` dict written by csslc/PiSA-SR ``pisasr.py:PiSASR.save_model``
-(shared/reference/pisa_sr.md, section 3)::
+The release is a ``torch.save`` dict written by csslc/PiSA-SR ``pisasr.py:PiSASR.save_model``::
 
     unet_lora_encoder_modules_pix, unet_lora_decoder_modules_pix, unet_lora_others_modules_pix   list[str]
     unet_lora_encoder_modules_sem, unet_lora_decoder_modules_sem, unet_lora_others_modules_sem   list[str]

@@ -1,7 +1,7 @@
 """PiSA-SR backbone: SD 2.1 with a pixel-level and a semantic-level LoRA on the UNet, one step at ``t = 1``.
 
 Sun et al., "Pixel-level and Semantic-level Adjustable Super-resolution: A Dual-LoRA Approach" (CVPR 2025,
-arXiv 2412.03017); reference code csslc/PiSA-SR ``pisasr.py`` (shared/reference/pisa_sr.md, sections 1-5).
+arXiv 2412.03017); reference code csslc/PiSA-SR ``pisasr.py``.
 It is :class:`OneStepSD` with another adapter layout and another one-step update:
 
 * six UNet adapters: OSEDiff's encoder / decoder / others split of the same modules, once for the pixel LoRA

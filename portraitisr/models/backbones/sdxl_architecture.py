@@ -1,4 +1,5 @@
-"""Architecture configs of Stable Diffusion XL 1.0-base, AuthFace's prior (paper 004, sections 3.1 and 4.1).
+"""Architecture configs of Stable Diffusion XL 1.0-base, AuthFace's prior (AuthFace, arXiv 2410.09864, sections 3.1 and
+4.1).
 
 The published ``config.json`` values of ``stabilityai/stable-diffusion-xl-base-1.0`` (``unet/``, ``vae/``,
 ``scheduler/``, ``text_encoder/``, ``text_encoder_2/``), next to :mod:`.sd21_architecture`. They build the real

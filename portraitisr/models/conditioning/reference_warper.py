@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import warp_affine
 from torch import Tensor, nn
 
-from portraitisr.models.aligners.similarity import estimate_similarity_lstsq
+from portraitisr.face.alignment.similarity import estimate_similarity_lstsq
 from portraitisr.registry import MODELS
 
 __all__ = ['estimate_affine_lstsq', 'affine_warp', 'border_anchors', 'delaunay_triangles', 'triangle_affines',

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseDataPreprocessor
 from torch import Tensor, nn
 
+from portraitisr.degradations import build_degradation
 from portraitisr.registry import MODELS
 
 
@@ -31,8 +32,6 @@ def _metainfo_list(metainfo, batch_size: int) -> List[dict]:
 def _build(degradation: Union[str, dict, None], seed: int) -> Optional[nn.Module]:
     if degradation is None:
         return None
-    from portraitisr.datasets.degradations import build_degradation
-
     return build_degradation(degradation, seed=seed)
 
 

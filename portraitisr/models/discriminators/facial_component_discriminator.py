@@ -1,12 +1,12 @@
 """GFPGAN's facial component discriminator, portable (no compiled ops), for eye and mouth crops.
 
 GFP-GAN (Wang et al., CVPR 2021) judges the eyes and the mouth of a restored face with one small discriminator
-per component (``gfpgan/archs/gfpganv1_arch.py:FacialComponentDiscriminator``); AuthFace (paper 004, section 3.2)
+per component (``gfpgan/archs/gfpganv1_arch.py:FacialComponentDiscriminator``); AuthFace (arXiv 2410.09864, section 3.2)
 takes the idea to the latent space: "we train separate facial feature discriminators ... D_eyes and D_mouth" on
 crops of the predicted and the GT latents, and its style term uses the discriminator's multi-scale features
 (``psi`` of Eq. 4).
 
-The layout is GFPGAN's (shared/reference/authface_parts.md, section b)::
+The layout is GFPGAN's (TencentARC/GFPGAN ``gfpgan/archs/gfpganv1_arch.py``)::
 
     conv1  ConvLayer(C -> c,   3)                    H
     conv2  ConvLayer(c -> 2c,  3, downsample)        H/2

@@ -1,4 +1,4 @@
-"""PatchGAN discriminator on aligned face crops, for HeadsUp's face adversarial loss (paper 000, Eq. 2).
+"""PatchGAN discriminator on aligned face crops, for HeadsUp's face adversarial loss (HeadsUp, arXiv 2510.09924, Eq. 2).
 
 HeadsUp names a face adversarial term ``L_F^adv`` but specifies neither the discriminator nor the
 GAN objective. The choice made here is ours: a pix2pix-style PatchGAN (``NLayerDiscriminator``

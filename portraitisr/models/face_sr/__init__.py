@@ -1,4 +1,4 @@
-"""PortraitSR face super-resolution network (paper 002): backbone, SSP, ATP, HPF and the whole network."""
+"""PortraitSR face super-resolution network (PortraitSR, AAAI 2026): backbone, SSP, ATP, HPF and the whole network."""
 from .associative_texture_prior import AssociativeTexturePrior
 from .backbone import FaceSRDecoder, FaceSREncoder
 from .holistic_prior_fusion import ChannelSpatialAttention, HolisticPriorFusion

@@ -1,4 +1,4 @@
-"""Associative Texture Prior (ATP) of PortraitSR (paper 002, section "Associative Texture Prior", Eq. 4-6).
+"""Associative Texture Prior (ATP) of PortraitSR (AAAI 2026, section "Associative Texture Prior", Eq. 4-6).
 
 A learnable high-quality dictionary ``D in R^{N x C}`` (N = 512, C = 384, initialised from N(0, 0.02^2),
 "Implementation Details") is filled by the HR reconstruction branch (Eq. 4) and read by the SR branch: every
@@ -15,6 +15,8 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from portraitisr.weights import load_state_dict, resolve_file
 
 
 class AssociativeTexturePrior(nn.Module):
@@ -80,8 +82,6 @@ def load_dictionary(weights: Union[Tensor, str, 'os.PathLike[str]', dict], key: 
     """
     if isinstance(weights, Tensor):
         return weights
-    # function-level: the resolver lives in apis (it may download on request), like every weight loader here
-    from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
     path = resolve_file(weights)
     state = load_state_dict(path)
     for wrapper in ('state_dict', 'params_ema', 'params'):  # a training checkpoint nests its tensors once

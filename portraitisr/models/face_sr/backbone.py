@@ -1,4 +1,4 @@
-"""The Transformer encoder-decoder of PortraitSR (paper 002, "Overview", Fig. 2).
+"""The Transformer encoder-decoder of PortraitSR (AAAI 2026, "Overview", Fig. 2).
 
 The encoder maps an image ``B x 3 x H x W`` to ``F_latent`` (``B x 8C x H/8 x W/8``, C = ``dim``) plus the
 skip features of the three finer levels; the decoder ``D_sr`` maps (enhanced) latents back to an image. The SR

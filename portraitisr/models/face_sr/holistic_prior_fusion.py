@@ -1,4 +1,4 @@
-"""Holistic Prior Fusion (HPF) of PortraitSR (paper 002, section "Holistic Prior Fusion", Eq. 7-10).
+"""Holistic Prior Fusion (HPF) of PortraitSR (AAAI 2026, section "Holistic Prior Fusion", Eq. 7-10).
 
 ``m`` soft region masks come from the predicted parsing map (Eq. 7); each masks both ``F_SSP`` and ``F_ATP``
 (Eq. 8), their concatenation is refined by channel-then-spatial attention (Eq. 9), and the regional results are

@@ -1,4 +1,4 @@
-"""PortraitSR: artist-inspired prior learning for progressive face super-resolution (paper 002, Fig. 2).
+"""PortraitSR: artist-inspired prior learning for progressive face super-resolution (PortraitSR, AAAI 2026, Fig. 2).
 
 ``I_lr`` (bicubic-upsampled to the output size, as in the paper's CelebA/Helen protocol where the 16x16 or
 32x32 LR is compared at 128x128) -> encoder ``E`` -> ``F_latent`` -> SSP -> ``F_SSP`` -> ATP -> ``F_ATP`` ->

@@ -1,4 +1,4 @@
-"""Sketching Structure Prior (SSP) of PortraitSR (paper 002, section "Sketching Structure Prior", Eq. 1-3).
+"""Sketching Structure Prior (SSP) of PortraitSR (AAAI 2026, section "Sketching Structure Prior", Eq. 1-3).
 
 Implicit supervision: a parsing decoder ``D_pm`` predicts the parsing map ``P_hat`` from ``F_latent`` (Eq. 1),
 supervised by ``L_pm`` (Eq. 12). Explicit modulation: a 3x3 conv on the parsing features ``F_pm`` gives

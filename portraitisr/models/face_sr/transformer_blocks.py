@@ -1,6 +1,6 @@
 """Transformer blocks of the PortraitSR backbone (Restormer-style, Zamir et al. 2022).
 
-PortraitSR (paper 002, "Overview") only says "a Transformer-based encoder-decoder" whose latent is
+PortraitSR (AAAI 2026, "Overview") only says "a Transformer-based encoder-decoder" whose latent is
 ``H/8 x W/8 x 8C`` with a 384-wide dictionary. Restormer's encoder (width 48, doubled at each of three
 downsamplings: 48 -> 96 -> 192 -> 384 at H/8) matches those numbers exactly, so its blocks are used:
 multi-Dconv head *transposed* attention (attention across channels, linear in the pixel count, so a

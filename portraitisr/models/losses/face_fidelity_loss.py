@@ -1,4 +1,4 @@
-"""HeadsUp's face fidelity loss (paper 000, Eq. 3) on aligned face crops."""
+"""HeadsUp's face fidelity loss (HeadsUp, arXiv 2510.09924, Eq. 3) on aligned face crops."""
 from typing import Optional
 
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""GAN objectives for HeadsUp's face adversarial loss ``L_F^adv`` (paper 000, Eq. 2).
+"""GAN objectives for HeadsUp's face adversarial loss ``L_F^adv`` (HeadsUp, arXiv 2510.09924, Eq. 2).
 
 The paper does not say which GAN objective it uses; the options below are ours to pick from in
 a config (see :class:`~portraitisr.models.discriminators.FacePatchDiscriminator` for the D).

@@ -1,4 +1,4 @@
-"""HeadsUp's reference-aware identity loss (paper 000, Eq. 4-5)."""
+"""HeadsUp's reference-aware identity loss (HeadsUp, arXiv 2510.09924, Eq. 4-5)."""
 from typing import Optional
 
 import torch

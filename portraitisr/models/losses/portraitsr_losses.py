@@ -1,4 +1,4 @@
-"""PortraitSR's training losses (paper 002, "Model Objectives", Eq. 11-15).
+"""PortraitSR's training losses (PortraitSR, AAAI 2026, "Model Objectives", Eq. 11-15).
 
 ``L_total = L_1 + lambda_1 L_per + lambda_2 L_pm + lambda_3 L_rec + lambda_4 L_dic`` (Eq. 15). The paper prints
 the weights as "0.1, 0.005, 0.5 and 0.001" for "four components L_1, L_2, L_3, L_4" ("Implementation
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import LOSSES
+from .perceptual_weights import load_backbone_features
 
 #: lambda_1..lambda_4 of Eq. 15 as printed in "Implementation Details" (see the module docstring).
 PORTRAITSR_LOSS_WEIGHTS = dict(perceptual=0.1, parsing=0.005, reconstruction=0.5, dictionary=0.001)
@@ -97,7 +98,6 @@ class VGGPerceptualLoss(nn.Module):
         self.taps = sorted(VGG16_RELU_INDICES[name] for name in layers)
         self.features = vgg16_features(self.taps[-1])
         if pretrained:
-            from .perceptual_weights import load_backbone_features
             state = load_backbone_features('vgg', weights)
             state = {k[len('features.'):]: v for k, v in state.items()
                      if int(k.split('.')[1]) <= self.taps[-1]}

@@ -1,4 +1,4 @@
-"""AuthFace's time-aware latent facial feature loss (paper 004, section 3.2, Eq. 2-4).
+"""AuthFace's time-aware latent facial feature loss (AuthFace, arXiv 2410.09864, section 3.2, Eq. 2-4).
 
 "AuthFace: Towards Authentic Blind Face Restoration with Face-Oriented Generative Diffusion Prior", section 3.2:
 the noise MSE constrains the whole latent evenly, so AuthFace adds a loss on the regions people look at first,

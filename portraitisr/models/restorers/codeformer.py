@@ -312,7 +312,7 @@ class CodeFormerRestorer(BaseImageRestorer):
     """CodeFormer on aligned ``face_size x face_size`` RGB faces in [0, 1] (``scale`` 1).
 
     Args:
-        weights: weight spec for :func:`portraitisr.apis.weight_resolver.resolve_file`; ``None`` means the
+        weights: weight spec for :func:`portraitisr.weights.resolve_file`; ``None`` means the
             official ``codeformer.pth`` (looked up locally, downloaded only when downloads are allowed).
         fidelity_weight: ``w`` in [0, 1] (official default 0.5): higher keeps more of the input's identity.
         pretrained: ``False`` builds a randomly initialised network (tests); it must come without ``weights``.

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from portraitisr.models.backbones.osediff_checkpoint import load_osediff_checkpoint
 from portraitisr.registry import MODELS, RESTORERS
+from portraitisr.weights import resolve_file
 from .base_restorer import BaseImageRestorer
 from .tiling import tiled_forward
 
@@ -32,7 +34,7 @@ class OSEDiffRestorer(BaseImageRestorer):
         model: ``MODELS`` config of the one-step model (e.g. ``model`` of ``configs/osediff/osediff_sd21.py``);
             its VSD regulariser and LPIPS loss are dropped (inference only).
         checkpoint: the official release file (``osediff.pkl`` / ``osediff_face.pkl``): a weight spec for
-            :func:`portraitisr.apis.weight_resolver.resolve_file` (a path, a cached file name, a URL or a dict
+            :func:`portraitisr.weights.resolve_file` (a path, a cached file name, a URL or a dict
             with ``sha256``) or an already loaded dict, read by
             :func:`portraitisr.models.backbones.osediff_checkpoint.load_osediff_checkpoint`.
         pretrained: ``False`` keeps the model's initial LoRA weights (tests with random tiny SD); it must then come
@@ -77,11 +79,7 @@ class OSEDiffRestorer(BaseImageRestorer):
             if checkpoint is None:
                 raise ValueError('OSEDiffRestorer needs the OSEDiff checkpoint (osediff.pkl / osediff_face.pkl); '
                                  'pass checkpoint=..., or pretrained=False for random LoRA weights')
-            from portraitisr.models.backbones.osediff_checkpoint import load_osediff_checkpoint
-
             if not isinstance(checkpoint, dict) or set(checkpoint) <= {'path', 'url', 'sha256', 'filename'}:
-                from portraitisr.apis.weight_resolver import resolve_file
-
                 self.checkpoint_path = str(resolve_file(checkpoint))
                 checkpoint = self.checkpoint_path
             load_osediff_checkpoint(self.model._backbone, checkpoint)

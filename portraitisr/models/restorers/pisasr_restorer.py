@@ -1,7 +1,7 @@
 """PiSA-SR as a ``RESTORERS`` image restorer (general SR, x4), e.g. for a blending baseline built on it.
 
-PiSA-SR's test script (csslc/PiSA-SR ``test_pisasr.py``; shared/reference/pisa_sr.md, section 8) enlarges the LQ
-``--upscale`` (4) times and runs the one-step model at the output size; an input whose shorter side is below
+PiSA-SR's test script (csslc/PiSA-SR ``test_pisasr.py``) enlarges the LQ ``--upscale`` (4) times and runs the one-step
+model at the output size; an input whose shorter side is below
 ``process_size // upscale`` (512 // 4 = 128) is first enlarged so that side is 128, and the result is resized back
 to ``upscale`` times the original size. :class:`PiSASRRestorer` does the same on tensors (bicubic on floats, where
 the script resizes the 8-bit PIL image with PIL's bicubic default), with the test-time guidance scales.

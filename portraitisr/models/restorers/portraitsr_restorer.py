@@ -1,10 +1,11 @@
-"""PortraitSR (paper 002) as a face restorer for the blending baselines."""
+"""PortraitSR (AAAI 2026) as a face restorer for the blending baselines."""
 from typing import Any, Optional
 
 from torch import Tensor
 
 from portraitisr.models.face_sr import PortraitSRNet
 from portraitisr.registry import RESTORERS
+from portraitisr.weights import load_module_weights
 from .base_restorer import BaseImageRestorer
 
 
@@ -35,9 +36,8 @@ class PortraitSRRestorer(BaseImageRestorer):
                 raise ValueError('PortraitSR has no released weights: pass weights=<checkpoint of tools/train.py> '
                                  'or pretrained=False')
             # the restorers' strict loader, with the `generator.` prefix of PortraitSR training checkpoints
-            from portraitisr.models.identity.base_extractor import load_extractor_weights
-            self.weights_path = load_extractor_weights(self.net, weights,
-                                                       prefixes=('generator.', 'generator.module.', 'module.'))
+            self.weights_path = load_module_weights(self.net, weights,
+                                                    prefixes=('generator.', 'generator.module.', 'module.'))
         self._finish_init(pretrained, weights)
 
     def restore(self, image: Tensor) -> Tensor:

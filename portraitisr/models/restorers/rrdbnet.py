@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import RESTORERS
+from portraitisr.weights import load_module_weights
 from .base_restorer import BaseImageRestorer
 from .tiling import tiled_forward
 
@@ -48,9 +49,7 @@ def load_restorer_weights(module: nn.Module, weights: Any) -> str:
         The path of the loaded file.
     """
     # Same unwrapping and strict copy as the identity extractors (params_ema is tried before params).
-    from portraitisr.models.identity.base_extractor import load_extractor_weights
-
-    return load_extractor_weights(module, weights, prefixes=('module.',))
+    return load_module_weights(module, weights, prefixes=('module.',))
 
 
 def _init_scaled_kaiming(module: nn.Module, scale: float) -> None:
@@ -150,7 +149,7 @@ class RealESRGANRestorer(BaseImageRestorer):
 
     Args:
         scale: 4 (``RealESRGAN_x4plus.pth``), 2 (``RealESRGAN_x2plus.pth``) or 1 (needs explicit ``weights``).
-        weights: a weight spec for :func:`portraitisr.apis.weight_resolver.resolve_file`; ``None`` means the
+        weights: a weight spec for :func:`portraitisr.weights.resolve_file`; ``None`` means the
             official file for ``scale`` (looked up in ``PORTRAITISR_HOME`` and the caches, downloaded only when
             downloads are allowed).
         pretrained: ``False`` builds a randomly initialised network (tests, training from scratch); it must

@@ -5,7 +5,7 @@ and DAPE, SeeSR's degradation-aware fine-tune of it (Wu et al., "SeeSR: Towards 
 Super-Resolution", CVPR 2024, section 3.2): LoRA of rank 8 on every Swin ``qkv`` (query and value rows) and on the
 tagging head's cross-attention ``query`` / ``key``. OSEDiff tags the GT with RAM in training and the LQ with DAPE
 at test time (Wu et al., "One-Step Effective Diffusion Network for Real-World Image Super-Resolution", NeurIPS
-2024; HeadsUp, paper 000, section 4.1, does the same).
+2024; HeadsUp, arXiv 2510.09924, section 4.1, does the same).
 
 The computation is ``RAMLora.generate_tag`` of cswry/OSEDiff ``ram/models/ram_lora.py``:
 
@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from portraitisr.registry import PROMPTERS
+from portraitisr.weights import load_state_dict, resolve_file
 from .ram_checkpoint import dape_state_dict, load_strict, ram_state_dict
 from .ram_preprocess import ram_preprocess
 from .swin_transformer import SwinTransformer
@@ -75,7 +76,7 @@ class RAMTagger(nn.Module):
     """RAM (``lora_rank=0``) or RAM + LoRA (DAPE, see :class:`DAPETagger`): images in, tags out.
 
     Args:
-        weights: the RAM checkpoint, any :func:`~portraitisr.apis.weight_resolver.resolve_file` spec (default: the
+        weights: the RAM checkpoint, any :func:`~portraitisr.weights.resolve_file` spec (default: the
             model-zoo entry ``ram_swin_large_14m``); loaded strictly (see :mod:`.ram_checkpoint`).
         lora_weights: the LoRA checkpoint (DAPE.pth) when ``lora_rank > 0``; loaded strictly on top of ``weights``.
         tag_list: the tag names: a spec of ``ram_tag_list.txt`` (default: model-zoo entry ``ram_tag_list``) or a
@@ -166,7 +167,6 @@ class RAMTagger(nn.Module):
             if not tags:
                 raise ValueError('tag_list is empty')
             return tags
-        from portraitisr.apis.weight_resolver import resolve_file
 
         return read_tag_list(resolve_file(tag_list, allow_download=allow_download))
 
@@ -174,13 +174,11 @@ class RAMTagger(nn.Module):
     def _read_thresholds(thresholds: Any, allow_download: Optional[bool]) -> list[float]:
         if not _is_spec(thresholds):
             return [float(t) for t in thresholds]
-        from portraitisr.apis.weight_resolver import resolve_file
 
         return read_thresholds(resolve_file(thresholds, allow_download=allow_download))
 
     def load_weights(self, weights: Any, lora_weights: Any = None, allow_download: Optional[bool] = None) -> None:
         """Load the RAM checkpoint strictly, then (``lora_rank > 0``) the LoRA checkpoint strictly on top."""
-        from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
 
         own = set(self.state_dict())
         path = resolve_file(weights, allow_download=allow_download)

@@ -18,7 +18,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from portraitisr.models.backbones.one_step_sd import parse_dtype
 from portraitisr.registry import TEXT_ENCODERS
+from portraitisr.weights import portraitisr_home, resolve_pretrained_dir
 
 # CLIP's BPE: 256 byte tokens, the same with an end-of-word marker, 48894 merges, 2 specials.
 _CLIP_NUM_MERGES = 49152 - 256 - 2
@@ -52,7 +54,6 @@ def bundled_clip_tokenizer_dir(cache_dir: Optional[str] = None) -> str:
                           '(pip install open_clip_torch), or pass `tokenizer=` a tokenizer folder.')
     bpe_path = os.path.join(os.path.dirname(spec.origin), 'bpe_simple_vocab_16e6.txt.gz')
     if cache_dir is None:
-        from portraitisr.apis.weight_resolver import portraitisr_home
         cache_dir = str(portraitisr_home() / 'clip_tokenizer')
     vocab_file = os.path.join(cache_dir, 'vocab.json')
     merges_file = os.path.join(cache_dir, 'merges.txt')
@@ -107,14 +108,11 @@ class CLIPTextEncoder(nn.Module):
                  pad_token: str = '!') -> None:
         super().__init__()
         from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-        from portraitisr.models.backbones.one_step_sd import parse_dtype
         if hidden_state not in ('last', 'penultimate'):
             raise ValueError(f"hidden_state must be 'last' or 'penultimate', got {hidden_state!r}")
         self.hidden_state, self.with_projection = hidden_state, with_projection
         model_class = CLIPTextModelWithProjection if with_projection else CLIPTextModel
         if pretrained is not None:
-            from portraitisr.apis.weight_resolver import resolve_pretrained_dir
             tokenizer_dir, encoder_dir = f'tokenizer{subfolder_suffix}', f'text_encoder{subfolder_suffix}'
             folder = str(resolve_pretrained_dir(
                 pretrained,

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from portraitisr.registry import FACE_DETECTORS
+from portraitisr.weights import load_state_dict, resolve_file
 from .base_detector import BaseFaceDetector, FaceDetections, nms_detections
 
 __all__ = ['RetinaFaceDetector', 'prior_boxes', 'decode_boxes', 'decode_landmarks', 'RETINAFACE_WEIGHTS']
@@ -167,7 +168,7 @@ class RetinaFaceDetector(BaseFaceDetector):
 
     Args:
         network: ``'resnet50'`` or ``'mobilenet0.25'`` (``'mobile0.25'``, facexlib's name, is accepted).
-        weights: a weight spec for :func:`~portraitisr.apis.weight_resolver.resolve_file`; ``None`` looks for
+        weights: a weight spec for :func:`~portraitisr.weights.resolve_file`; ``None`` looks for
             facexlib's file (``detection_Resnet50_Final.pth`` / ``detection_mobilenet0.25_Final.pth``) in
             ``$PORTRAITISR_HOME``, the torch hub caches and facexlib's ``weights`` folder, and downloads it from
             facexlib's release only when downloads are allowed.
@@ -212,7 +213,6 @@ class RetinaFaceDetector(BaseFaceDetector):
     # ------------------------------------------------------------------ weights
     def load_weights(self, weights=None, allow_download: Optional[bool] = None) -> None:
         """Load facexlib-layout weights (``module.`` prefixes stripped), strictly."""
-        from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
 
         filename, url = RETINAFACE_WEIGHTS[self.network]
         if weights is None:

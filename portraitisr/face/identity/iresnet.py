@@ -59,7 +59,7 @@ class ArcFaceIResNet(BaseIdentityExtractor):
 
     Args:
         depth: 18, 34, 50, 100 or 200.
-        weights: weight spec for :func:`~portraitisr.apis.weight_resolver.resolve_file` (e.g. the path of
+        weights: weight spec for :func:`~portraitisr.weights.resolve_file` (e.g. the path of
             ``ms1mv3_arcface_r50_fp16/backbone.pth``); ``None``: random weights (tests).
         num_features: embedding length (512 for the released models).
         dropout: dropout before ``fc`` (inactive: the model is always in eval mode).
@@ -127,12 +127,12 @@ class AdaFaceIR(BaseIdentityExtractor):
 
     input_size = 112
     embedding_dim = 512
-    # HeadsUp (paper 000), appendix C "PortraitSR-4K details": "We leverage CVLFace (Kim et al., 2024) to estimate
-    # the similarity of face pairs. We exclude face pairs whose similarity is below 0.65." The paper does not say
-    # which CVLFace model; the value is used for every AdaFace IR depth. It is the threshold the paper built its
+    # HeadsUp (arXiv 2510.09924), appendix C "PortraitSR-4K details": "We leverage CVLFace (Kim et al., 2024) to
+    # estimate the similarity of face pairs. We exclude face pairs whose similarity is below 0.65." The paper does not
+    # say which CVLFace model; the value is used for every AdaFace IR depth. It is the threshold the paper built its
     # reference pairs with, stricter than the 0.3 of CVLFace's own verification demo (apps/verification/verify.py).
     verification_threshold = 0.65
-    verification_source = 'HeadsUp (paper 000) appendix C: CVLFace similarity 0.65'
+    verification_source = 'HeadsUp (arXiv 2510.09924) appendix C: CVLFace similarity 0.65'
 
     def __init__(self, depth: int = 50, weights: Any = None, channel_order: str = 'BGR',
                  antialias: bool = True) -> None:

@@ -21,7 +21,9 @@ from typing import Optional
 import numpy as np
 
 from portraitisr.registry import FACE_DETECTORS
+from portraitisr.weights import WeightsNotFoundError
 from .base_detector import BaseFaceDetector, FaceDetections
+from .retinaface import RetinaFaceDetector
 
 __all__ = ['DlibFaceDetector', 'dlib_model_path', 'landmarks68_to_5', 'build_default_face_detector']
 
@@ -137,9 +139,6 @@ def build_default_face_detector(device=None, **kwargs) -> BaseFaceDetector:
         device: where RetinaFace runs (dlib always runs on its own).
         **kwargs: options of :class:`BaseFaceDetector` (``eye_dist_threshold``, ``only_keep_largest``, ...).
     """
-    from portraitisr.apis.weight_resolver import WeightsNotFoundError
-    from .retinaface import RetinaFaceDetector
-
     try:
         detector = RetinaFaceDetector('resnet50', allow_download=False, **kwargs)
         return detector.to(device) if device is not None else detector

@@ -2,11 +2,11 @@
 
 ``DlibResNet`` imports dlib only when it is built, so importing this package does not need dlib.
 """
-from .base_extractor import BaseIdentityExtractor, load_extractor_weights, similarity
+from .base_extractor import BaseIdentityExtractor, similarity
 from .dlib_resnet import SAME_PERSON_DISTANCE, SAME_PERSON_SIMILARITY, DlibResNet
 from .ir_se import ArcFaceIRSE
 from .iresnet import AdaFaceIR, ArcFaceIResNet
 from .resnet_arcface import ResNetArcFace
 
-__all__ = ['BaseIdentityExtractor', 'load_extractor_weights', 'similarity', 'ArcFaceIResNet', 'AdaFaceIR',
-           'ArcFaceIRSE', 'ResNetArcFace', 'DlibResNet', 'SAME_PERSON_DISTANCE', 'SAME_PERSON_SIMILARITY']
+__all__ = ['BaseIdentityExtractor', 'similarity', 'ArcFaceIResNet', 'AdaFaceIR', 'ArcFaceIRSE', 'ResNetArcFace',
+           'DlibResNet', 'SAME_PERSON_DISTANCE', 'SAME_PERSON_SIMILARITY']

@@ -1,7 +1,7 @@
 """facexlib's face-parsing networks (ParseNet, BiSeNet) behind the weight resolver.
 
 facexlib's own ``init_parsing_model`` downloads its weights into site-packages; here the same architectures are
-built from facexlib and their official files are found by :func:`portraitisr.apis.weight_resolver.resolve_file`
+built from facexlib and their official files are found by :func:`portraitisr.weights.resolve_file`
 (local path, ``$PORTRAITISR_HOME``, facexlib's weights folder, ...; downloaded only when downloads are allowed).
 Release files and input conventions: shared reference face.md section 1 and facexlib ``inference_parsing.py``
 (BiSeNet: ImageNet mean/std; ParseNet: mean = std = 0.5; both at 512x512, 19 CelebAMask-HQ classes).
@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from portraitisr.registry import FACE_PARSERS
+from portraitisr.weights import load_state_dict, resolve_file
 
 FACEXLIB_PARSING_WEIGHTS = {
     'bisenet': {'filename': 'parsing_bisenet.pth',
@@ -61,7 +62,6 @@ class FacexlibFaceParser(nn.Module):
         self.net = _build_network(arch)
         self.weights_path: Optional[str] = None
         if pretrained:
-            from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
             path = resolve_file(FACEXLIB_PARSING_WEIGHTS[arch] if weights is None else weights)
             self.net.load_state_dict(load_state_dict(path), strict=True)
             self.weights_path = str(path)

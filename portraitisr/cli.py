@@ -19,8 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from portraitisr.study.cli import add_study_subcommands, run as run_study  # argparse only: cheap to import
-from portraitisr.utils.import_guards import hide_bitsandbytes  # stdlib only: cheap to import
+# Only modules without torch: `portraitisr --help` and the setup checks answer in well under a second; the model
+# (torch, diffusers) is imported when one is built.
+from portraitisr.apis import model_zoo
+from portraitisr.apis.config_location import zoo_config_path
+from portraitisr.apis.memory_plan import MemoryBudgetError, format_bytes, parse_memory
+from portraitisr.study.cli import add_study_subcommands, run as run_study
+from portraitisr.utils.image_io import (IMAGE_EXTENSIONS, ImageReadError, check_image_size, list_images,
+                                        output_suffix, read_image, read_image_size)
+from portraitisr.utils.import_guards import hide_bitsandbytes
+from portraitisr.weights import CheckpointLoadError, ChecksumError, WeightsNotFoundError
 
 __all__ = ['main', 'build_parser', 'collect_inputs', 'plan_outputs', 'SetupError', 'RestoreJob']
 
@@ -121,8 +129,6 @@ def collect_inputs(inputs: Sequence[str], recursive: bool = False) -> List[Tuple
     Raises:
         SetupError: an input does not exist, or a folder has no images.
     """
-    from portraitisr.utils.image_io import IMAGE_EXTENSIONS, list_images
-
     pairs: List[Tuple[Path, Path]] = []
     seen = set()
     for text in inputs:
@@ -187,8 +193,6 @@ def plan_outputs(pairs: Sequence[Tuple[Path, Path]], output: Path, compare: bool
     Raises:
         SetupError: colliding outputs with ``collisions='refuse'``.
     """
-    from portraitisr.utils.image_io import output_suffix
-
     def key(path: Path) -> str:
         return str(path).casefold() if case_insensitive else str(path)
 
@@ -262,8 +266,6 @@ def _check_outputs_not_inputs(jobs: Sequence[RestoreJob]) -> None:
 
 def _check_headers(jobs: List[RestoreJob], max_pixels: Optional[int]) -> Tuple[List[RestoreJob], List[str]]:
     """Read every input's header (no pixels): ``(readable jobs with their sizes, one line per bad file)``."""
-    from portraitisr.utils.image_io import ImageReadError, check_image_size, read_image_size
-
     good, bad = [], []
     for job in jobs:
         try:
@@ -347,11 +349,8 @@ class ModelFacts:
 
 def _model_facts(args: argparse.Namespace) -> ModelFacts:
     """Resolve ``--config`` / ``--model`` and read what the model takes from its config."""
-    from portraitisr.apis.config_location import zoo_config_path
 
     if args.model:
-        from portraitisr.apis import model_zoo
-
         try:
             entry = model_zoo.get_model(args.model)
             config = zoo_config_path(entry.config, args.model)
@@ -393,7 +392,6 @@ def _reference_has_face(path: Path, max_pixels: Optional[int]) -> Optional[bool]
     import cv2
     import numpy as np
 
-    from portraitisr.utils.image_io import read_image
 
     rgb = read_image(path, max_pixels=max_pixels).rgb
     longest = max(rgb.shape[:2])
@@ -404,7 +402,6 @@ def _reference_has_face(path: Path, max_pixels: Optional[int]) -> Optional[bool]
 
 
 def _check_model_options(args: argparse.Namespace, facts: ModelFacts) -> None:
-    from portraitisr.utils.image_io import ImageReadError, check_image_size, read_image_size
 
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise SetupError(f'checkpoint {args.checkpoint} does not exist')
@@ -433,7 +430,6 @@ def _check_model_options(args: argparse.Namespace, facts: ModelFacts) -> None:
 def _memory_budget(text: Optional[str]) -> Optional[int]:
     if text is None:
         return None
-    from portraitisr.apis.memory_plan import parse_memory
 
     try:
         return parse_memory(text)
@@ -468,8 +464,7 @@ def _prepare(args: argparse.Namespace
 def _build_restorer(args: argparse.Namespace, facts: ModelFacts, budget: Optional[int]):
     import warnings
 
-    from portraitisr.apis.portrait_restorer import PortraitRestorer, UntrainedModelWarning
-    from portraitisr.weights import CheckpointLoadError, WeightsNotFoundError
+    from portraitisr.apis.portrait_restorer import PortraitRestorer, UntrainedModelWarning  # torch: after the checks
 
     options = dict(checkpoint=args.checkpoint, device=args.device, scale=args.scale, tile=args.tile,
                    precision=args.precision, max_memory=budget)
@@ -520,8 +515,6 @@ def _tile_bar(tqdm, name: str):
 
 def _show_plan(tqdm, job: RestoreJob, plan) -> None:
     """One line for an image restored in tiles: its sizes, the tile, the memory estimate and the budget."""
-    from portraitisr.apis.memory_plan import format_bytes
-
     out_pixels = job.size[0] * job.size[1] * plan.scale**2
     if plan.tile is None and out_pixels <= 4_000_000:
         return
@@ -542,9 +535,6 @@ def _restore(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     from tqdm import tqdm
 
-    from portraitisr.apis.memory_plan import MemoryBudgetError
-    from portraitisr.utils.image_io import ImageReadError
-    from portraitisr.weights import WeightsNotFoundError
 
     try:
         restorer = _build_restorer(args, facts, budget)
@@ -577,8 +567,6 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from portraitisr.apis import model_zoo
-    from portraitisr.weights import ChecksumError, WeightsNotFoundError
 
     try:
         paths = model_zoo.download(args.name)
@@ -594,7 +582,6 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from portraitisr.apis import model_zoo
 
     zoo = model_zoo.load_index()
     if args.weights:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from portraitisr.apis.streamed_restore import RowSink, UpscaledImage, adain_affine, channel_sums, restore_streamed
 from portraitisr.models.algorithms.color_fix import adain_color_fix
 from portraitisr.models.backbones.latent_tiling import LatentTiling, stage_tile_counts
-from portraitisr.models.restorers.tiling import blend_rows, blend_tiles, report_tiles, tile_starts
+from portraitisr.utils.tiling import blend_rows, blend_tiles, report_tiles, tile_starts
 from .test_fast_inference import _build
 
 TILING = LatentTiling(unet_tile=8, unet_overlap=4, encode_tile=64, encode_overlap=16, decode_tile=8,

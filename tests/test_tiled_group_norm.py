@@ -9,7 +9,7 @@ from torch import nn
 from portraitisr.models.backbones.latent_tiling import LatentTiling
 from portraitisr.models.backbones.tiled_group_norm import GroupNormStatistics, owned_spans, run_tiles_in_step
 from portraitisr.models.backbones.vae_stages import Stage
-from portraitisr.models.restorers.tiling import blend_tiles, tile_starts, tiled_forward
+from portraitisr.utils.tiling import blend_tiles, tile_starts, tiled_forward
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -184,7 +184,7 @@ def latent_tiling_for(tile: int, factor: int = 8, group_norm: str = 'auto'):
     """The :class:`~portraitisr.models.backbones.latent_tiling.LatentTiling` of a tile of ``tile`` output pixels:
     OSEDiff's proportions (UNet overlap 1/3 of a tile, reference section 1 "Tiling": 96 / 32; encoder overlap 1/8:
     1024 / 128; decoder overlap 1/4 of ``tiled_forward``'s default); ``group_norm`` for both VAE stages."""
-    from portraitisr.models.backbones.latent_tiling import LatentTiling
+    from portraitisr.models.backbones.latent_tiling import LatentTiling  # torch: the CLI's checks import this module
 
     if tile <= 0:
         raise ValueError(f'tile must be a positive number of pixels, got {tile}')

@@ -33,10 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from portraitisr.engine.checkpoint_loading import checkpoint_training_info
-from portraitisr.models.restorers.tiling import report_tiles
+from portraitisr.engine.hooks.trainable_checkpoint_hook import trainable_names
+from portraitisr.models.backbones.latent_tiling import stage_tile_counts, unet_downscale
+from portraitisr.utils.tiling import report_tiles
+from portraitisr.registry import MODELS
 from portraitisr.utils.image_io import (ImageRecord, image_to_tensor, output_suffix, read_image, tensor_to_image,
                                         unit_float_image, write_image)
-from . import memory_plan
+from portraitisr.weights import load_state_dict
+from . import memory_plan, model_zoo
 from .config_location import zoo_config_path
 from .streamed_restore import BAND_ROWS, RowSink, UpscaledImage, can_stream, restore_streamed
 
@@ -112,8 +116,6 @@ def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike,
     in the checkpoint and nothing else may be, so a checkpoint of another config fails loudly. Tensors of
     ``dropped_parts`` (training-only modules the model was built without, e.g. ``discriminator``) are ignored.
     """
-    from portraitisr.engine.hooks.trainable_checkpoint_hook import trainable_names
-    from portraitisr.weights import load_state_dict
 
     loaded = load_state_dict(checkpoint)
     state = loaded.get('state_dict', loaded)
@@ -132,7 +134,6 @@ def _load_model_weights(model: torch.nn.Module, checkpoint: PathLike,
 
 def _untrained_note(model, model_cfg: dict, checkpoint: Optional[PathLike], iterations: Optional[int]) -> str:
     """Why the restorations will be noise, or '' when there is no reason to think so."""
-    from portraitisr.engine.hooks.trainable_checkpoint_hook import trainable_names
 
     if checkpoint is not None:
         if iterations is not None and iterations < FEW_ITERATIONS:
@@ -186,8 +187,6 @@ class PortraitRestorer:
         from mmengine.config import Config
         from mmengine.registry import init_default_scope
 
-        from portraitisr.registry import MODELS
-
         for name, value in (('scale', scale), ('tile', tile), ('max_memory', max_memory)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
                 raise TypeError(f'{name} must be an integer, got {value!r}')
@@ -231,8 +230,6 @@ class PortraitRestorer:
             WeightsNotFoundError: naming every missing file and ``portraitisr download NAME`` (or how to train an
                 unreleased model, unless ``checkpoint`` is given), before anything is built.
         """
-        from portraitisr.apis import model_zoo
-
         zoo = model_zoo.load_index()
         entry = model_zoo.get_model(name, zoo)
         found = model_zoo.check_available(name, zoo, need_checkpoint=checkpoint is None)
@@ -509,7 +506,6 @@ class PortraitRestorer:
 
     def _restore_streamed(self, lq: Tensor, plan: memory_plan.TilePlan, gray: bool, out_dtype,
                           progress: Optional[TileProgress]) -> np.ndarray:
-        from portraitisr.models.backbones.latent_tiling import stage_tile_counts
 
         factor = int(self.model._backbone.vae_downscale)
         tiling = None if plan.tile is None else memory_plan.latent_tiling_for(plan.tile, factor, plan.group_norm)
@@ -559,7 +555,6 @@ class PortraitRestorer:
 
 
 def _unet_align(backbone) -> int:
-    from portraitisr.models.backbones.latent_tiling import unet_downscale
 
     return unet_downscale(backbone.unet)
 

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from portraitisr.registry import DATASETS, FACE_PARSERS
 from portraitisr.utils.image_io import check_image_size, list_images, read_image_size
+from portraitisr.weights import WeightsNotFoundError
 from .image_folder_dataset import read_rgb, resize_square, to_chw_tensor
 
 LFW_SCHEME = 'lfw://'  # lfw://INDEX: face INDEX (0..99) of scikit-image's ``lfw_subset()`` (25x25 grey crops)
@@ -111,7 +112,6 @@ class AlignedFaceDataset(Dataset):
     def _build_parser(self, parser: Optional[dict]):
         if parser is None:
             return None
-        from portraitisr.weights import WeightsNotFoundError
         try:
             model = FACE_PARSERS.build(parser)
         except WeightsNotFoundError as error:

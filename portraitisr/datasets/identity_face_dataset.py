@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from portraitisr.face.alignment.face_aligner import FaceAligner
 from portraitisr.registry import DATASETS, FACE_DETECTORS
 from portraitisr.utils.image_io import list_images
 from .aligned_face_dataset import bicubic_downsample
@@ -111,7 +112,6 @@ class IdentityFaceDataset(Dataset):
             raise ValueError(f'size {size} must be a multiple of scale {scale}')
         if split not in SPLITS:
             raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
-        from portraitisr.face.alignment.face_aligner import FaceAligner
 
         self.size, self.scale, self.aligned, self.flip, self.repeat = size, scale, aligned, flip, repeat
         self.ref_choice, self.ref_jitter = ref_choice, None if ref_jitter is None else tuple(ref_jitter)

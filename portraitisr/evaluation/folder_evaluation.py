@@ -22,6 +22,7 @@ from tqdm import tqdm
 from portraitisr.registry import METRICS
 from portraitisr.utils.image_io import ImageReadError, image_to_tensor, list_images, read_image
 from .metric_presets import metric_config
+from .metrics.fid import frechet_distance, gaussian_of
 
 MEAN_ROW = 'mean'
 
@@ -166,8 +167,6 @@ def evaluate_folders(pred_dir: str, gt_dir: Optional[str], metrics: Dict[str, ob
 def _set_distance(metric, features: Dict[str, list]) -> float:
     """FID of the collected features: against the metric's stored statistics, or between predictions and GTs."""
     import numpy as np
-
-    from .metrics.fid import frechet_distance, gaussian_of
 
     if len(features['pred']) < 2:
         return math.nan

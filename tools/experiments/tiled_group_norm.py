@@ -56,7 +56,7 @@ def main() -> None:
 
     from portraitisr.models.backbones.latent_tiling import tiled_vae_decode, tiled_vae_encode
     from portraitisr.models.backbones.tiled_group_norm import GroupNormStatistics
-    from portraitisr.models.restorers.tiling import tiled_forward
+    from portraitisr.utils.tiling import tiled_forward
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--steps', type=int, default=2500, help='autoencoder training steps (batch 4)')

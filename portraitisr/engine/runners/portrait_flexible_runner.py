@@ -13,28 +13,18 @@ A config chooses it with ``runner_type = 'PortraitFlexibleRunner'`` and a ``stra
   (and ``fine_tuned_from``), as PortraitRunner's; FSDP2Strategy writes it atomically;
 * a short log header (two environment lines, the hooks on one line) instead of mmengine's full dump.
 """
-import os.path as osp
-import platform
 from typing import Callable, Optional, Union
 
-import mmengine
-import torch
 import torch.distributed as dist
 from mmengine.dist import get_dist_info, is_distributed, is_main_process
 from mmengine.runner._flexible_runner import FlexibleRunner
-from mmengine.utils.dl_utils import collect_env
 
 from portraitisr.engine.checkpoint_loading import find_resumable_checkpoint, resolve_checkpoint
+from portraitisr.engine.runners.run_records import checkpoint_meta, log_environment
 from portraitisr.registry import RUNNERS, STRATEGIES
-from portraitisr.version import __version__
 from portraitisr.weights import CheckpointLoadError
 
 __all__ = ['PortraitFlexibleRunner']
-
-
-def _config_name(cfg) -> Optional[str]:
-    filename = getattr(cfg, 'filename', None)
-    return osp.splitext(osp.basename(filename))[0] if filename else None
 
 
 def _share_from_rank0(value):
@@ -109,38 +99,16 @@ class PortraitFlexibleRunner(FlexibleRunner):
                         save_optimizer: bool = True, save_param_scheduler: bool = True, meta: Optional[dict] = None,
                         by_epoch: bool = True, backend_args: Optional[dict] = None) -> None:
         """mmengine's (every rank calls it: the strategy gathers the shards), with training-length metadata."""
-        if meta is not None and not isinstance(meta, dict):
-            raise TypeError(f'meta should be a dict or None, but got {type(meta)}')
-        meta = dict(meta or {})
-        meta.setdefault('trained_iters', self.iter if by_epoch else self.iter + 1)
-        meta.setdefault('config_name', _config_name(self.cfg))
-        model_cfg = self.cfg.get('model') if self.cfg else None
-        meta.setdefault('model_type', model_cfg.get('type') if isinstance(model_cfg, dict) else None)
-        meta.setdefault('portraitisr_version', __version__)
-        if self._load_from is not None and not self._resume:
-            meta.setdefault('fine_tuned_from', str(self._load_from))
+        trained = self.iter if by_epoch else self.iter + 1
+        meta = checkpoint_meta(meta, self.cfg, trained, self._load_from if not self._resume else None)
         super().save_checkpoint(out_dir, filename, file_client_args, save_optimizer, save_param_scheduler, meta,
                                 by_epoch, backend_args)
 
     # ---------------------------------------------------------------------------------------------- logging
     def _log_env(self) -> None:
         """Two lines of environment and where the config is, instead of mmengine's full dump."""
-        if torch.cuda.is_available():
-            names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
-            device = f'CUDA {torch.version.cuda}, {torch.cuda.device_count()} x {", ".join(names)}'
-        else:
-            device = 'CPU only'
-        self.logger.info(f'portraitisr {__version__}, torch {torch.__version__} ({device}), mmengine '
-                         f'{mmengine.__version__}, Python {platform.python_version()} on {platform.system()}')
-        self.logger.info(f'strategy {type(self.strategy).__name__}, seed {self.seed}, launcher '
-                         f'{self.strategy.launcher}, {self.world_size} process(es)')
-        if self.cfg._cfg_dict:
-            name = osp.basename(self.cfg.filename) if self.cfg.filename else f'{self.timestamp}.py'
-            self.logger.info(f'Config: {osp.join(self.work_dir, name)}')
-        if is_main_process():
-            report = osp.join(self.log_dir, 'environment.txt')
-            with open(report, 'w', encoding='utf-8') as f:
-                f.writelines(f'{key}: {value}\n' for key, value in collect_env().items())
+        log_environment(self, f'strategy {type(self.strategy).__name__}, seed {self.seed}, launcher '
+                              f'{self.strategy.launcher}, {self.world_size} process(es)')
 
     def get_hooks_info(self) -> str:
         return ', '.join(type(hook).__name__ for hook in self.hooks)

@@ -22,32 +22,24 @@
   one line, and leaves out mmengine's two lines per parameter of ``init_weights`` information.
 """
 import os.path as osp
-import platform
 from typing import Any, Callable, Optional, Sequence, Union
 
-import mmengine
 import torch
-from mmengine.dist import is_main_process, master_only
+from mmengine.dist import master_only
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.model import BaseModule, is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmengine.runner.priority import Priority
-from mmengine.utils.dl_utils import collect_env
 
 from portraitisr.engine.checkpoint_loading import find_resumable_checkpoint, load_checkpoint_file
 from portraitisr.engine.hooks.atomic_checkpoint_hook import TEMPORARY_SUFFIX
+from portraitisr.engine.runners.run_records import checkpoint_meta, log_environment
 from portraitisr.registry import RUNNERS
 from portraitisr.utils.atomic_files import publish_file
-from portraitisr.version import __version__
 from portraitisr.weights import CheckpointLoadError
 
 __all__ = ['PortraitRunner']
-
-
-def _config_name(cfg) -> Optional[str]:
-    filename = getattr(cfg, 'filename', None)
-    return osp.splitext(osp.basename(filename))[0] if filename else None
 
 
 def _pretrained_urls(model: torch.nn.Module) -> list:
@@ -148,16 +140,8 @@ class PortraitRunner(Runner):
                         save_optimizer: bool = True, save_param_scheduler: bool = True, meta: Optional[dict] = None,
                         by_epoch: bool = True, backend_args: Optional[dict] = None) -> None:
         """mmengine's save_checkpoint, written atomically (local folders) with training-length metadata."""
-        if meta is not None and not isinstance(meta, dict):
-            raise TypeError(f'meta should be a dict or None, but got {type(meta)}')
-        meta = dict(meta or {})
-        meta.setdefault('trained_iters', meta.get('iter', self.iter if by_epoch else self.iter + 1))
-        meta.setdefault('config_name', _config_name(self.cfg))
-        model_cfg = self.cfg.get('model') if self.cfg else None
-        meta.setdefault('model_type', model_cfg.get('type') if isinstance(model_cfg, dict) else None)
-        meta.setdefault('portraitisr_version', __version__)
-        if self._load_from is not None and not self._resume:
-            meta.setdefault('fine_tuned_from', str(self._load_from))
+        trained = (meta or {}).get('iter', self.iter if by_epoch else self.iter + 1)
+        meta = checkpoint_meta(meta, self.cfg, trained, self._load_from if not self._resume else None)
         local = file_client_args is None and isinstance(get_file_backend(out_dir, backend_args=backend_args),
                                                         LocalBackend)
         if not local:  # object stores write whole objects anyway
@@ -173,23 +157,8 @@ class PortraitRunner(Runner):
     # ---------------------------------------------------------------------------------------------- logging
     def _log_env(self, env_cfg: dict) -> None:
         """Two lines of environment and where the config is, instead of mmengine's full dump."""
-        if torch.cuda.is_available():
-            names = sorted({torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())})
-            device = f'CUDA {torch.version.cuda}, {torch.cuda.device_count()} x {", ".join(names)}'
-        else:
-            device = 'CPU only'
-        self.logger.info(f'portraitisr {__version__}, torch {torch.__version__} ({device}), mmengine '
-                         f'{mmengine.__version__}, Python {platform.python_version()} on {platform.system()}')
-        self.logger.info(f'seed {self._seed}, deterministic {self._randomness_cfg.get("deterministic", False)}, '
-                         f'launcher {self._launcher}, {self._world_size} process(es)')
-        if self.cfg._cfg_dict:
-            name = osp.basename(self.cfg.filename) if self.cfg.filename else f'{self.timestamp}.py'
-            self.logger.info(f'Config: {osp.join(self.work_dir, name)}')
-        if is_main_process():
-            report = osp.join(self.log_dir, 'environment.txt')
-            with open(report, 'w', encoding='utf-8') as f:
-                f.writelines(f'{key}: {value}\n' for key, value in collect_env().items())
-            self.logger.info(f'Environment report: {report}')
+        log_environment(self, f'seed {self._seed}, deterministic {self._randomness_cfg.get("deterministic", False)}, '
+                              f'launcher {self._launcher}, {self._world_size} process(es)')
 
     def get_hooks_info(self) -> str:
         """The hooks in the order they run, on one line (mmengine lists every stage of every hook)."""

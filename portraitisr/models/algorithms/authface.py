@@ -17,7 +17,7 @@ degradations.
 Inference: pure noise denoised by a configurable diffusers scheduler in a configurable number of steps (the paper
 states neither; the configs say what they use), conditioned on the LQ image at the output size. Large images run
 tile by tile: at every step the ControlNet and the UNet see overlapping latent tiles (with the matching crops of the
-condition image) blended with the feathered ramps of :mod:`portraitisr.models.restorers.tiling`, and the VAE decodes
+condition image) blended with the feathered ramps of :mod:`portraitisr.utils.tiling`, and the VAE decodes
 with :func:`~portraitisr.models.backbones.latent_tiling.tiled_vae_decode`; sizes come from
 :class:`~portraitisr.models.backbones.LatentTiling` (``unet_tile`` / ``unet_overlap`` / ``decode_*``).
 """
@@ -31,7 +31,7 @@ from torch import Tensor
 from portraitisr.models.backbones.latent_diffusion import pad_to_multiple
 from portraitisr.models.backbones.latent_tiling import LatentTiling
 from portraitisr.models.losses.time_aware_facial_loss import ddim_predicted_x0
-from portraitisr.models.restorers.tiling import blend_tiles, tile_starts
+from portraitisr.utils.tiling import blend_tiles, tile_starts
 from portraitisr.registry import MODELS
 from .authface_base import TextConditionedDiffusion
 from .authface_facial_terms import FacialLossTerms

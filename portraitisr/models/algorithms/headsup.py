@@ -21,6 +21,8 @@ from mmengine.logging import print_log
 from mmengine.optim import OptimWrapperDict
 from torch import Tensor
 
+from portraitisr.face.alignment.face_aligner import invert_affine
+from portraitisr.face.detection import build_default_face_detector
 from portraitisr.registry import FACE_ALIGNERS, FACE_DETECTORS, LOSSES, MODELS
 from .osediff import OSEDIFF_NEGATIVE_PROMPT, OSEDiff
 
@@ -184,8 +186,6 @@ class HeadsUp(OSEDiff):
         """Warp each ``S x S`` aligned reference back onto its face's place in an ``H x W`` image."""
         from kornia.geometry.transform import warp_affine
 
-        from portraitisr.face.alignment.face_aligner import invert_affine
-
         crop_h, crop_w = self.face_aligner.crop_size
         scale = torch.tensor([[ref.shape[-1] / crop_w], [ref.shape[-2] / crop_h]], dtype=torch.float64,
                              device=ref.device)
@@ -208,7 +208,6 @@ class HeadsUp(OSEDiff):
             if self.face_detector_cfg is not None:
                 self._face_detector = FACE_DETECTORS.build(self.face_detector_cfg)
             else:
-                from portraitisr.face.detection import build_default_face_detector
 
                 self._face_detector = build_default_face_detector()
         return self._face_detector

@@ -43,6 +43,7 @@ from portraitisr.models.backbones.diffae_unet import DiffAEUNet
 from portraitisr.models.conditioning import identity_embedder as id_file
 from portraitisr.models.conditioning.identity_cross_attention import IdentityCrossAttention
 from portraitisr.registry import BACKBONES, MODELS
+from portraitisr.weights import load_state_dict, resolve_file
 from .one_step_restorer import pack_outputs
 
 LR_CONDITIONS = ('masked', 'full', 'none')
@@ -243,7 +244,6 @@ class IDFSR(BaseModel):
         """Load a training checkpoint of this library (``work_dir/iter_N.pth``, trainable tensors under
         ``state_dict``) or a bare state dict, as a file (a weight spec) or already loaded: every UNet tensor must be
         in it and nothing unknown; the frozen identity network keeps the weights its config gave it."""
-        from portraitisr.weights import load_state_dict, resolve_file
 
         given = isinstance(checkpoint, dict)
         loaded = checkpoint if given else load_state_dict(resolve_file(checkpoint))

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from portraitisr.models.conditioning.identity_cross_attention import IdentityCrossAttention
+from portraitisr.weights import load_state_dict, resolve_file
 from .diffae_unet import DiffAEUNet
 
 __all__ = ['load_lightning_checkpoint', 'diffae_state_dict', 'convert_diffae_state_dict', 'load_diffae_checkpoint',
@@ -62,7 +63,6 @@ def load_lightning_checkpoint(path) -> dict:
         CheckpointLoadError: the file names a global outside :data:`LIGHTNING_MODULES` that ``weights_only`` does
             not allow (it is never loaded with ``weights_only=False``).
     """
-    from portraitisr.weights import load_state_dict
 
     path = str(path)
     stand_ins = []
@@ -211,7 +211,6 @@ def load_diffae_checkpoint(model: DiffAEUNet, weights: Any, use_ema: bool = True
                                                                         for v in weights.values())):
         checkpoint = weights
     else:
-        from portraitisr.weights import resolve_file
 
         checkpoint = load_lightning_checkpoint(resolve_file(weights))
     state, report = convert_diffae_state_dict(diffae_state_dict(checkpoint, use_ema), model)

@@ -3,7 +3,7 @@
 A 4096 x 4096 output is a 512 x 512 latent: the SD 2.1 VAE decoder alone would hold several 128-channel
 4096 x 4096 activations (tens of GB), and OSEDiff users report OOM at 24 GB (shared/reference/osediff.md,
 section 6, #69 and #32). Every stage therefore runs on overlapping tiles whose results are blended with the
-feathered ramps of :mod:`portraitisr.models.restorers.tiling`: weight 0 on the outer ``margin`` of each side that
+feathered ramps of :mod:`portraitisr.utils.tiling`: weight 0 on the outer ``margin`` of each side that
 has a neighbour (where the tile's context is cut off), rising linearly to 1 across the rest of the overlap.
 
 * UNet: the whole ``unet_input`` (LQ latent and, for HeadsUp, the reference latent and the face mask) is cut
@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from portraitisr.utils.seam_geometry import seam_score
+from portraitisr.utils.tiling import blend_rows, blend_tiles, tile_done, tile_starts, tiled_forward
 from .tiled_group_norm import owned_spans, run_tiles_in_step
 from .vae_stages import Stage, decoder_stages, encoder_stages
 
@@ -83,7 +85,6 @@ class LatentTiling:
             would take the RAM that tiling is meant to save). The UNet keeps per-tile statistics, as OSEDiff's
             latent tiling does.
     """
-
     unet_tile: int = 96
     unet_overlap: int = 32
     encode_tile: int = 1024
@@ -121,8 +122,6 @@ def tiled_unet(unet: nn.Module, unet_in: Tensor, timesteps: Tensor, prompt_embed
         ``B x 4 x h x w`` in the UNet's output dtype. Sizes that are not a multiple of the UNet's downscale are
         reflect-padded for tiling and cropped back.
     """
-    from portraitisr.models.restorers.tiling import tile_done, tiled_forward  # lazy: restorers import models
-
     align = unet_downscale(unet)
 
     def run(x: Tensor) -> Tensor:
@@ -166,10 +165,8 @@ def tiled_vae_decode_rows(vae: nn.Module, latents: Tensor, tile: int, overlap: i
                           group_norm: str = 'auto') -> Iterator[Tuple[int, Tensor]]:
     """``vae.decode(latents).sample`` (unscaled latents ``B x 4 x h x w`` -> ``B x 3 x 8h x 8w`` in about
     [-1, 1]) on overlapping latent tiles, yielded as ``(first output row, B x 3 x rows x 8w)`` bands from the top
-    (:func:`~portraitisr.models.restorers.tiling.blend_rows`); one band when the latent fits in one tile.
+    (:func:`~portraitisr.utils.tiling.blend_rows`); one band when the latent fits in one tile.
     ``group_norm``: see :class:`LatentTiling`."""
-    from portraitisr.models.restorers.tiling import blend_rows, tile_done, tile_starts
-
     factor = 2**(len(vae.config.block_out_channels) - 1)
 
     def run(z: Tensor) -> Tensor:
@@ -212,8 +209,6 @@ def tiled_vae_encode(vae: nn.Module, images: Union[Tensor, PixelSource], tile: i
     Tiles are cut in pixels and blended on the latent grid with the ramps of :func:`tiled_forward`;
     ``group_norm``: see :class:`LatentTiling`.
     """
-    from portraitisr.models.restorers.tiling import blend_tiles, tile_done, tile_starts
-
     factor = 2**(len(vae.config.block_out_channels) - 1)
     height, width = images.shape[-2:]
     if height % factor or width % factor or tile % factor or overlap % factor:
@@ -242,8 +237,6 @@ def stage_tile_counts(tiling: LatentTiling, size: Tuple[int, int], factor: int =
                       unet_align: int = 8) -> Tuple[int, int, int]:
     """How many tiles the encoder, the UNet and the decoder run for a padded image of ``size`` ``(H, W)``
     (multiples of ``factor``) under ``tiling``; a stage that fits in one tile counts 1. For progress bars."""
-    from portraitisr.models.restorers.tiling import tile_starts
-
     height, width = size
     lat_h, lat_w = height // factor, width // factor
 
@@ -265,8 +258,6 @@ def stage_tile_counts(tiling: LatentTiling, size: Tuple[int, int], factor: int =
 def tile_borders(length: int, tile: int, overlap: int, align: int = 1, scale: int = 1) -> List[int]:
     """Output-pixel positions where tiles of :func:`tile_starts` begin or end inside ``[0, length)``
     (``length``, ``tile``, ``overlap`` in input units, positions times ``scale``); empty for one tile."""
-    from portraitisr.models.restorers.tiling import tile_starts
-
     starts = tile_starts(length, tile, overlap, align)
     if len(starts) == 1:
         return []
@@ -290,7 +281,5 @@ def tile_seam_score(image: Tensor, rows: Sequence[int], cols: Sequence[int], **k
     Lines closer than the score's band offset to each other or to the image border would mix bands; choose
     tiles larger than ``2 * offset`` (12 px by default). Returns ``B`` float64 scores (8-bit levels per pixel).
     """
-    from portraitisr.utils.seam_geometry import seam_score
-
     mask = tile_border_mask(image.shape[-2:], rows, cols).to(image.device).expand(image.shape[0], -1, -1, -1)
     return seam_score(image, mask, **kwargs)

@@ -13,6 +13,7 @@ each) of the six "micro-conditioning" numbers ``time_ids = (orig_h, orig_w, crop
 target_w)``: ``1280 + 6 * 256 = 2816 = projection_class_embeddings_input_dim``. The cross-attention states are the
 penultimate hidden states of the two text encoders concatenated: ``768 + 1280 = 2048 = cross_attention_dim``.
 """
+from .sd21_architecture import SD21_SCHEDULER_CONFIG, SD21_VAE_CONFIG
 
 SDXL_UNET_CONFIG = dict(
     sample_size=128,
@@ -34,31 +35,11 @@ SDXL_UNET_CONFIG = dict(
     freq_shift=0,
 )
 
-SDXL_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=('DownEncoderBlock2D', ) * 4,
-    up_block_types=('UpDecoderBlock2D', ) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=1024,
-    scaling_factor=0.13025,
-)
-
-# The released folder ships an EulerDiscreteScheduler config; the training noise schedule is this one (the same
-# betas as SD 2.1), which :class:`diffusers.DDPMScheduler` reads from it.
-SDXL_SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule='scaled_linear',
-    prediction_type='epsilon',
-    clip_sample=False,
-    steps_offset=1,
-    timestep_spacing='leading',
-)
+# The VAE and the training noise schedule are SD 2.1's but for the VAE's sample size and latent scaling factor, and
+# the scheduler's timestep spacing (the released folder ships an EulerDiscreteScheduler config; the training noise
+# schedule is this one, which :class:`diffusers.DDPMScheduler` reads from it).
+SDXL_VAE_CONFIG = dict(SD21_VAE_CONFIG, sample_size=1024, scaling_factor=0.13025)
+SDXL_SCHEDULER_CONFIG = dict(SD21_SCHEDULER_CONFIG, timestep_spacing='leading')
 
 # text_encoder/: OpenAI CLIP ViT-L/14 (CLIPTextModel); text_encoder_2/: OpenCLIP ViT-bigG/14
 # (CLIPTextModelWithProjection, whose projected pooled output is the UNet's ``text_embeds``).

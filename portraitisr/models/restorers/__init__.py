@@ -6,7 +6,7 @@ from .pisasr_restorer import PiSASRRestorer
 from .portraitsr_restorer import PortraitSRRestorer
 from .rrdbnet import RRDBNet, RealESRGANRestorer, load_restorer_weights
 from .simple_restorers import BicubicRestorer, IdentityFaceRestorer
-from .tiling import tiled_forward
+from portraitisr.utils.tiling import tiled_forward
 
 __all__ = ['BaseImageRestorer', 'BicubicRestorer', 'IdentityFaceRestorer', 'RRDBNet', 'RealESRGANRestorer',
            'CodeFormer', 'CodeFormerRestorer', 'load_restorer_weights', 'tiled_forward', 'OSEDiffRestorer',

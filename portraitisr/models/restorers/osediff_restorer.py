@@ -18,7 +18,7 @@ from portraitisr.models.backbones.osediff_checkpoint import load_osediff_checkpo
 from portraitisr.registry import MODELS, RESTORERS
 from portraitisr.weights import resolve_file
 from .base_restorer import BaseImageRestorer
-from .tiling import tiled_forward
+from portraitisr.utils.tiling import tiled_forward
 
 __all__ = ['OSEDiffRestorer']
 

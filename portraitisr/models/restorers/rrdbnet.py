@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from portraitisr.registry import RESTORERS
 from portraitisr.weights import load_module_weights
 from .base_restorer import BaseImageRestorer
-from .tiling import tiled_forward
+from portraitisr.utils.tiling import tiled_forward
 
 __all__ = ['ResidualDenseBlock', 'RRDB', 'RRDBNet', 'RealESRGANRestorer', 'REALESRGAN_WEIGHTS',
            'load_restorer_weights']

@@ -13,6 +13,7 @@ from mmengine.model import BaseDataPreprocessor
 
 from portraitisr.degradations.usm import USMSharp
 from portraitisr.datasets.sample_images import load_sample_image
+from portraitisr.face.alignment.templates import get_template
 from portraitisr.registry import MODELS
 from .helpers.tiny_config import CONFIG_ROOT, config_id, discover_configs
 
@@ -24,8 +25,14 @@ def _photo(name: str = 'astronaut', size: int = SIZE, top: int = 40, left: int =
     return image[:, top:top + size, left:left + size].contiguous()
 
 
+#: The five landmarks of a face filling a SIZE crop (the FFHQ template): portrait and identity datasets give every
+#: sample its face's landmarks, and IDFSR's preprocessor requires them (the face to mask and to warp onto).
+FACE_LANDMARKS = torch.from_numpy(get_template('ffhq512', SIZE)[0]).float()
+
+
 def _batch(*gts: torch.Tensor, index: int = 0) -> dict:
-    return dict(gt=list(gts), metainfo=[dict(index=index + i) for i in range(len(gts))])
+    return dict(gt=list(gts), metainfo=[dict(index=index + i, face_landmarks=FACE_LANDMARKS.clone())
+                                        for i in range(len(gts))])
 
 
 def _portraitisr_preprocessors():
@@ -41,7 +48,7 @@ def _portraitisr_preprocessors():
 
 def test_the_library_registers_the_known_preprocessors():
     assert {'SRDataPreprocessor', 'PortraitDataPreprocessor', 'PortraitSRDataPreprocessor',
-            'BlendingDataPreprocessor'} <= set(_portraitisr_preprocessors())
+            'BlendingDataPreprocessor', 'IDFSRDataPreprocessor'} <= set(_portraitisr_preprocessors())
 
 
 @pytest.mark.parametrize('name', sorted(_portraitisr_preprocessors()))

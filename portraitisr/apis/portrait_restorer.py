@@ -7,8 +7,8 @@ Two kinds of models sit behind one interface:
   :class:`~portraitisr.models.data_preprocessors.SRDataPreprocessor` do); any integer ``scale`` works;
 * blending baselines take the LQ at its own size and upscale it themselves by their ``upscale``.
 
-IDFSR (paper 003) restores like a one-step model (FFHQ-aligned face crops, upscaled first; give its ``scale``);
-:meth:`PortraitRestorer.set_identity` makes it use a person's fitted identity embedding.
+IDFSR (face super-resolution with identity fitting) restores like a one-step model (FFHQ-aligned face crops, upscaled
+first; give its ``scale``); :meth:`PortraitRestorer.set_identity` makes it use a person's fitted identity embedding.
 
 Around the model this class keeps what a file has besides RGB (DESIGN section 4): the alpha plane is upscaled
 bicubically on its own and re-attached, 16-bit files come out 16-bit, grayscale files come out grayscale (the
@@ -338,7 +338,7 @@ class PortraitRestorer:
 
     # ------------------------------------------------------------------ identity
     def set_identity(self, identity: Union[PathLike, Tensor, None]) -> None:
-        """Restore every image from now on with a fitted identity embedding (IDFSR, paper 003).
+        """Restore every image from now on with a fitted identity embedding (IDFSR).
 
         Args:
             identity: a ``.safetensors`` file of ``tools/fit_identity.py`` (or a ``D`` tensor); None goes back to the

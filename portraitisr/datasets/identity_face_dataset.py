@@ -1,8 +1,9 @@
 """Faces grouped by identity, with a same-identity reference: IDFSR's training, fitting and test data.
 
-IDFSR (paper 003, section 4.1) trains on CelebRef-HQ: aligned faces in one folder per identity, each LR (bicubic x8
-or x16 here, Table 1) paired with a reference of the same person; 10% of the identities are held out and each of
-them "equally divided into a fine-tuning set and a test set". This dataset serves all of it:
+IDFSR ("IDFSR: Personalized Face Super-Resolution with Identity Decoupling and Fitting", section 4.1) trains on
+CelebRef-HQ: aligned faces in one folder per identity, each LR (bicubic x8 or x16 here, Table 1) paired with a reference
+of the same person; 10% of the identities are held out and each of them "equally divided into a fine-tuning set and a
+test set". This dataset serves all of it:
 
 * ``data_root`` with one sub-folder per identity (CelebRef-HQ's layout), optionally restricted to ``identities``
   (a list or a text file, one name per line) and to one ``split`` of every identity's sorted images (``'finetune'``:

@@ -26,7 +26,7 @@ TABLE_LAYOUTS: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     'general': ('General ISR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'), ('DISTS↓', 'DISTS'),
                                 ('FID↓', 'FID'), ('NIQE↓', 'NIQE'), ('MUSIQ↑', 'MUSIQ'), ('CLIPIQA↑', 'CLIPIQA'),
                                 ('MANIQA↑', 'MANIQA')]),
-    # PortraitSR (paper 002) face super-resolution on CelebA and Helen: Table 1's PSNR/SSIM/LPIPS and the VIF of
+    # PortraitSR (AAAI 2026) face super-resolution on CelebA and Helen: Table 1's PSNR/SSIM/LPIPS and the VIF of
     # Table 5 (x8 only; an x4 run leaves the column empty)
     'face_sr': ('Face SR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'), ('VIF↑', 'VIF')]),
 }

@@ -1,4 +1,5 @@
-"""IDFSR's identity columns (paper 003, section 4.4 and Tables 1-3): face verification accuracy and IDS.
+"""IDFSR's identity columns ("IDFSR: Personalized Face Super-Resolution with Identity Decoupling and Fitting", section
+4.4 and Tables 1-3): face verification accuracy and IDS.
 
 IDFSR measures both with the DeepFace toolkit between each SR face and its GT: "face verification is based on ID
 similarity, where a default threshold determines whether the GT and SR images belong to the same person" (Table 2,

@@ -1,4 +1,4 @@
-"""IDFSR stage 2: fit one identity embedding to a few photos of a person (paper 003, section 3.3).
+"""IDFSR stage 2: fit one identity embedding to a few photos of a person (IDFSR, section 3.3).
 
 "In the finetuning stage, we freeze both the U-Net and the style encoder, and solely optimize a learnable ID
 embedding initialized from a reference image", under the pretraining objective (Eq. 1) and the same

@@ -1,4 +1,5 @@
-"""IDFSR (paper 003): personalised face SR with identity decoupling and fitting, on DiffAE's pixel-space UNet.
+"""IDFSR ("IDFSR: Personalized Face Super-Resolution with Identity Decoupling and Fitting"): personalised face SR with
+identity decoupling and fitting, on DiffAE's pixel-space UNet.
 
 Stage 1, pretraining (section 3.1, Eq. 1)::
 

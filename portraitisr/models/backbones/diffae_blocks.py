@@ -1,6 +1,6 @@
 """The building blocks of DiffAE's BeatGANs UNet (phizaz/diffae ``model/nn.py`` and ``model/blocks.py``).
 
-Same parameter names, shapes and maths as the reference (``shared/reference/diffae_idfsr.md``, section 1), so a
+Same parameter names, shapes and maths as the reference (phizaz/diffae ``model/nn.py`` and ``model/blocks.py``), so a
 DiffAE state dict loads strictly and the outputs match:
 
 * :func:`timestep_embedding`: ``cat([cos(t f), sin(t f)])`` with ``f = exp(-ln(10000) i / half)`` (cosine first);

@@ -1,10 +1,11 @@
 """Read DiffAE's published checkpoints (PyTorch Lightning ``last.ckpt``) into :class:`~.diffae_unet.DiffAEUNet`.
 
-Layout (``shared/reference/diffae_idfsr.md`` section 6): a Lightning 1.4.5 checkpoint whose ``state_dict`` holds the
-trained network under ``model.`` and its EMA copy under ``ema_model.`` (the one to use), the sampling buffer ``x_T``,
-and for latent-DPM models ``conds_mean``/``conds_std`` and ``*.latent_net.*``. Lightning keys ``callbacks`` by the
-callback *class*, and may pickle ``AttributeDict`` hyper-parameters, so ``torch.load(weights_only=True)`` refuses the
-file. :func:`load_lightning_checkpoint` loads it with ``weights_only=True`` and without running any of that code:
+Layout (phizaz/diffae ``experiment.py``, Lightning's ``ModelCheckpoint(save_last=True)``): a Lightning 1.4.5
+checkpoint whose ``state_dict`` holds the trained network under ``model.`` and its EMA copy under ``ema_model.`` (the
+one to use), the sampling buffer ``x_T``, and for latent-DPM models ``conds_mean``/``conds_std`` and
+``*.latent_net.*``. Lightning keys ``callbacks`` by the callback *class*, and may pickle ``AttributeDict``
+hyper-parameters, so ``torch.load(weights_only=True)`` refuses the file. :func:`load_lightning_checkpoint` loads it
+with ``weights_only=True`` and without running any of that code:
 every ``pytorch_lightning.*`` / ``lightning.*`` global the pickle names is allow-listed under that exact name with an
 inert stand-in (an empty class; ``OrderedDict`` for ``AttributeDict``); anything else that is not a tensor or a
 container is still refused.
@@ -247,7 +248,7 @@ def unet_kwargs_from_beatgans_config(conf: Mapping[str, Any]) -> dict:
              'enc_out_channels': 'enc_out_channels'}
     kwargs = {ours: (tuple(conf[theirs]) if isinstance(conf[theirs], list) else conf[theirs])
               for theirs, ours in names.items() if theirs in conf}
-    # DiffAE gives its encoder the UNet's in_channels (shared/reference/diffae_idfsr.md section 7)
+    # DiffAE gives its encoder the UNet's in_channels (phizaz/diffae model/unet_autoenc.py, BeatGANsEncoderConfig)
     kwargs['enc_in_channels'] = conf.get('in_channels', 3)
     return kwargs
 

@@ -10,11 +10,11 @@ follow the reference (``time_embed.time_embed.{0,2}``, ``input_blocks.N.M``, ``m
 ``output_blocks.N.M``, ``out.{0,2}``, ``encoder.*``), so DiffAE's published checkpoints load strictly (see
 :mod:`.diffae_checkpoint`).
 
-IDFSR (paper 003, appendix E.2) changes two things, both switches here:
+IDFSR (appendix E.2) changes two things, both switches here:
 
 * ``in_channels=6``: the noisy image ``x_t`` concatenated with the masked LR ``I_M`` (only ``input_blocks.0.0``
   changes shape). The semantic encoder keeps its own ``enc_in_channels`` (3: the warped reference ``I_W``); DiffAE
-  passes one ``in_channels`` to both, the trap ``shared/reference/diffae_idfsr.md`` section 7 warns about.
+  passes one ``in_channels`` to both, a trap of phizaz/diffae ``model/unet_autoenc.py``.
 * ``attention='identity'``: every UNet self-attention block (encoder side, middle, decoder side) becomes an
   :class:`~portraitisr.models.conditioning.IdentityCrossAttention` on the ``id_channels``-wide identity embedding.
   The semantic encoder keeps self-attention: it sees only ``I_W`` (``z_s = E_s(I_W)``, section 3.1).

@@ -1,8 +1,8 @@
 """Tiled VAE encode, UNet pass and VAE decode of the one-step SD backbone, for 4K outputs in bounded memory.
 
 A 4096 x 4096 output is a 512 x 512 latent: the SD 2.1 VAE decoder alone would hold several 128-channel
-4096 x 4096 activations (tens of GB), and OSEDiff users report OOM at 24 GB (shared/reference/osediff.md,
-section 6, #69 and #32). Every stage therefore runs on overlapping tiles whose results are blended with the
+4096 x 4096 activations (tens of GB), and OSEDiff users report OOM at 24 GB (cswry/OSEDiff issues
+#69 and #32). Every stage therefore runs on overlapping tiles whose results are blended with the
 feathered ramps of :mod:`portraitisr.utils.tiling`: weight 0 on the outer ``margin`` of each side that
 has a neighbour (where the tile's context is cut off), rising linearly to 1 across the rest of the overlap.
 

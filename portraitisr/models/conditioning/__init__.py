@@ -1,6 +1,7 @@
 """Conditioning plug-ins usable by any restorer: reference warping, face-region masking and identity embeddings.
 
-IDFSR (paper 003) combines all three; each is registered in ``MODELS`` and works alone.
+IDFSR ("IDFSR: Personalized Face Super-Resolution with Identity Decoupling and Fitting") combines all three; each is
+registered in ``MODELS`` and works alone.
 """
 from .face_region_mask import FaceRegionMasker, face_ellipse_mask
 from .identity_cross_attention import IdentityCrossAttention, identity_tokens

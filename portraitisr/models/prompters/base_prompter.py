@@ -3,7 +3,7 @@
 A prompter maps a batch (images and their metainfo) to one prompt string per image; the text
 encoder turns strings into embeddings and caches constant ones. OSEDiff trains with RAM tags of
 the GT and tests with DAPE tags of the LQ; PiSA-SR uses the empty prompt; S3Diff a fixed one
-(shared/reference/osediff.md, section 7).
+(cswry/OSEDiff ``train_osediff.py`` / ``test_osediff.py``; csslc/PiSA-SR ``test_pisasr.py``).
 """
 import logging
 from abc import ABCMeta, abstractmethod

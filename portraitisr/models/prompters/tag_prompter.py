@@ -1,7 +1,7 @@
 """Tag-based prompts (OSEDiff's RAM / DAPE captions) from tagger models or from files.
 
-OSEDiff (Wu et al., "One-Step Effective Diffusion Network for Real-World Image Super-Resolution", NeurIPS 2024,
-section 3.3) and HeadsUp (paper 000, section 4.1) prompt with image tags: in training, plain RAM tags of the GT
+OSEDiff (Wu et al., "One-Step Effective Diffusion Network for Real-World Image Super-Resolution", NeurIPS 2024, section
+3.3) and HeadsUp (HeadsUp, arXiv 2510.09924, section 4.1) prompt with image tags: in training, plain RAM tags of the GT
 (``train_osediff.py`` runs ``ram`` on ``x_tgt``); at test time, DAPE tags of the LQ (``test_osediff.py``). The two
 taggers are separate configs here (``train_tagger`` and ``tagger``) because they are separate models with separate
 weights.
@@ -54,7 +54,7 @@ class TagPrompter(BasePrompter):
     and a clear word when they are not.
 
     ``use_gt_in_training``: which images training prompts describe. True (OSEDiff): the GT; False: the LQ, as at
-    test time (HeadsUp, paper 000, section 3: ``x_H = G(x_L, x_r, M, T(x_L))`` with DAPE as ``T``).
+    test time (HeadsUp, arXiv 2510.09924, section 3: ``x_H = G(x_L, x_r, M, T(x_L))`` with DAPE as ``T``).
 
     Defaults follow OSEDiff: the test-time prompt is ``f"{tags}, {prompt},"`` with an empty user prompt; in
     training the caption is the tags alone (``train_template='{tags}'``).

@@ -305,3 +305,30 @@ def test_checkpoint_training_info(tmp_path):
         write_payload_checkpoint(tmp_path / 'evil.pth', tmp_path / 'marker')
         checkpoint_training_info(tmp_path / 'evil.pth')
     assert not (tmp_path / 'marker').exists()
+
+
+def test_a_new_best_checkpoint_is_written_before_the_old_one_goes(tmp_path):
+    """save_best: mmengine deleted the previous best checkpoint before writing the new one (a kill in between left
+    none); here the old best is still on disk while the new one is written, and gone afterwards."""
+    from types import SimpleNamespace
+
+    from mmengine.fileio import LocalBackend
+    from mmengine.logging import MessageHub, MMLogger
+
+    from portraitisr.registry import HOOKS
+
+    hook = HOOKS.build(dict(type='CheckpointHook', save_best='psnr', rule='greater', by_epoch=False))
+    hook.out_dir, hook.file_backend, hook.best_ckpt_path = str(tmp_path), LocalBackend(), None
+    seen_during_save = []
+
+    def save_checkpoint(out_dir, filename, **kwargs):
+        seen_during_save.append(sorted(p.name for p in tmp_path.glob('best_*.pth')))
+        (tmp_path / filename).write_bytes(b'checkpoint')
+
+    runner = SimpleNamespace(epoch=0, iter=0, save_checkpoint=save_checkpoint, logger=MMLogger.get_current_instance(),
+                             message_hub=MessageHub.get_instance(f'best_{tmp_path.name}'))
+    for iteration, psnr in ((1, 20.0), (2, 19.0), (3, 21.0)):  # 19 is no new best: nothing written
+        runner.iter = iteration
+        hook._save_best_checkpoint(runner, {'psnr': psnr})
+    assert seen_during_save == [[], ['best_psnr_iter_1.pth']]  # the old best is there while the new one is written
+    assert [p.name for p in tmp_path.glob('best_*.pth')] == ['best_psnr_iter_3.pth']

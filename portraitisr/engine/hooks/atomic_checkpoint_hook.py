@@ -25,8 +25,9 @@ class AtomicCheckpointHook(CheckpointHook):
     (:class:`~portraitisr.engine.runners.PortraitRunner`), ``last_checkpoint`` is replaced the same way, and only
     then are old checkpoints removed. At every moment the work dir holds a complete checkpoint that
     ``last_checkpoint`` or ``--resume``'s fallback finds. Left-over ``.tmp`` files of a killed run are removed
-    when training starts again. All other behaviour (interval, ``save_best``, ``save_last``, object-store
-    backends) is mmengine's.
+    when training starts again. ``save_best`` follows the same order: the new best checkpoint is written (atomically)
+    before the previous one is deleted. All other behaviour (interval, ``save_last``, object-store backends) is
+    mmengine's.
     """
 
     def before_train(self, runner) -> None:
@@ -63,3 +64,21 @@ class AtomicCheckpointHook(CheckpointHook):
             path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old_step))
             if path != self.last_ckpt and self.file_backend.isfile(path):
                 self.file_backend.remove(path)
+
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        """mmengine's, except that the previous best checkpoint is deleted after the new one is in place (mmengine
+        deletes it first, so a kill while writing the new one left no best checkpoint at all)."""
+        backend = self.file_backend
+        if not isinstance(backend, LocalBackend):
+            super()._save_best_checkpoint(runner, metrics)
+            return
+        replaced = []
+        backend.remove = replaced.append  # shadows the method for this call: removals wait for the save
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            del backend.remove
+        current = {getattr(self, 'best_ckpt_path', None), *getattr(self, 'best_ckpt_path_dict', {}).values()}
+        for path in replaced:
+            if path not in current and backend.isfile(path):
+                backend.remove(path)

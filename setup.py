@@ -18,7 +18,7 @@ def read_version() -> str:
 class BuildWithConfigs(build_py):
     """Copy the repository's ``configs/`` into the built package as ``portraitisr/.mim/configs``.
 
-    The OpenMMLab layout (mmagic's ``add_mim_extension``; mmengine resolves ``portraitisr::NAME`` there): a wheel
+    The OpenMMLab packages' layout (as mmagic's ``add_mim_extension`` builds it): a wheel
     carries every config, ``_base_`` fragments included, so ``portraitisr train osediff_tiny`` and
     ``portraitisr restore --model NAME`` work after ``pip install``. The copy goes into the build folder only, never
     the source tree; an editable install (or a checkout on PYTHONPATH) reads the checkout's ``configs/``

@@ -2,11 +2,10 @@
 the current folder.
 
 A wheel carries the repository's ``configs/`` tree as ``portraitisr/.mim/configs`` (setup.py copies it at build
-time: the OpenMMLab layout, so mmengine's ``Config.fromfile('portraitisr::debug/osediff_tiny.py')`` and
-``_base_ = ['portraitisr::...']`` find them too); a source checkout or editable install has no copy and uses the
-checkout's ``configs/`` beside the package. Names resolve only there: looking a name up relative to the current
-folder would let any ``configs/`` folder where a command happens to run stand in for it (and run its Python). A
-config the user wrote is given as a path to an existing file.
+time: the OpenMMLab packages' layout, as mmagic's ``add_mim_extension`` builds it); a source checkout or editable
+install has no copy and uses the checkout's ``configs/`` beside the package. Names resolve only there: looking a
+name up relative to the current folder would let any ``configs/`` folder where a command happens to run stand in for
+it (and run its Python). A config the user wrote is given as a path to an existing file.
 
 Light on purpose (no torch): the command line resolves names before it builds anything.
 """
@@ -23,7 +22,9 @@ from . import model_zoo
 __all__ = ['PACKAGE_PREFIX', 'package_root', 'configs_root', 'config_names', 'resolve_config', 'config_name',
            'zoo_config_path']
 
-#: mmengine's prefix for a config of an installed package (``portraitisr::osediff/osediff_sd21.py``): always a name.
+#: Marks a name of the package's configs (``portraitisr::osediff/osediff_sd21.py``) even where a file of that path
+#: exists: mmengine's spelling for another package's config. mmengine 0.10 itself resolves ``::`` only for the
+#: OpenMMLab packages it lists (its ``MODULE2PACKAGE``), so only our commands understand this one.
 PACKAGE_PREFIX = 'portraitisr::'
 _SUFFIX = '.py'
 #: The folder of the repository's configs inside a built package (mmengine's ``get_installed_path(package)/.mim``).

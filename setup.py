@@ -1,7 +1,9 @@
 """Packaging for portraitisr. ``pip install -e ".[dev]"`` installs the library and the test tools."""
 import os
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -11,6 +13,27 @@ def read_version() -> str:
     with open(os.path.join(HERE, 'portraitisr', 'version.py'), encoding='utf-8') as f:
         exec(f.read(), namespace)
     return namespace['__version__']
+
+
+class BuildWithConfigs(build_py):
+    """Copy the repository's ``configs/`` into the built package as ``portraitisr/.mim/configs``.
+
+    The OpenMMLab packages' layout (as mmagic's ``add_mim_extension`` builds it): a wheel
+    carries every config, ``_base_`` fragments included, so ``portraitisr train osediff_tiny`` and
+    ``portraitisr restore --model NAME`` work after ``pip install``. The copy goes into the build folder only, never
+    the source tree; an editable install (or a checkout on PYTHONPATH) reads the checkout's ``configs/``
+    (portraitisr/apis/config_location.py).
+    """
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            return
+        target = os.path.join(self.build_lib, 'portraitisr', '.mim', 'configs')
+        if os.path.isdir(target):
+            shutil.rmtree(target)  # a config deleted from configs/ must not survive in a rebuilt wheel
+        shutil.copytree(os.path.join(HERE, 'configs'), target,
+                        ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
 
 
 INSTALL_REQUIRES = [
@@ -83,7 +106,9 @@ setup(
     # the study web app's page, script and style
     package_data={'portraitisr.datasets': ['manifests/*.jsonl'], 'portraitisr': ['model_zoo/index.json'],
                   'portraitisr.study': ['static/*']},
-    # `portraitisr restore | download | models | study`; `python -m portraitisr` runs the same
+    # configs/ -> portraitisr/.mim/configs in the wheel (MANIFEST.in puts configs/ into the sdist)
+    cmdclass={'build_py': BuildWithConfigs},
+    # `portraitisr restore | train | config | download | models | study`; `python -m portraitisr` runs the same
     entry_points={'console_scripts': ['portraitisr=portraitisr.cli:main']},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -1,5 +1,5 @@
-"""The ``portraitisr`` command: ``restore`` photos, ``download`` model-zoo weights, list ``models``, run a user
-``study`` (:mod:`portraitisr.study.cli`).
+"""The ``portraitisr`` command: ``restore`` photos, ``train`` a config, print or copy a packaged ``config``,
+``download`` model-zoo weights, list ``models``, run a user ``study`` (:mod:`portraitisr.study.cli`).
 
 A thin layer over :class:`~portraitisr.apis.portrait_restorer.PortraitRestorer` and
 :mod:`~portraitisr.apis.model_zoo`; see ``docs/command_line.md``. Heavy imports (torch, the models) happen only
@@ -22,15 +22,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 # Only modules without torch: `portraitisr --help` and the setup checks answer in well under a second; the model
 # (torch, diffusers) is imported when one is built.
 from portraitisr.apis import model_zoo
-from portraitisr.apis.config_location import zoo_config_path
+from portraitisr.apis.config_location import config_name, config_names, resolve_config, zoo_config_path
 from portraitisr.apis.memory_plan import MemoryBudgetError, format_bytes, parse_memory
 from portraitisr.study.cli import add_study_subcommands, run as run_study
 from portraitisr.utils.image_io import (IMAGE_EXTENSIONS, ImageReadError, check_image_size, list_images,
                                         output_suffix, read_image, read_image_size)
 from portraitisr.utils.import_guards import hide_bitsandbytes
+from portraitisr.version import __version__
 from portraitisr.weights import CheckpointLoadError, ChecksumError, WeightsNotFoundError
 
-__all__ = ['main', 'build_parser', 'collect_inputs', 'plan_outputs', 'SetupError', 'RestoreJob']
+__all__ = ['main', 'build_parser', 'add_train_arguments', 'run_train', 'collect_inputs', 'plan_outputs', 'SetupError',
+           'RestoreJob']
 
 #: Exit statuses of ``portraitisr restore`` (docs/command_line.md).
 EXIT_OK, EXIT_FAILED, EXIT_SETUP = 0, 1, 2
@@ -79,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument('-o', '--output', required=True,
                          help='output folder (not an input folder: inputs are never written)')
     which = restore.add_mutually_exclusive_group(required=True)
-    which.add_argument('--config', help='config file of the model (with --checkpoint for trained weights)')
+    which.add_argument('--config', help='config of the model: a file, or the name of a packaged config (see '
+                                        '`portraitisr config --list`); with --checkpoint for trained weights')
     which.add_argument('--model', help='model-zoo name (see `portraitisr models`); its config is the installed '
                                        'package\'s, never one in the current folder')
     restore.add_argument('--checkpoint', help='training checkpoint of this library for the config / model')
@@ -110,6 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument('--skip-existing', action='store_true',
                          help='leave images whose output exists (resume an interrupted folder; outputs are written '
                               'atomically, so an existing one is complete)')
+
+    train = sub.add_parser(
+        'train', help='train a model from a config file or a packaged config name (what tools/train.py runs)',
+        epilog='exit status: 0 trained, 2 nothing could start (an unknown config, a refused checkpoint, ...)')
+    add_train_arguments(train)
+
+    config = sub.add_parser('config', help='print a packaged config with its _base_ files merged in, or copy it '
+                                           'to a file for editing')
+    config.add_argument('name', nargs='?', help='config name: osediff_tiny, osediff/osediff_sd21.py, a model-zoo '
+                                                'name, ... (or a config file)')
+    config.add_argument('-o', '--out', help='write it to this .py file (a standalone config: no _base_ includes, '
+                                            'so it works outside the package) instead of printing it')
+    config.add_argument('--force', action='store_true', help='overwrite --out when it exists')
+    config.add_argument('--path', action='store_true',
+                        help='print only the file the name stands for (the original, with its comments and '
+                             '_base_ includes)')
+    config.add_argument('--list', action='store_true', help='list the packaged configs')
 
     download = sub.add_parser('download', help='download the weights of a model-zoo entry')
     download.add_argument('name', help='model name (or a single weights entry), see `portraitisr models`')
@@ -304,6 +324,15 @@ def _remove_created_folders(created: Sequence[Path]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the model
+def _model_stack():
+    """``(portraitisr.apis.portrait_restorer, portraitisr.apis.training)``, imported when a model is built: the
+    setup checks before it answer in about a second without them. The restorer already loads everything training
+    needs (the engine, mmengine's runner), so importing both costs ``restore`` nothing."""
+    # torch, diffusers, mmengine's runner and every model: only after the setup checks
+    from portraitisr.apis import portrait_restorer, training
+    return portrait_restorer, training
+
+
 def _cuda_device_count() -> int:
     """CUDA devices the driver sees (honours ``CUDA_VISIBLE_DEVICES``), asked without importing torch."""
     import ctypes
@@ -361,9 +390,10 @@ def _model_facts(args: argparse.Namespace) -> ModelFacts:
         except FileNotFoundError as error:  # WeightsNotFoundError
             raise SetupError(f'cannot build the model:\n{_message(error)}') from None
     else:
-        config = Path(args.config)
-        if not config.is_file():
-            raise SetupError(f'config {config} does not exist')
+        try:
+            config = resolve_config(args.config)
+        except FileNotFoundError as error:
+            raise SetupError(_message(error)) from None
     from mmengine.config import Config
 
     try:
@@ -464,7 +494,8 @@ def _prepare(args: argparse.Namespace
 def _build_restorer(args: argparse.Namespace, facts: ModelFacts, budget: Optional[int]):
     import warnings
 
-    from portraitisr.apis.portrait_restorer import PortraitRestorer, UntrainedModelWarning  # torch: after the checks
+    restorers, _ = _model_stack()
+    PortraitRestorer, UntrainedModelWarning = restorers.PortraitRestorer, restorers.UntrainedModelWarning
 
     options = dict(checkpoint=args.checkpoint, device=args.device, scale=args.scale, tile=args.tile,
                    precision=args.precision, max_memory=budget)
@@ -566,6 +597,97 @@ def _restore(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+# ---------------------------------------------------------------------------------------------- train
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``portraitisr train`` (also ``tools/train.py``'s, which runs the same :func:`run_train`)."""
+    parser.add_argument('config', help='config file, or the name of a packaged config (osediff_tiny, '
+                                       'osediff/osediff_sd21.py; see `portraitisr config --list`)')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go (default: ./work_dirs/<config name>)')
+    parser.add_argument('--resume', nargs='?', type=str, const='auto',
+                        help='resume from a checkpoint (a path, or an https URL ending in #sha256=<64 hex>); '
+                             'without one, from the newest checkpoint in the work dir that loads')
+    parser.add_argument('--trust-url', action='store_true',
+                        help='download a --resume / load_from URL that has no #sha256= (you trust the server); '
+                             'the file is still loaded with weights_only')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision (bf16 where supported, else '
+                                                           'fp16) for every optimizer wrapper')
+    parser.add_argument('--cfg-options', nargs='+', metavar='KEY=VALUE',
+                        help='override config entries, e.g. train_cfg.max_iters=4')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher (torchrun: pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def run_train(args: argparse.Namespace, prog: str = 'portraitisr train') -> int:
+    """Train as ``args`` (of :func:`add_train_arguments`) say; a setup error is one line ``prog: ...`` on stderr and
+    exit status 2."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    try:
+        config = resolve_config(args.config)
+    except FileNotFoundError as error:
+        print(f'{prog}: {_message(error)}', file=sys.stderr)
+        return EXIT_SETUP
+    hide_bitsandbytes()  # before mmengine: see import_guards
+    training = _model_stack()[1]
+    try:
+        options = training.parse_cfg_options(args.cfg_options)
+    except ValueError as error:
+        print(f'{prog}: --cfg-options: {error} (write KEY=VALUE)', file=sys.stderr)
+        return EXIT_SETUP
+    try:
+        training.train(config, work_dir=args.work_dir, resume=args.resume, trust_url=args.trust_url, amp=args.amp,
+                       cfg_options=options, launcher=args.launcher)
+    except training.CHECKPOINT_ERRORS as error:
+        print(f'{prog}: {error}', file=sys.stderr)
+        return EXIT_SETUP
+    return EXIT_OK
+
+
+def _config(args: argparse.Namespace) -> int:
+    """``portraitisr config``: list the packaged configs, or print / copy one with its ``_base_`` files merged."""
+    if args.list:
+        for name in config_names():
+            print(name)
+        return EXIT_OK
+    if args.name is None:
+        raise SetupError('give a config name (or --list)')
+    try:
+        path = resolve_config(args.name)
+    except FileNotFoundError as error:
+        raise SetupError(_message(error)) from None
+    if args.path:
+        print(path)
+        return EXIT_OK
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if out.suffix != '.py':
+            raise SetupError(f'--out {out}: write the config to a .py file')
+        if out.exists() and not args.force:
+            raise SetupError(f'--out {out} exists; choose another file or pass --force')
+        if not out.parent.is_dir():
+            raise SetupError(f'--out {out}: the folder {out.parent} does not exist')
+    from mmengine.config import Config
+
+    try:
+        cfg = Config.fromfile(str(path))
+    except Exception as error:  # noqa: BLE001 - any config error is shown in one line
+        raise SetupError(f'cannot read config {path}: {type(error).__name__}: {error}'.splitlines()[0]) from None
+    # The merged config (mmengine's pretty_text), not the file's text: a copy must run outside the package, where
+    # the _base_ files its text includes by relative path do not exist. Loading it gives the same config.
+    origin = config_name(path) or str(path)
+    text = (f'# {origin} of portraitisr {__version__}, with its _base_ files merged in (`portraitisr config '
+            f'{args.name} --path` shows the original, with its comments)\n{cfg.pretty_text}')
+    if out is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        out.write_text(text, encoding='utf-8')
+    except OSError as error:
+        raise SetupError(f'cannot write {out}: {error.strerror or error}') from None
+    print(f'{origin} -> {out}')
+    return EXIT_OK
+
+
 def _download(args: argparse.Namespace) -> int:
 
     try:
@@ -600,7 +722,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``portraitisr`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
     hide_bitsandbytes()  # before any subcommand imports mmengine: see import_guards
-    handlers = {'restore': _restore, 'download': _download, 'models': _models, 'study': run_study}
+    handlers = {'restore': _restore, 'train': run_train, 'config': _config, 'download': _download, 'models': _models,
+                'study': run_study}
     try:
         return handlers[args.command](args)
     except SetupError as error:

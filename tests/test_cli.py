@@ -190,7 +190,9 @@ def test_setup_errors_exit_2_in_one_line_before_the_model(tmp_path):
         'takes no reference face': [str(photos), '-o', out, '--ref', str(no_face)] + osediff,
         'no face found in the reference': [str(photos), '-o', out, '--ref', str(no_face)] + headsup,
         'cannot read \'lots\' as an amount of memory': [str(photos), '-o', out, '--max-memory', 'lots'] + osediff,
-        'config nope.py does not exist': [str(photos), '-o', out, '--config', 'nope.py'],
+        'config nope.py is neither a file nor a config of the installed package': [str(photos), '-o', out,
+                                                                                    '--config', 'nope.py'],
+        "no config or model called 'osediff_tinyy'": [str(photos), '-o', out, '--config', 'osediff_tinyy'],
         'checkpoint': [str(photos), '-o', out, '--checkpoint', str(tmp_path / 'nope.pth')] + osediff,
         'no_such_model': [str(photos), '-o', out, '--model', 'no_such_model'],
     }

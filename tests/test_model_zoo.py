@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from portraitisr.apis import model_zoo
+from portraitisr.apis.config_location import configs_root, zoo_config_path
 from portraitisr.weights import WeightsNotFoundError
 
 pytest_plugins = ('tests.helpers.file_server',)
@@ -32,7 +33,7 @@ def test_shipped_index_validates_and_every_config_exists():
             'retinaface_resnet50', 'parsenet', 'arcface_ir_se50'} <= set(zoo.weights)
     for entry in zoo.models.values():
         assert (REPO_ROOT / entry.config).is_file(), entry.config
-        assert model_zoo.config_path(entry).is_file()
+        assert zoo_config_path(entry.config, entry.name) == configs_root() / entry.config[len('configs/'):]
     # HeadsUp is not released: marked so, with how to train it, and with the paper's Table 2 numbers.
     headsup = zoo.models['headsup_sd21']
     assert not headsup.released and 'tools/dist_train.sh' in headsup.how_to_get

@@ -1,5 +1,8 @@
 """Test a trained model: ``python tools/test.py CONFIG [CHECKPOINT] [--work-dir DIR] [--save-dir [DIR]]``.
 
+CONFIG is a config file or the name of a packaged config (``osediff_tiny``, ``osediff/osediff_sd21.py``; see
+:func:`portraitisr.apis.config_location.resolve_config`).
+
 Runs the config's test sets (restorations, metrics) with the weights of CHECKPOINT: a training
 checkpoint of this library (trainable tensors only) loaded on top of the config's base model, given
 as a path or an https URL ending in ``#sha256=<64 hex>`` (or with ``--trust-url``); it is loaded
@@ -24,6 +27,7 @@ hide_bitsandbytes()  # before mmengine: see import_guards
 
 from mmengine.config import Config, DictAction  # noqa: E402
 
+from portraitisr.apis.config_location import resolve_config  # noqa: E402
 from portraitisr.engine.checkpoint_loading import CHECKPOINT_ERRORS, verify_checkpoint  # noqa: E402
 from portraitisr.engine.loops import NoTestDataError  # noqa: E402
 from portraitisr.evaluation.tables import ResultTables  # noqa: E402
@@ -35,7 +39,7 @@ RESTORATIONS = 'restorations'
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Test a portraitisr model')
-    parser.add_argument('config', help='config file')
+    parser.add_argument('config', help='config file or packaged config name')
     parser.add_argument('checkpoint', nargs='?',
                         help='checkpoint file or https URL#sha256=... (omit for models without trained weights, '
                         'e.g. blending baselines)')
@@ -59,6 +63,11 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    try:
+        config = str(resolve_config(args.config))
+    except FileNotFoundError as error:
+        print(f'test.py: {error}', file=sys.stderr)
+        sys.exit(2)
     try:  # a bad study file is reported before anything is computed
         merge_user_study(ResultTables(), args.user_study)
     except (ValueError, FileNotFoundError) as error:
@@ -68,8 +77,8 @@ def main() -> None:
         # Before the model is built: a refused URL or a missing file is reported at once.
         checkpoint = None if args.checkpoint is None else str(verify_checkpoint(args.checkpoint,
                                                                                  trust_url=args.trust_url))
-        cfg = Config.fromfile(args.config)
-        cfg = prepare_config(cfg, config_path=args.config, work_dir=args.work_dir,
+        cfg = Config.fromfile(config)
+        cfg = prepare_config(cfg, config_path=config, work_dir=args.work_dir,
                              cfg_options=args.cfg_options, launcher=args.launcher)
         cfg.load_from = checkpoint  # None: the model as the config builds it (pretrained parts only)
         # A test image that cannot be read is one line and left out, not the end of the run (exit status 1).
@@ -79,7 +88,7 @@ def main() -> None:
             save_dir = args.save_dir or osp.join(cfg.work_dir, RESTORATIONS)
             cfg.custom_hooks.append(dict(type='SaveRestorationsHook', save_dir=save_dir))
         runner = build_runner(cfg)
-        method = cfg.get('method_name') or osp.splitext(osp.basename(args.config))[0]
+        method = cfg.get('method_name') or osp.splitext(osp.basename(config))[0]
         tables = ResultTables()
         failed = {}
         for name, table, metrics, skipped in run_test_sets(runner, cfg.get('test_sets')):

@@ -5,7 +5,8 @@ The index (``portraitisr/model_zoo/index.json``, shipped as package data) has tw
 * ``weights``: one entry per downloadable thing, either a single file (``filename``, ``url``, ``sha256`` or
   null when no published hash could be found, ``licence``, ``source``) or a diffusers folder (``hub_id``,
   ``required`` files);
-* ``models``: one entry per runnable config (``config`` relative to the repository, ``checkpoint`` naming a
+* ``models``: one entry per runnable config (``config`` relative to the repository, found in the installed package
+  by :func:`portraitisr.apis.config_location.zoo_config_path`, ``checkpoint`` naming a
   weights entry or null, ``checkpoint_option`` the config key that takes it, ``released``, ``requires`` the
   weights entries restoring with the config loads, ``train_requires`` those only training adds (e.g. the
   recogniser behind HeadsUp's identity loss), ``optional`` those restoring uses when they are present and does
@@ -33,10 +34,9 @@ from portraitisr.weights import (ChecksumError, WeightsNotFoundError, portraitis
                                  resolve_pretrained_dir)
 
 __all__ = ['INDEX_PATH', 'WeightsEntry', 'ModelEntry', 'ModelZoo', 'load_index', 'list_models', 'get_model',
-           'check_available', 'download', 'config_path']
+           'check_available', 'download']
 
 INDEX_PATH = Path(__file__).resolve().parents[1] / 'model_zoo' / 'index.json'
-REPO_ROOT = Path(__file__).resolve().parents[2]
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
 _NAME_RE = re.compile(r'^[a-z0-9][a-z0-9_.\-]*$')
 
@@ -189,16 +189,6 @@ def get_model(name: str, zoo: Optional[ModelZoo] = None) -> ModelEntry:
         raise KeyError(f'{name!r} is not in the model zoo; known models: {", ".join(sorted(zoo.models))} '
                        '(`portraitisr models` lists them)')
     return zoo.models[name]
-
-
-def config_path(entry: ModelEntry) -> Path:
-    """The config file of ``entry``: relative to the current folder, else to the source checkout."""
-    for base in (Path.cwd(), REPO_ROOT):
-        candidate = base / entry.config
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f'config {entry.config} of model {entry.name!r} not found in {Path.cwd()} or '
-                            f'{REPO_ROOT}; run from a portraitisr checkout or pass --config')
 
 
 def _weight_names(entry: ModelEntry, training: bool = False, optional: bool = False) -> list[str]:

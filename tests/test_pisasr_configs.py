@@ -14,6 +14,7 @@ from mmengine.logging import MessageHub
 
 from portraitisr.registry import DATASETS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS, PROMPTERS
 from .conftest import REPO_ROOT, require_pypi_weights
+from .helpers.tiny_config import TINY_SUBSTITUTIONS
 
 PISASR = REPO_ROOT / 'configs' / 'pisasr' / 'pisasr_sd21.py'
 PISASR_TRAIN = REPO_ROOT / 'configs' / 'pisasr' / 'pisasr_sd21_train.py'
@@ -32,6 +33,11 @@ def _with_tiny_parts(model_cfg, tiny_cfg) -> dict:
                              vae_cfg=tiny_cfg.tiny_vae_cfg, scheduler_cfg=tiny_cfg.sd21_scheduler_cfg,
                              frozen_dtype='float32', gradient_checkpointing=False, trained_weights=None)
     model['text_encoder'] = tiny_cfg.tiny_text_encoder
+    prompter = dict(model['prompter'])
+    for key in ('tagger', 'train_tagger'):  # RAM / DAPE -> the whole-config tests' tiny random taggers
+        if prompter.get(key) is not None:
+            prompter[key] = TINY_SUBSTITUTIONS[prompter[key]['type']](dict(prompter[key]), None)
+    model['prompter'] = prompter
     return model
 
 
@@ -56,7 +62,8 @@ def test_pisasr_test_config_states_the_reference_settings():
     assert model.data_preprocessor == dict(type='SRDataPreprocessor', eval_degradation=cfg.portrait_test_degradation)
     assert [s['name'] for s in cfg.test_sets] == ['PortraitSR-4K-Te', 'DIV2K', 'RealSR', 'DRealSR']
     assert all(s['dataloader']['dataset']['upscale'] == 4 for s in cfg.test_sets[1:])  # x4 input, as the script
-    prompter = PROMPTERS.build(model.prompter)
+    assert model.prompter.train_tagger.type == 'RAMTagger' and model.prompter.get('tagger') is None  # RAM on the GT
+    prompter = PROMPTERS.build(dict(model.prompter, train_tagger=None))  # its templates, on tags given here
     images = torch.rand(2, 3, 8, 8)
     tagged = [dict(tags=['face', 'man']), dict()]
     assert prompter.eval()(images, tagged) == ['', '']  # test_pisasr.py: validation_prompt = ''

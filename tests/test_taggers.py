@@ -187,6 +187,18 @@ def test_tag_prompter_keeps_taggers_out_of_the_model_state():
     assert prompter.tagger.label_embed.dtype == torch.float32
 
 
+def test_building_a_tagger_on_first_use_leaves_the_random_stream_alone():
+    """The tagger is built inside a seeded evaluation step: its initialisation must not shift the posterior noise
+    the step draws next (the first restore would differ from every later one)."""
+    images = torch.rand(1, 3, 48, 48)
+    prompter = PROMPTERS.build(dict(type='TagPrompter', tagger=_tagger_cfg(0.5))).eval()
+    torch.manual_seed(0)
+    prompter(images)  # builds the tagger
+    after_build = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(after_build, torch.rand(4))
+
+
 def test_tag_prompter_tags_an_evaluation_input_once(monkeypatch):
     prompter = PROMPTERS.build(dict(type='TagPrompter', tagger=_tagger_cfg(0.5, cache_size=8))).eval()
     tagger = prompter.tagger

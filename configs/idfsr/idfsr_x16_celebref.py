@@ -17,6 +17,6 @@ test_dataloader = val_dataloader
 table1_metrics = ('PSNR', 'SSIM', 'LPIPS', 'FID', 'CLIPIQA', 'MUSIQ', 'IDS', 'FaceVerificationAccuracy')
 test_evaluator = [dict(type=metric, prefix='CelebRef-HQ') for metric in table1_metrics]
 test_sets = [
-    dict(name=f'CelebRef-HQ x{scale} (PT)', table='face', dataloader=test_dataloader,
+    dict(name=f'CelebRef-HQ x{scale} (PT)', table='face_ref', dataloader=test_dataloader,
          evaluator=[dict(type=metric, prefix='CelebRef-HQ') for metric in table1_metrics]),
 ]

@@ -19,5 +19,5 @@ test_dataloader = dict(
     dataset=dict(_base_.celebref_test, data_root=multiref_root, identities=None, scale=16),
 )
 test_evaluator = [dict(type=metric, prefix='MultiRef') for metric in ('PSNR', 'SSIM', 'LPIPS', 'IDS')]
-test_sets = [dict(name='CelebRef-HQ multi-reference x16', table='face', dataloader=test_dataloader,
+test_sets = [dict(name='CelebRef-HQ multi-reference x16', table='face_ref', dataloader=test_dataloader,
                   evaluator=test_evaluator)]

@@ -57,7 +57,7 @@ table1_metrics = ('PSNR', 'SSIM', 'LPIPS', 'FID', 'CLIPIQA', 'MUSIQ', 'IDS')
 test_dataloader = val_dataloader
 test_evaluator = [dict(type=metric, prefix='CelebRef-HQ') for metric in table1_metrics]
 test_sets = [
-    dict(name=f'CelebRef-HQ x{scale} (PT)', table='face', dataloader=test_dataloader,
+    dict(name=f'CelebRef-HQ x{scale} (PT)', table='face_ref', dataloader=test_dataloader,
          evaluator=[dict(type=metric, prefix='CelebRef-HQ') for metric in table1_metrics]),
 ]
 

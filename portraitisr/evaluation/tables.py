@@ -29,6 +29,11 @@ TABLE_LAYOUTS: Dict[str, Tuple[str, List[Tuple[str, str]]]] = {
     # PortraitSR (AAAI 2026) face super-resolution on CelebA and Helen: Table 1's PSNR/SSIM/LPIPS and the VIF of
     # Table 5 (x8 only; an x4 run leaves the column empty)
     'face_sr': ('Face SR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'), ('VIF↑', 'VIF')]),
+    # IDFSR ("IDFSR: Personalized Face Super-Resolution with Identity Decoupling and Fitting") on CelebRef-HQ:
+    # Table 1's columns and Table 2's identity verification accuracy (IDV, reported at x16)
+    'face_ref': ('Reference-based face SR', [('PSNR↑', 'PSNR'), ('SSIM↑', 'SSIM'), ('LPIPS↓', 'LPIPS'),
+                                              ('FID↓', 'FID'), ('CLIPIQA↑', 'CLIPIQA'), ('MUSIQ↑', 'MUSIQ'),
+                                              ('IDS↓', 'IDS'), ('IDV↑', 'FaceVerificationAccuracy')]),
 }
 
 

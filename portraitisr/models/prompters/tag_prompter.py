@@ -118,7 +118,10 @@ class TagPrompter(BasePrompter):
 
     def _build_tagger(self, cfg: dict, mode: str) -> Optional[nn.Module]:
         try:
-            tagger = PROMPTERS.build(cfg)
+            # Built on first use, often inside a seeded evaluation step: initialising its layers must not draw from
+            # the caller's random stream (the first restore would differ from every later one).
+            with torch.random.fork_rng(devices=[]):
+                tagger = PROMPTERS.build(cfg)
         except FileNotFoundError as error:  # the weight resolver's WeightsNotFoundError names the file and places
             if self.if_tagger_missing == 'error':
                 raise

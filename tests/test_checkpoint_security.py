@@ -315,9 +315,9 @@ def test_a_new_best_checkpoint_is_written_before_the_old_one_goes(tmp_path):
     from mmengine.fileio import LocalBackend
     from mmengine.logging import MessageHub, MMLogger
 
-    from portraitisr.registry import HOOKS
+    from portraitisr.engine.hooks import AtomicCheckpointHook
 
-    hook = HOOKS.build(dict(type='CheckpointHook', save_best='psnr', rule='greater', by_epoch=False))
+    hook = AtomicCheckpointHook(save_best='psnr', rule='greater', by_epoch=False)
     hook.out_dir, hook.file_backend, hook.best_ckpt_path = str(tmp_path), LocalBackend(), None
     seen_during_save = []
 

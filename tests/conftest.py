@@ -16,6 +16,19 @@ FIXTURES = SHARED / 'fixtures'
 TINY_SD_CONFIG = REPO_ROOT / 'configs' / '_base_' / 'models' / 'tiny_sd.py'
 
 
+@pytest.fixture(autouse=True)
+def _portraitisr_default_scope():
+    """Every test ends in the ``portraitisr`` registry scope: a runner built without a config (mmengine's default
+    ``default_scope='mmengine'``) would otherwise leave later tests looking types up in mmengine's registries first,
+    so which hook or warning a test meets would depend on the order the tests ran in."""
+    yield
+    from mmengine.registry import DefaultScope, init_default_scope
+
+    current = DefaultScope.get_current_instance()
+    if current is not None and current.scope_name != 'portraitisr':
+        init_default_scope('portraitisr')
+
+
 def require_shared_fixtures() -> Path:
     """The fixtures beside the repository, or a skip where they are absent (CI has them: its --fail-on-skip turns
     such a skip into a failure)."""

@@ -38,11 +38,13 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .design import StudyDesign
-from .storage import AnswerRecord, Responses
+from .design import StudyDesign, load_study
+from .errors import StudyFileError
+from .storage import DB_FILE, AnswerRecord, Responses, StudyStore
 from .win_rates import WinRateRow, write_win_rates
 
-__all__ = ['ParticipantStatus', 'PairResult', 'BradleyTerryRow', 'StudyResults', 'analyse', 'fleiss_kappa',
+__all__ = ['ParticipantStatus', 'PairResult', 'BradleyTerryRow', 'StudyResults', 'load_responses', 'analyse',
+           'fleiss_kappa',
            'bradley_terry', 'ab_outcome', 'write_results', 'DEFAULT_BOOTSTRAP', 'DEFAULT_BT_ALPHA']
 
 PathLike = Union[str, 'os.PathLike[str]']
@@ -172,6 +174,24 @@ def _statuses(design: StudyDesign, responses: Responses, max_attention_failures:
             included, reason = True, ''
         statuses.append(ParticipantStatus(p.number, p.questions, p.answered, len(results), failed, included, reason))
     return statuses
+
+
+def load_responses(study_dir: PathLike, db_path: Optional[PathLike] = None) -> Tuple[StudyDesign, Responses]:
+    """The design of a study folder and the answers collected so far (``db_path``, default
+    ``<study_dir>/responses.sqlite``), the inputs of :func:`analyse`.
+
+    Raises:
+        StudyFileError: not a study folder, no answers yet, or a database of another study.
+    """
+    design, fingerprint = load_study(study_dir)
+    db = Path(db_path) if db_path else Path(study_dir) / DB_FILE
+    if not db.is_file():
+        raise StudyFileError(f'no answers yet: {db} does not exist (serve the study first, or give --db)')
+    store = StudyStore(db, fingerprint)
+    try:
+        return design, store.responses()
+    finally:
+        store.close()
 
 
 def analyse(design: StudyDesign, responses: Responses, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0,

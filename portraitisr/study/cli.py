@@ -2,15 +2,18 @@
 
 ``add_study_subcommands(subparsers)`` adds the ``study`` command to a parser (``portraitisr/cli.py`` does); each
 parsed command carries its handler as ``args.study_handler``, run by :func:`run`. ``python -m portraitisr.study``
-runs :func:`main` alone. This module imports only argparse: the web framework, SQLAlchemy, numpy and (for face
-crops) torch are imported by the subcommand that needs them.
+runs :func:`main` alone. This module imports only argparse and the study's errors: the web framework, SQLAlchemy,
+numpy and (for face crops) torch are imported by the subcommand that needs them, one module each.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
+
+from .errors import StudyFileError, StudyFolderError
 
 __all__ = ['add_study_subcommands', 'build_parser', 'run', 'main', 'ADMIN_TOKEN_ENV']
 
@@ -85,7 +88,6 @@ def _fail(command: str, error: BaseException) -> int:
 def _create(args: argparse.Namespace) -> int:
     # cv2 and the image I/O (and, for face crops, torch): `portraitisr --help` must not load them
     from .create import create_study
-    from .folders import StudyFolderError, parse_method_spec
 
     bar = None
 
@@ -99,13 +101,7 @@ def _create(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        methods = {}
-        for spec in args.method:
-            name, folder = parse_method_spec(spec)
-            if name in methods:
-                raise StudyFolderError(f'method name {name!r} is given twice; name them with NAME=FOLDER')
-            methods[name] = folder
-        design = create_study(args.output, args.kind, methods, gt=args.gt, questions=args.questions,
+        design = create_study(args.output, args.kind, args.method, gt=args.gt, questions=args.questions,
                               attention_checks=args.attention_checks, seed=args.seed, face_crops=args.face_crops,
                               crop_size=args.crop_size, detector=args.detector, max_side=args.max_side,
                               image_format=args.image_format, ab_reference=args.ab_reference, title=args.title,
@@ -132,19 +128,14 @@ def _admin_token(args: argparse.Namespace) -> Optional[str]:
 
 def _serve(args: argparse.Namespace) -> int:
     # the study extra (Starlette, uvicorn) and numpy: optional, loaded only to serve a study
-    from .design import StudyFileError
-    from .server import bind_socket, serve_forever
-    from .webapp import build_app
+    from .server import open_study_server, serve_forever
 
     try:
-        app = build_app(args.study, db_path=args.db, admin_token=_admin_token(args),
-                        max_participants=args.max_participants)
-        sock = bind_socket(args.host, args.port)
+        server = open_study_server(args.study, db_path=args.db, admin_token=_admin_token(args),
+                                   max_participants=args.max_participants, host=args.host, port=args.port)
     except (StudyFileError, ValueError, OSError) as error:
         return _fail('serve', error)
-    study = app.state.study
-    host, port = sock.getsockname()[:2]
-    url = f'http://[{host}]:{port}' if ':' in host else f'http://{host}:{port}'
+    study, url = server.app.state.study, server.url
     print(f'serving {study.design.title!r} ({study.design.kind}) at {url}/\nanswers: {study.store.path}\n'
           f'admin: {url}/admin', flush=True)
     if not (args.admin_token_file or os.environ.get(ADMIN_TOKEN_ENV)):
@@ -154,30 +145,18 @@ def _serve(args: argparse.Namespace) -> int:
         print('note: for participants on other machines, put the server behind an HTTPS reverse proxy',
               file=sys.stderr)
     try:
-        serve_forever(app, sock, access_log=args.access_log)
+        serve_forever(server.app, server.sock, access_log=args.access_log)
     finally:
-        sock.close()
+        server.sock.close()
     return 0
 
 
 def _results(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     # the study extra (SQLAlchemy; choix in the analysis) and numpy: optional, loaded only to analyse answers
-    from .analysis import analyse, write_results
-    from .design import StudyFileError, load_study
-    from .storage import DB_FILE, StudyStore
+    from .analysis import analyse, load_responses, write_results
 
     try:
-        design, fingerprint = load_study(args.study)
-        db = Path(args.db) if args.db else Path(args.study) / DB_FILE
-        if not db.is_file():
-            raise StudyFileError(f'no answers yet: {db} does not exist (serve the study first, or give --db)')
-        store = StudyStore(db, fingerprint)
-        try:
-            responses = store.responses()
-        finally:
-            store.close()
+        design, responses = load_responses(args.study, args.db)
         results = analyse(design, responses, bootstrap=args.bootstrap, seed=args.seed,
                           max_attention_failures=args.max_attention_failures,
                           include_incomplete=args.include_incomplete, bt_alpha=args.bt_alpha)

@@ -13,7 +13,7 @@ import secrets
 import shutil
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -22,7 +22,7 @@ from portraitisr.utils.atomic_files import fsync_folder
 from portraitisr.utils.image_io import ImageReadError, read_image, write_image
 from .attention import CORRUPTIONS, corrupt
 from .design import STUDY_KINDS, AttentionItem, StudyDesign, StudyItem, save_study
-from .folders import GT_NAME, StudyFolderError, scan_restored_folders
+from .folders import GT_NAME, StudyFolderError, parse_method_specs, scan_restored_folders
 
 __all__ = ['create_study', 'IMAGE_FORMATS', 'DEFAULT_ATTENTION_POOL']
 
@@ -79,9 +79,9 @@ class _ImageWriter:
         return image_id
 
 
-def create_study(output: PathLike, kind: str, methods: Mapping[str, PathLike], gt: Optional[PathLike] = None,
-                 questions: int = 20, attention_checks: int = 0, seed: int = 0, face_crops: bool = False,
-                 crop_size: int = 512, detector: str = 'auto', max_side: Optional[int] = None,
+def create_study(output: PathLike, kind: str, methods: Union[Mapping[str, PathLike], Sequence[str]],
+                 gt: Optional[PathLike] = None, questions: int = 20, attention_checks: int = 0, seed: int = 0,
+                 face_crops: bool = False, crop_size: int = 512, detector: str = 'auto', max_side: Optional[int] = None,
                  image_format: str = 'png', ab_reference: Optional[str] = None, title: Optional[str] = None,
                  prompt: Optional[str] = None, attention_pool: int = DEFAULT_ATTENTION_POOL,
                  progress: Optional[Callable[[int, int], None]] = None) -> StudyDesign:
@@ -90,8 +90,9 @@ def create_study(output: PathLike, kind: str, methods: Mapping[str, PathLike], g
     Args:
         output: the study folder to create (must not exist).
         kind: ``wr_id``, ``wr_n`` or ``ab`` (see :mod:`.design`).
-        methods: ``method name -> folder of its restored images``; the names are what ``tools/test.py`` calls the
-            methods' rows, so that the win rates land there.
+        methods: ``method name -> folder of its restored images``, or the command line's ``'[NAME=]FOLDER'``
+            strings (:func:`~.folders.parse_method_specs`); the names are what ``tools/test.py`` calls the methods'
+            rows, so that the win rates land there.
         gt: the ground-truth folder; required by ``wr_id`` (the reference) and by face crops without a clear face in
             the methods' images; also the clean image of attention checks (else a random method's image).
         questions: questions per participant (HeadsUp: 58), drawn from all items (A/B: item x pair).
@@ -118,6 +119,10 @@ def create_study(output: PathLike, kind: str, methods: Mapping[str, PathLike], g
         ValueError: a bad option (unknown kind, too many questions, ...).
         FileExistsError: ``output`` exists.
     """
+    if isinstance(methods, str):
+        methods = [methods]
+    if not isinstance(methods, Mapping):
+        methods = parse_method_specs(methods)
     if kind not in STUDY_KINDS:
         raise ValueError(f'unknown study kind {kind!r}; choose from {", ".join(STUDY_KINDS)}')
     study_kind = STUDY_KINDS[kind]

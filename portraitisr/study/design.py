@@ -28,6 +28,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
+from .errors import StudyFileError
+
 __all__ = ['STUDY_KINDS', 'StudyKind', 'StudyFileError', 'StudyItem', 'AttentionItem', 'StudyDesign',
            'DrawnQuestion', 'STUDY_FILE', 'CLEAN_LABEL', 'draw_questionnaire', 'load_study', 'save_study',
            'study_pool']
@@ -67,10 +69,6 @@ STUDY_KINDS: Dict[str, StudyKind] = {
     'ab': StudyKind('ab', 'AB_win', False, 'Which image is better?', 'Which image is better?',
                     answers=('A is better', 'B is better', 'Both are equally good')),
 }
-
-
-class StudyFileError(ValueError):
-    """A study folder that cannot be served or analysed (missing or inconsistent ``study.json``, missing images)."""
 
 
 @dataclass(frozen=True)

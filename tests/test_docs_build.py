@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from .conftest import REPO_ROOT
+from tests.helpers.data_files import REPO_ROOT
 
 
 def test_docs_build_strict(tmp_path):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO_ROOT, require_pypi_weights
+from tests.helpers.data_files import REPO_ROOT, require_pypi_weights
 
 PAGE = REPO_ROOT / 'docs' / 'adding_a_component.md'
 FENCE = re.compile(r'^```(\w*)\n(.*?)^```', re.MULTILINE | re.DOTALL)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from .conftest import REPO_ROOT
+from tests.helpers.data_files import REPO_ROOT
 
 
 def _cv2_providers() -> list:

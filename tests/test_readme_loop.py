@@ -8,7 +8,7 @@ import shlex
 
 from mmengine.config import Config
 
-from .conftest import REPO_ROOT
+from tests.helpers.data_files import REPO_ROOT
 
 FENCE = re.compile(r'^```bash\n(.*?)^```', re.MULTILINE | re.DOTALL)
 

@@ -1,6 +1,6 @@
 """`--fail-on-skip` (tests/helpers/skip_policy.py), which .ci/run uses: a skip outside the allow-list fails the run."""
-from .helpers import skip_policy
-from .helpers.skip_policy import disallowed_skips
+from tests.helpers import skip_policy
+from tests.helpers.skip_policy import disallowed_skips
 
 pytest_plugins = ['pytester']
 

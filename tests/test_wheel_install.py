@@ -20,8 +20,8 @@ import pytest
 
 from portraitisr.datasets.sample_images import load_sample_image
 from portraitisr.utils.image_io import read_image_size, write_image
+from tests.helpers.data_files import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The photos of ``sample://portraits`` (portraitisr/datasets/manifests/sample_portraits.jsonl), shipped with
 #: scikit-image and matplotlib.
 SAMPLE_PORTRAITS = ('astronaut', 'grace_hopper')

@@ -45,8 +45,8 @@ from portraitisr.weights.checksums import sha256_of  # noqa: E402
 from portraitisr.weights.download import download_file  # noqa: E402
 from portraitisr.weights.errors import ChecksumError  # noqa: E402
 
-__all__ = ['TEST_DATA_ENV', 'MANIFEST_PATH', 'test_data_root', 'load_manifest', 'dataset_names', 'missing_files',
-           'describe', 'osediff_metrics_csv', 'fetch', 'check', 'main']
+__all__ = ['TEST_DATA_ENV', 'MANIFEST_PATH', 'test_data_root', 'load_manifest', 'dataset_names', 'dataset_files',
+           'missing_files', 'describe', 'osediff_metrics_csv', 'fetch', 'check', 'main']
 
 TEST_DATA_ENV = 'PORTRAITISR_TEST_DATA'
 MANIFEST_PATH = REPO_ROOT / 'tests' / 'data' / 'published_test_data.json'
@@ -98,6 +98,12 @@ def missing_files(name: str, root: Optional[Path] = None) -> List[str]:
     files = _dataset(name)['files']
     folder = Path(root if root is not None else test_data_root()) / name
     return [f['path'] for f in files if not (folder / f['path']).is_file()]
+
+
+def dataset_files(name: str) -> List[str]:
+    """Paths (relative to ``<root>/<name>``) of every file the data set has, fetched or derived; known without the
+    data, so tests can be parametrised by them."""
+    return [f['path'] for f in _dataset(name)['files']]
 
 
 def describe(name: str) -> str:

@@ -1,6 +1,6 @@
 """Regenerate ``tests/data/pisasr_parity.pt.gz``: csslc/PiSA-SR's own code run on a tiny random SD, for the parity test.
 
-``tests/test_pisasr_parity.py`` loads this file into our :class:`~portraitisr.models.backbones.PiSASD` and checks
+``tests/test_models/test_backbones/test_pisasr_parity.py`` loads this file into our :class:`~portraitisr.models.backbones.PiSASD` and checks
 that our one-step maths reproduces the reference outputs. Everything in the fixture is produced by PiSA-SR's code
 (imported from a checkout at run time; nothing of it is copied into this repository):
 

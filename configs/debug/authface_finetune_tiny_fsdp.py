@@ -4,7 +4,7 @@
 #   bash tools/dist_train.sh configs/debug/authface_finetune_tiny_fsdp.py 2
 # Each sample's noise, timestep and VAE posterior draw come from a generator seeded by (noise_seed,
 # iteration, dataset index), so 2 processes with batch 1 train exactly what 1 process with batch 2 does
-# (tests/test_sharded_training.py).
+# (tests/test_engine/test_sharded_training.py).
 _base_ = ['./authface_finetune_tiny.py']
 
 runner_type = 'PortraitFlexibleRunner'

@@ -18,7 +18,7 @@ model = dict(
     # (`portrait_test_degradation` of _base_/datasets/portraitsr4k_test.py, OSEDiff's Real-ESRGAN pipeline without
     # USM, as configs/headsup/headsup_sd21.py), re-seeded per image from eval_seed and the sample index, then
     # enlarged x4 bicubically (as test_osediff.py does); scores compare against the dataset GT.
-    # tests/test_pisasr_configs.py checks that this LQ equals HeadsUp's and the blending baselines'.
+    # tests/test_configs/test_pisasr_configs.py checks that this LQ equals HeadsUp's and the blending baselines'.
     data_preprocessor=dict(type='SRDataPreprocessor', eval_degradation={{_base_.portrait_test_degradation}}),
 )
 

@@ -13,7 +13,6 @@ from typing import List, Sequence, Tuple
 import pytest
 
 
-
 def pytest_addoption(parser) -> None:
     parser.addoption('--fail-on-skip', action='store_true', default=False,
                      help='exit with status 1 when a test is skipped for a reason that matches none of the '

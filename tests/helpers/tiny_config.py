@@ -1,4 +1,4 @@
-"""A paper config with tiny parts: what the whole-config tests (``tests/test_configs_whole.py``) run.
+"""A paper config with tiny parts: what the whole-config tests (``tests/test_configs/test_whole.py``) run.
 
 :func:`tiny_config` loads a real config under ``configs/`` and swaps, generically, only what cannot run on two CPU
 cores in seconds or needs files this machine does not have:
@@ -203,7 +203,8 @@ def _random_weights(has_pretrained_flag: bool = True, **sizes) -> Rule:
 
 
 def _codeformer(cfg: dict, ctx: TinyContext) -> dict:
-    # tests/test_restorers.py's tiny CodeFormer, at TINY_FACE: 3 levels (64, 32, 16), attention at the 16 grid
+    # the tiny CodeFormer of tests/test_models/test_restorers/test_restorers.py, at TINY_FACE: 3 levels (64, 32, 16),
+    # attention at the 16 grid
     arch = dict(img_size=TINY_FACE, nf=32, ch_mult=(1, 2, 2), res_blocks=1, attn_resolutions=(TINY_FACE // 4, ),
                 codebook_size=32, emb_dim=16, dim_embd=32, n_head=4, n_layers=2,
                 connect_list=(str(TINY_FACE // 2), str(TINY_FACE)))
@@ -517,7 +518,7 @@ def _local_dataloader(loader: dict) -> dict:
 
 def _one_update_per_step(optim_wrapper: dict) -> dict:
     """Gradient accumulation off (``accumulative_counts`` 1): the one training step must update the weights. The
-    configs' counts are paper values, checked in tests/test_authface_configs.py."""
+    configs' counts are paper values, checked in tests/test_configs/test_authface_configs.py."""
     if 'accumulative_counts' in optim_wrapper:
         return dict(optim_wrapper, accumulative_counts=1)
     return {key: _one_update_per_step(value) if isinstance(value, dict) else value

@@ -358,7 +358,7 @@ def _resolve_niqe(spec: Optional[WeightSpec], allow_download: Optional[bool]) ->
 
 
 # ------------------------------------------------------------------------------------------------ NIQE
-# Why NIQE needs its own Y computation (measured on the 40 OSEDiff benchmark images; see tests/test_metrics_parity.py):
+# Why NIQE needs its own Y computation (measured on the 40 OSEDiff benchmark images; see tests/test_evaluation/test_metrics_parity.py):
 # NIQE rounds Y x 255 to integers, and the 96 x 96 block statistics that follow are so sensitive that a single
 # rounding flip can move the score by 1e-2 (Canon_001_LR4: 1.8e-2 between pyiqa on CPU and OSEDiff's log). Published
 # numbers (OSEDiff's test_metrics.py pins pyiqa 0.1.10, which gives the same NIQE as 0.1.16 to 2e-5 on these images)

@@ -52,7 +52,7 @@ SAME_PERSON_DISTANCE = 0.6
 #: 1.37-1.47 (mean 1.43) on the astronaut and grace_hopper photos (as they are, x4 down-up, flipped, x2 upscaled),
 #: which puts distance 0.6 at cosine 0.912 (0.908 for norm 1.40, the mean over 16 flips and scales of the two).
 #: On those photos every pair is judged alike by ``d < 0.6`` on raw descriptors and by ``cosine > 0.91`` on
-#: normalised ones (any threshold from 0.900 to 0.935 agrees on all 120 pairs; tests/test_identity_extractors.py
+#: normalised ones (any threshold from 0.900 to 0.935 agrees on all 120 pairs; tests/test_face/test_identity.py
 #: checks both facts). Cross-check: deepface's tuned threshold for dlib on normalised descriptors is euclidean 0.40
 #: (``deepface/config/threshold.py``), i.e. cosine 0.92. Two different people score 0.88-0.90 here.
 SAME_PERSON_SIMILARITY = 0.91

@@ -11,7 +11,7 @@ the eyes and the mouth, in the latent space:
    The paper writes ``beta_prod_t`` as a product of the betas; the DDIM formula it cites (and diffusers'
    ``DDIMScheduler.step``, where the name comes from) uses ``1 - alpha_prod_t``, the only choice that inverts the
    forward noising ``z_t = sqrt(alpha_prod_t) z0 + sqrt(1 - alpha_prod_t) eps``
-   (``tests/test_time_aware_facial_loss.py`` checks that it does, exactly, on random latents).
+   (``tests/test_models/test_losses/test_time_aware_facial_loss.py`` checks that it does, exactly, on random latents).
 2. **Eye and mouth boxes** from the GT's landmarks, "downsampling with a factor of eight" to the latent grid, and
    fixed-size crops of ``z0_pred`` and of the GT latent ``z0`` (``torchvision.ops.roi_align``, differentiable
    w.r.t. the latents). The paper's landmark network gives more points than our 5; the boxes are ours (below).

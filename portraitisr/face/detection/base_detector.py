@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from portraitisr.utils.tiling import tile_starts
+
 __all__ = ['FaceDetections', 'BaseFaceDetector', 'ImageInput', 'to_rgb_uint8', 'nms_detections']
 
 #: One image (``H x W``, ``H x W x 1|3|4`` array, ``3 x H x W`` tensor), a list of them, a ``B x H x W x C`` array or a
@@ -290,14 +292,6 @@ class BaseFaceDetector(nn.Module, metaclass=ABCMeta):
             return img, 1.0
         return cv2.resize(img, size, interpolation=cv2.INTER_LANCZOS4), scale
 
-    @staticmethod
-    def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-        if length <= tile:
-            return [0]
-        count = math.ceil((length - overlap) / (tile - overlap))
-        step = (length - tile) / (count - 1)
-        return [int(round(k * step)) for k in range(count)]
-
     def _detect_tiled(self, img: np.ndarray) -> FaceDetections:
         """Overlapping tiles plus one shrunk whole-image pass, merged by NMS.
 
@@ -308,8 +302,8 @@ class BaseFaceDetector(nn.Module, metaclass=ABCMeta):
         h, w = img.shape[:2]
         tile, overlap, margin = self.tile_size, self.tile_overlap, 2.0
         found = []
-        for y0 in self._tile_starts(h, tile, overlap):
-            for x0 in self._tile_starts(w, tile, overlap):
+        for y0 in tile_starts(h, tile, overlap):
+            for x0 in tile_starts(w, tile, overlap):
                 crop = np.ascontiguousarray(img[y0:y0 + tile, x0:x0 + tile])
                 dets = self._detect_batch([crop])[0]
                 if len(dets):

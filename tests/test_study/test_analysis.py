@@ -15,7 +15,7 @@ from portraitisr.study.win_rates import WinRateRow, read_win_rates, write_win_ra
 
 from tests.helpers.study_data import METHODS, make_restored_folders
 
-pytest.importorskip('choix')
+pytest.importorskip('choix', reason='choix is missing: pip install -e ".[study]"')
 
 
 @pytest.fixture(scope='module')
@@ -33,7 +33,8 @@ def _record(participant, position, labels, choice, kind='question', correct=None
 
 # ------------------------------------------------------------------------------------------------ statistics
 def test_fleiss_kappa_equals_statsmodels_and_the_published_example():
-    inter_rater = pytest.importorskip('statsmodels.stats.inter_rater')
+    inter_rater = pytest.importorskip('statsmodels.stats.inter_rater',
+                                      reason='statsmodels is missing: pip install -e ".[dev]"')
     # Fleiss (1971) as worked on Wikipedia: 10 subjects, 14 raters, 5 categories, kappa = 0.210.
     example = np.array([[0, 0, 0, 0, 14], [0, 2, 6, 4, 2], [0, 0, 3, 5, 6], [0, 3, 9, 2, 0], [2, 2, 8, 1, 1],
                         [7, 7, 0, 0, 0], [3, 2, 6, 3, 0], [2, 5, 3, 2, 2], [6, 5, 2, 1, 0], [0, 2, 2, 3, 7]])

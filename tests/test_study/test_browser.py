@@ -38,7 +38,7 @@ def _require_browser():
         if os.environ.get('CI'):
             pytest.fail(message)  # CI installs them (.ci/run): a skip there would hide a broken install
         pytest.skip(message)
-    return pytest.importorskip('selenium.webdriver')
+    return pytest.importorskip('selenium.webdriver', reason='selenium is missing: pip install -e ".[dev]"')
 
 
 @pytest.fixture

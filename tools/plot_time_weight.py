@@ -1,4 +1,5 @@
-"""Plot AuthFace's time weight (paper 004, Eq. 3) over the DDPM timesteps: ``docs/images/authface_time_weight.png``.
+"""Plot AuthFace's time weight (arXiv 2410.09864, Eq. 3) over the DDPM timesteps:
+``docs/images/authface_time_weight.png``.
 
     python tools/plot_time_weight.py [--out docs/images/authface_time_weight.png] [--pairs 0,1 0.5,1 0,0.6]
 

@@ -1,4 +1,4 @@
-# AuthFace (the full method) on all four test sets of Table 1 (paper 004, section 4.1): CelebA-Test,
+# AuthFace (the full method) on all four test sets of Table 1 (arXiv 2410.09864, section 4.1): CelebA-Test,
 # LFW-Test, WebPhoto-Test, WIDER-Test; one table row per set.
 #   python tools/test.py configs/authface/authface_sdxl_test.py work_dirs/authface_stage2_sdxl/iter_50000.pth
 _base_ = ['./authface_stage2_sdxl.py', '../_base_/datasets/authface_bfr_test.py']

@@ -1,4 +1,4 @@
-# AuthFace (the full method, Table 2 (d)) on WIDER-Test (real, no GT): paper 004, Table 1.
+# AuthFace (the full method, Table 2 (d)) on WIDER-Test (real, no GT): AuthFace (arXiv 2410.09864), Table 1.
 #   python tools/test.py configs/authface/authface_sdxl_wider_test.py work_dirs/authface_stage2_sdxl/iter_50000.pth
 # One process restores (PortraitRunner); the model needs the stage-I checkpoint for its frozen UNet.
 _base_ = ['./authface_stage2_sdxl.py', '../_base_/datasets/authface_bfr_test.py']

@@ -1,5 +1,5 @@
-# AuthFace stage I: face-oriented fine-tuning of SDXL (paper 004, "AuthFace: Towards Authentic Blind Face
-# Restoration with Face-Oriented Generative Diffusion Prior", sections 3.1 and 4.1).
+# AuthFace stage I: face-oriented fine-tuning of SDXL ("AuthFace: Towards Authentic Blind Face Restoration with
+# Face-Oriented Generative Diffusion Prior", arXiv 2410.09864, sections 3.1 and 4.1).
 # The entire SDXL UNet is fine-tuned with its original objective (the DDPM noise loss) on 1.5K curated,
 # FFHQ-aligned HQ portraits with photography-guided captions, at a fixed 1024 x 1024 resolution; AdamW,
 # learning rate 5e-7, batch 96, 50k iterations, four GPUs (NVIDIA L40s). The VAE and both text encoders

@@ -1,5 +1,5 @@
-# AuthFace stage II: highly authentic face restoration (paper 004, sections 3.2 and 4.1), the full method
-# (Table 2 (d)). A ControlNet initialised from the stage-I UNet's encoder reads the degraded face; the
+# AuthFace stage II: highly authentic face restoration (arXiv 2410.09864, sections 3.2 and 4.1), the full
+# method (Table 2 (d)). A ControlNet initialised from the stage-I UNet's encoder reads the degraded face; the
 # stage-I UNet is frozen; the prompt is null; L_total = L_noise + L_facial with the time-aware latent
 # facial feature loss (Eq. 2-4). AdamW, lr 2e-5, batch 48, 512 x 512, four GPUs; FFHQ resized to 512
 # with GFP-GAN's degradations. Needs the stage-I checkpoint (configs/authface/authface_stage1_sdxl.py):

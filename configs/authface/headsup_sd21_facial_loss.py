@@ -1,5 +1,5 @@
 # HeadsUp (configs/headsup/headsup_sd21.py) with AuthFace's latent facial loss as an extra generator loss
-# (paper 004, section 3.2): eye and mouth crops of HeadsUp's one-step output latent z_H, judged by two
+# (AuthFace, arXiv 2410.09864, section 3.2): eye and mouth crops of HeadsUp's one-step output latent z_H, judged by two
 # component discriminators that train with their own optimiser (optim_wrapper['facial_loss']).
 # A one-step model predicts at its fixed timestep (999), where Eq. 3's logit-normal weight is ~2e-10, so the
 # constant weight applies here (the model refuses the logit-normal one). lambda_d, lambda_s: GFP-GAN's 1, 200;

@@ -1,6 +1,6 @@
 # OSEDiff (configs/osediff/osediff_sd21.py) with AuthFace's latent facial loss as an extra generator loss
-# (paper 004, section 3.2), constant weight (a one-step model has one timestep, 999, where Eq. 3's weight
-# vanishes). The loss needs GT landmarks: PortraitDataPreprocessor supplies them (images without a face add
+# (AuthFace, arXiv 2410.09864, section 3.2), constant weight (a one-step model has one timestep, 999, where Eq. 3's
+# weight vanishes). The loss needs GT landmarks: PortraitDataPreprocessor supplies them (images without a face add
 # nothing), and this config trains on FFHQ resized to 512, whose landmarks are the FFHQ template's (a face
 # model, as OSEDiff_Face). Mixing in faceless data works too (MixedDataset with portrait_collate).
 _base_ = ['../osediff/osediff_sd21.py', '../_base_/datasets/authface_train.py']

@@ -1,4 +1,4 @@
-# AuthFace stage II (paper 004, section 3.2) with tiny random SDXL-shaped components: a ControlNet
+# AuthFace stage II (arXiv 2410.09864, section 3.2) with tiny random SDXL-shaped components: a ControlNet
 # built from the frozen UNet's encoder reads the degraded image, the null prompt conditions the UNet,
 # and the time-aware latent facial loss (Eq. 2-4) judges eye and mouth crops of the predicted latent
 # with two discriminators (their own optimiser) - on the package's real photos with GT landmarks

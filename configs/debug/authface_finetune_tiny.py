@@ -1,4 +1,4 @@
-# AuthFace stage I (paper 004, section 3.1) with tiny random SDXL-shaped components: the whole UNet
+# AuthFace stage I (arXiv 2410.09864, section 3.1) with tiny random SDXL-shaped components: the whole UNet
 # trains on captioned real photos that ship with scikit-image and matplotlib (our own tag-style
 # captions; AuthFace's LLaVA captioner is not available offline). Exercises the path of
 # configs/authface/authface_stage1_sdxl.py: two text encoders (penultimate states + pooled), SDXL's

@@ -1,4 +1,4 @@
-# HeadsUp (paper 000) with the paper's settings: SD 2.1 (the -base model OSEDiff fine-tunes; the paper
+# HeadsUp (arXiv 2510.09924) with the paper's settings: SD 2.1 (the -base model OSEDiff fine-tunes; the paper
 # says "Stable Diffusion 2.1"), LoRA rank 4 on the VAE encoder and the UNet, 9-channel conv_in (LQ
 # latent + reference latent + face mask), OSEDiff's MSE 1 + LPIPS-VGG 2 + VSD 1 on the whole image,
 # face fidelity (lambda_fid 1, lambda_LPIPS 0.8) and identity (lambda_id 4) losses on FFHQ-aligned
@@ -11,7 +11,7 @@ _base_ = [
     '../_base_/datasets/portraitsr4k_test.py', '../_base_/datasets/general_isr_test.py',
     '../_base_/datasets/celeba_test.py'
 ]
-# tools/test.py scores these and writes Tables 1-3 (paper 000, section 4) to <work_dir>/tables/
+# tools/test.py scores these and writes Tables 1-3 (HeadsUp section 4) to <work_dir>/tables/
 test_sets = _base_.portrait_test_sets + _base_.general_test_sets + _base_.celeba_test_sets
 
 model = dict(
@@ -52,7 +52,7 @@ model = dict(
     use_reference_at_test=True,  # Table 2 and Table 4 row 5 are scored with the test set's references
     ref_placement='resize',
     color_fix='adain',
-    # Degradation. Paper 000 section 4.1: "the degradation pipeline is derived from Real-ESRGAN", and HeadsUp
+    # Degradation. HeadsUp section 4.1: "the degradation pipeline is derived from Real-ESRGAN", and HeadsUp
     # follows OSEDiff's recipe ("the rest weights are derived from OSEDiff"). OSEDiff runs Real-ESRGAN's
     # pipeline with Real-ESRGAN's values but without USM (cswry/OSEDiff dataloaders/realesrgan.py: the GT
     # sharpening is commented out), so the training target, the face losses and the face discriminator's

@@ -1,8 +1,9 @@
-# IDFSR (paper 003, "Personalized Face Super-Resolution with Identity Decoupling and Fitting"): stage-1 pretraining at
-# x8 on CelebRef-HQ and the Table 1 (x8) test rows. Paper settings (section 3.3, section 4.1, Table 4, appendix E.2):
-# DiffAE-256 UNet and style encoder initialised from DiffAE's FFHQ-256 weights, 6-channel input (noise + masked LR),
-# identity cross-attention on a 512-d ArcFace embedding, DDPM T = 1000 with a linear beta schedule, noise-prediction
-# MSE, Adam (no weight decay) at 1e-4, DDIM with 20 steps at inference, four GPUs with a batch of 24 each:
+# IDFSR ("Personalized Face Super-Resolution with Identity Decoupling and Fitting", arXiv 2508.10937): stage-1
+# pretraining at x8 on CelebRef-HQ and the Table 1 (x8) test rows. Paper settings (section 3.3, section 4.1, Table 4,
+# appendix E.2): DiffAE-256 UNet and style encoder initialised from DiffAE's FFHQ-256 weights, 6-channel input
+# (noise + masked LR), identity cross-attention on a 512-d ArcFace embedding, DDPM T = 1000 with a linear beta
+# schedule, noise-prediction MSE, Adam (no weight decay) at 1e-4, DDIM with 20 steps at inference, four GPUs with a
+# batch of 24 each:
 #     bash tools/dist_train.sh configs/idfsr/idfsr_x8_celebref.py 4
 # Stage 2 (the "FT" rows): fit every test identity on its fine-tuning half, then test with the fitted embeddings:
 #     python tools/fit_identity.py --per-identity data/CelebRef-HQ --identities data/CelebRef-HQ/test_identities.txt \

@@ -6,7 +6,7 @@ _base_ = [
     '../_base_/schedules/osediff_adamw.py', '../_base_/datasets/osediff_train.py',
     '../_base_/datasets/realsr_drealsr_test.py', '../_base_/datasets/general_isr_test.py'
 ]
-test_sets = _base_.general_test_sets  # Table 3 (paper 000): DIV2K-val, RealSR, DRealSR
+test_sets = _base_.general_test_sets  # Table 3 (HeadsUp, arXiv 2510.09924): DIV2K-val, RealSR, DRealSR
 
 model = dict(
     type='OSEDiff',

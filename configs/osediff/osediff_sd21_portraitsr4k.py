@@ -1,4 +1,4 @@
-# General OSEDiff (the authors' osediff.pkl) on PortraitSR-4K-Te: HeadsUp (paper 000) Table 2, row "OSEDiff"
+# General OSEDiff (the authors' osediff.pkl) on PortraitSR-4K-Te: HeadsUp (arXiv 2510.09924) Table 2, row "OSEDiff"
 # (General ISR). Test only:
 #   python tools/test.py configs/osediff/osediff_sd21_portraitsr4k.py
 # needs osediff.pkl (cswry/OSEDiff preset/models; `portraitisr download osediff_sd21`) and SD 2.1-base. For a

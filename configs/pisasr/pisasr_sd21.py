@@ -1,5 +1,5 @@
 # PiSA-SR (Sun et al., "Pixel-level and Semantic-level Adjustable Super-resolution: A Dual-LoRA Approach",
-# CVPR 2025, arXiv 2412.03017), a General-ISR baseline of HeadsUp (paper 000): Table 2 (PortraitSR-4K-Te, row
+# CVPR 2025, arXiv 2412.03017), a General-ISR baseline of HeadsUp (arXiv 2510.09924): Table 2 (PortraitSR-4K-Te, row
 # PiSA-SR) and Table 3 (DIV2K / RealSR / DRealSR, rows PiSA-SR-S1). Test only, with the authors' release:
 #   python tools/test.py configs/pisasr/pisasr_sd21.py
 # needs pisa_sr.pkl (csslc/PiSA-SR README: Google Drive / Baidu, no direct URL) in $PORTRAITISR_HOME and SD 2.1-base.
@@ -38,8 +38,8 @@ model = dict(
     # (`portrait_test_degradation` of _base_/datasets/portraitsr4k_test.py, OSEDiff's Real-ESRGAN pipeline without
     # USM, as configs/headsup/headsup_sd21.py), re-seeded per image from eval_seed and the sample index, then
     # enlarged x4 bicubically (PiSA-SR enlarges with PIL's bicubic); scores compare against the dataset GT.
-    # tests/test_configs/test_pisasr_configs.py checks that this LQ equals HeadsUp's and the blending baselines'. The GISR sets
-    # are paired (no degradation).
+    # tests/test_configs/test_pisasr_configs.py checks that this LQ equals HeadsUp's and the blending baselines'. The
+    # GISR sets are paired (no degradation).
     data_preprocessor=dict(type='SRDataPreprocessor', eval_degradation={{_base_.portrait_test_degradation}}),
 )
 

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) x4 face super-resolution: the x8 setup (portraitsr_x8_celeba.py) with a bicubic 32x32 LR
+# PortraitSR (AAAI 2026) x4 face super-resolution: the x8 setup (portraitsr_x8_celeba.py) with a bicubic 32x32 LR
 # of the same CelebA 128x128 aligned faces; evaluated on CelebA (1,000 faces) and Helen (50 faces) at 128x128.
 _base_ = ['./portraitsr_x8_celeba.py']
 

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) x8 face super-resolution: CelebA 128x128 aligned faces, bicubic 16x16 LR, evaluated on
+# PortraitSR (AAAI 2026) x8 face super-resolution: CelebA 128x128 aligned faces, bicubic 16x16 LR, evaluated on
 # CelebA (1,000 faces) and Helen (50 faces) at 128x128 ("Datasets"). Parsing maps (L_pm, Eq. 12) are read from
 # data/celeba/parsing_128 (<image stem>.png class indices, 19 CelebAMask-HQ labels). Without such files, set
 # parsing_root=None and parser=dict(type='FacexlibFaceParser') in train_dataloader.dataset (facexlib's BiSeNet,

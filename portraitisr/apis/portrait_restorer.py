@@ -10,9 +10,9 @@ Two kinds of models sit behind one interface:
 IDFSR (face super-resolution with identity fitting) restores like a one-step model (FFHQ-aligned face crops, upscaled
 first; give its ``scale``); :meth:`PortraitRestorer.set_identity` makes it use a person's fitted identity embedding.
 
-Around the model this class keeps what a file has besides RGB (DESIGN section 4): the alpha plane is upscaled
-bicubically on its own and re-attached, 16-bit files come out 16-bit, grayscale files come out grayscale (the
-model restores the 3-channel copy; the result is converted back with the ITU-R BT.601 luma weights).
+Around the model this class keeps what a file has besides RGB (docs/command_line.md, "What is kept from each file"): the
+alpha plane is upscaled bicubically on its own and re-attached, 16-bit files come out 16-bit, grayscale files come out
+grayscale (the model restores the 3-channel copy; the result is converted back with the ITU-R BT.601 luma weights).
 
 Memory: arrays and files of one-step models are restored by :mod:`.streamed_restore`, tile by tile with the tiling
 :mod:`.memory_plan` picks for each image from its size, the model and the free memory (``tile=None``), so a photo

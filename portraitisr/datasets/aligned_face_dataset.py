@@ -1,6 +1,6 @@
 """Aligned face crops with bicubic LR and optional parsing maps: PortraitSR's CelebA/Helen protocol.
 
-Paper 002 ("Datasets"): 128x128 HR faces, LR made by bicubic downsampling to 32x32 (x4) or 16x16 (x8).
+PortraitSR (AAAI 2026), "Datasets": 128x128 HR faces, LR made by bicubic downsampling to 32x32 (x4) or 16x16 (x8).
 Parsing maps (targets of ``L_pm``, Eq. 12) come, in this order, from
 1. ``parsing_root``: one file per face with the image's stem: ``.png`` class-index maps (CelebAMask-HQ style,
    values ``0..K-1``) or ``.npy`` ``K x H x W`` float maps;

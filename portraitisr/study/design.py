@@ -61,7 +61,7 @@ class StudyKind:
     answers: Tuple[str, ...] = ()
 
 
-#: The study kinds. Prompts follow the papers' wording (000 appendix; 004 appendix C).
+#: The study kinds. Prompts follow the papers' wording (HeadsUp appendix B "User Study Details"; AuthFace appendix C).
 STUDY_KINDS: Dict[str, StudyKind] = {
     'wr_id': StudyKind('wr_id', 'WR_id', True, 'Which face is the most similar to the reference face?',
                        'Which image is the most similar to the reference image?'),

@@ -1,9 +1,9 @@
 """Reading and writing image files: RGB float arrays in [0, 1], alpha kept apart, 8- and 16-bit.
 
-Conventions (DESIGN section 4): an image file becomes an :class:`ImageRecord` with ``rgb`` float32 ``H x W x 3``
-in [0, 1] (RGB order, grayscale expanded to 3 channels) and ``alpha`` float32 ``H x W`` in [0, 1] or None, so the
-restorer sees colour only and the alpha plane can be upscaled and written back. ``bit_depth`` (8 or 16) records
-how the file was quantised so that outputs can be written at the same depth.
+Conventions (docs/command_line.md, docs/data.md): an image file becomes an :class:`ImageRecord` with ``rgb``
+float32 ``H x W x 3`` in [0, 1] (RGB order, grayscale expanded to 3 channels) and ``alpha`` float32 ``H x W`` in
+[0, 1] or None, so the restorer sees colour only and the alpha plane can be upscaled and written back. ``bit_depth``
+(8 or 16) records how the file was quantised so that outputs can be written at the same depth.
 
 OpenCV decodes first (it is what the metric code of the reference repositories uses, so pixel values match
 theirs); Pillow is the fallback for formats OpenCV cannot read (e.g. GIF). torch is imported only by the two

@@ -319,7 +319,7 @@ def _portraitsr(cfg: dict, ctx: TinyContext) -> dict:
     return dict(cfg, generator=generator)
 
 
-#: IDFSR's DiffAE-256 UNet (Table 4 of paper 003) at 32 x 32 with two levels; the config's switches
+#: IDFSR's DiffAE-256 UNet (arXiv 2508.10937, Table 4) at 32 x 32 with two levels; the config's switches
 #: (``in_channels``, ``attention``, ``use_style``) are kept. The attention levels keep more than 32 channels (64 at
 #: the 16 grid), which IDFSR requires of an identity cross-attention; ``id_channels`` is dlib's 128.
 TINY_DIFFAE_UNET = dict(image_size=32, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,

@@ -1,4 +1,4 @@
-"""AuthFace's configs (paper 004): the values the paper states, table-driven; every config builds; the tiny
+"""AuthFace's configs (arXiv 2410.09864): the values the paper states, table-driven; every config builds; the tiny
 ControlNet config trains, validates and resumes exactly through tools/ on the CPU."""
 import copy
 import os

@@ -1,5 +1,5 @@
-"""IDFSR configs (paper 003): the values the paper states, asserted per config with the section that states them,
-and every IDFSR config built with tiny parts, trained one step and validated on real photos."""
+"""IDFSR configs (arXiv 2508.10937): the values the paper states, asserted per config with the section that states
+them, and every IDFSR config built with tiny parts, trained one step and validated on real photos."""
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from tests.helpers.tiny_config import SAMPLE_PORTRAITS, TINY_IDFSR_FACE, tiny_co
 IDFSR = REPO_ROOT / 'configs' / 'idfsr'
 CONFIGS = sorted(str(p.relative_to(REPO_ROOT)) for p in IDFSR.rglob('*.py')) + ['configs/debug/idfsr_tiny.py']
 
-# (dotted key, value, where paper 003 states it) for every paper config
+# (dotted key, value, where the IDFSR paper states it) for every paper config
 PAPER_VALUES = [
     ('model.type', 'IDFSR', 'the method'),
     ('model.num_train_timesteps', 1000, 'section 3.3: maximum diffusion step T = 1000'),

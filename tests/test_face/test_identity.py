@@ -167,7 +167,7 @@ def test_registry_builds_every_extractor():
 #: Every registered identity model and its verification threshold, with where the number comes from.
 THRESHOLDS = {
     'DlibResNet': 0.91,  # dlib's euclidean 0.6 on raw descriptors, converted (checked on real photos below)
-    'AdaFaceIR': 0.65,  # HeadsUp (paper 000) appendix C, CVLFace
+    'AdaFaceIR': 0.65,  # HeadsUp (arXiv 2510.09924) appendix C, CVLFace
     'ArcFaceIResNet': 0.28,  # insightface web-demos/src_recognition/main.py
     'ArcFaceIRSE': 1 - 1.5 / 2,  # InsightFace_Pytorch: squared distance 1.5 of unit vectors
     'ResNetArcFace': None,  # no published value

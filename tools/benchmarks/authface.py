@@ -1,4 +1,4 @@
-"""Step time (and peak GPU memory) of AuthFace's two training stages and of its restoration (paper 004).
+"""Step time (and peak GPU memory) of AuthFace's two training stages and of its restoration (arXiv 2410.09864).
 
 Builds the models with random weights from architecture configs (no download; speed and memory do not depend on the
 values) and times full ``train_step`` calls on random batches with landmarks, after warm-up steps:

@@ -1,5 +1,5 @@
-# AuthFace's test sets (paper 004, section 4.1 "Training and Test Dataset" and "Metrics", Table 1), as GFP-GAN
-# and CodeFormer distribute them: 512 x 512 aligned faces.
+# AuthFace's test sets (arXiv 2410.09864, section 4.1 "Training and Test Dataset" and "Metrics", Table 1), as
+# GFP-GAN and CodeFormer distribute them: 512 x 512 aligned faces.
 # * CelebA-Test (synthetic, 3,000 pairs): PSNR, SSIM, LPIPS against the GT, and the no-reference MANIQA, MUSIQ,
 #   CLIPIQA; FID against the GT set (the paper does not say which reference; our choice).
 # * LFW-Test (1,711), WebPhoto-Test (407), WIDER-Test (970): real LQ faces without GT, so no-reference metrics

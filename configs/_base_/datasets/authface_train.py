@@ -1,4 +1,4 @@
-# AuthFace stage II training data (paper 004, section 4.1): FFHQ resized from 1024 to 512, with the
+# AuthFace stage II training data (arXiv 2410.09864, section 4.1): FFHQ resized from 1024 to 512, with the
 # degradations of GFP-GAN (Wang et al. 2021) and BFRffusion. GFP-GAN options/train_gfpgan_v1.yml:
 # blur_kernel_size 41, kernel_list [iso, aniso], kernel_prob [0.5, 0.5], blur_sigma [0.1, 10],
 # downsample_range [0.8, 8], noise_range [0, 20], jpeg_range [60, 100], and the LQ rounded to 8 bits

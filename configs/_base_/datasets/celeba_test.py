@@ -1,4 +1,4 @@
-# Table 1 of HeadsUp (paper 000) = DAEFR's face-restoration protocol: CelebA-Test, 3,000 aligned 512x512 faces
+# Table 1 of HeadsUp (arXiv 2510.09924) = DAEFR's face-restoration protocol: CelebA-Test, 3,000 aligned 512x512 faces
 # with synthetic degradations (LQ and GT pairs at 512), PSNR/SSIM/LPIPS/FID/NIQE and IDA. DAEFR computes FID
 # against the GT folder; IDA is DAEFR's arccos distance of ArcFace-ResNet18 embeddings (`IDA_DAEFR`).
 celeba_test_sets = [

@@ -1,7 +1,7 @@
-# CelebRef-HQ (Zhao et al. 2023, DMDNet) as IDFSR uses it (paper 003, section 4.1 and appendix D): 1,005 identities,
-# 10,555 FFHQ-aligned 512x512 faces, one folder per identity. IDFSR samples 10% of the identities for testing and
-# pretrains on the rest ("approximately 900 IDs and 9,000 images"); each test identity is split equally into a
-# fine-tuning half and a test half ("56 IDs and 586 images" after filtering). The paper does not publish which
+# CelebRef-HQ (Zhao et al. 2023, DMDNet) as IDFSR uses it (arXiv 2508.10937, section 4.1 and appendix D): 1,005
+# identities, 10,555 FFHQ-aligned 512x512 faces, one folder per identity. IDFSR samples 10% of the identities for
+# testing and pretrains on the rest ("approximately 900 IDs and 9,000 images"); each test identity is split equally into
+# a fine-tuning half and a test half ("56 IDs and 586 images" after filtering). The paper does not publish which
 # identities it sampled: list yours in the two files below (one folder name per line).
 celebref_root = 'data/CelebRef-HQ'
 celebref_train_ids = 'data/CelebRef-HQ/train_identities.txt'

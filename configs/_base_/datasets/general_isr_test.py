@@ -1,4 +1,4 @@
-# Table 3 of HeadsUp (paper 000) = the GISR protocol of OSEDiff/PiSA-SR: DIV2K-val (StableSR's 3k 512 crops),
+# Table 3 of HeadsUp (arXiv 2510.09924) = the GISR protocol of OSEDiff/PiSA-SR: DIV2K-val (StableSR's 3k 512 crops),
 # RealSR and DRealSR (OSEDiff's preset/datasets/benchmark_*), 128x128 LQ -> 512x512, scored as OSEDiff's
 # test_metrics.py does (pyiqa; PSNR/SSIM on Y of YCbCr, no border crop; FID folder to folder).
 # Models that restore at the output size (OSEDiff, HeadsUp) get the LQ upscaled x4 with PIL bicubic, as

@@ -1,4 +1,4 @@
-# HeadsUp's training data (paper 000, appendix B): PortraitSR-4K triplets (HQ portrait, reference
+# HeadsUp's training data (arXiv 2510.09924, appendix B): PortraitSR-4K triplets (HQ portrait, reference
 # face, GT landmarks; manifest written by the dataset builder), FFHQ (aligned faces), LSDIR and
 # DIV2K, mixed by ratio in two stages: 40k steps at 0.15:0.05:1.7:0.3, then the remaining 110k
 # at 1.5:0.5:1.7:0.3. LQs are made online by the Real-ESRGAN degradation. 1024x1024 crops.

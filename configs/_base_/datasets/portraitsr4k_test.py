@@ -1,4 +1,4 @@
-# PortraitSR-4K-Te (paper 000, section 3): portraits with at most one reference per face (the most
+# PortraitSR-4K-Te (HeadsUp, arXiv 2510.09924, section 3): portraits with at most one reference per face (the most
 # similar), evaluated at 1024x1024 (appendix B) on a crop centred on the face, from a 256x256 LQ (section 4.1:
 # "we test our model on our PortraitSR-4K-Te, with the input resolution at 256x256"). The LQ is made on the
 # device by `portrait_test_degradation` with a fixed seed per image, so every evaluation and every method sees

@@ -1,4 +1,4 @@
-# IDFSR's network (paper 003, Table 4 and appendix E.2): DiffAE's FFHQ-256 autoencoder (phizaz/diffae
+# IDFSR's network (arXiv 2508.10937, Table 4 and appendix E.2): DiffAE's FFHQ-256 autoencoder (phizaz/diffae
 # templates.py:ffhq256_autoenc) with a 6-channel input (noise + masked LR) and every UNet self-attention turned into
 # cross-attention on a 512-d ArcFace identity embedding. Initialised from DiffAE's published checkpoint
 # (checkpoints/ffhq256_autoenc/last.ckpt, Google Drive only: save it as $PORTRAITISR_HOME/diffae_ffhq256_autoenc.ckpt).

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) network as published: latent 384 x H/8 x W/8 (8 x dim 48), dictionary 512 x 384 with
+# PortraitSR (AAAI 2026) network as published: latent 384 x H/8 x W/8 (8 x dim 48), dictionary 512 x 384 with
 # N(0, 0.02^2) init, 19 parsing classes; Restormer-sized encoder/decoder where the paper gives no depths/heads
 # (see PortraitSRNet's docstring for every choice).
 portraitsr_generator = dict(

@@ -22,7 +22,7 @@ sd21_regularizer = dict(
     gradient_checkpointing=True,
 )
 sd21_text_encoder = dict(type='CLIPTextEncoder', pretrained=sd21_pretrained, dtype='bfloat16')
-# HeadsUp (paper 000, appendix B): conv_in widened to 9 channels (LQ latent 4 + reference latent 4
+# HeadsUp (arXiv 2510.09924, appendix B): conv_in widened to 9 channels (LQ latent 4 + reference latent 4
 # + face mask 1); the first 4 input channels and the bias come from SD, the 5 new ones are zero.
 sd21_headsup_backbone = dict(sd21_backbone, in_channels=9)
 

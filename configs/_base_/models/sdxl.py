@@ -1,5 +1,5 @@
-# Stable Diffusion XL 1.0-base, AuthFace's text-to-image prior (paper 004, section 4.1: "Our base model is
-# initialized from StableDiffusion-XL"). A local diffusers folder works too; nothing is downloaded unless
+# Stable Diffusion XL 1.0-base, AuthFace's text-to-image prior (arXiv 2410.09864, section 4.1: "Our base model
+# is initialized from StableDiffusion-XL"). A local diffusers folder works too; nothing is downloaded unless
 # PORTRAITISR_ALLOW_DOWNLOAD=1. The architecture is in portraitisr/models/backbones/sdxl_architecture.py.
 sdxl_pretrained = 'stabilityai/stable-diffusion-xl-base-1.0'
 # both CLIP encoders, frozen: penultimate states concatenated (768 + 1280) and the pooled, projected 1280

@@ -1,4 +1,4 @@
-# AuthFace Table 2 (b) (paper 004, section 4.3): the face-oriented fine-tuned SDXL (stage I) as the
+# AuthFace Table 2 (b) (arXiv 2410.09864, section 4.3): the face-oriented fine-tuned SDXL (stage I) as the
 # prior, trained with the noise loss alone (no L_facial).
 _base_ = ['../authface_stage2_sdxl.py']
 

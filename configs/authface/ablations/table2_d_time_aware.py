@@ -1,3 +1,3 @@
-# AuthFace Table 2 (d) (paper 004, section 4.3): the fine-tuned prior with the time-aware latent facial
+# AuthFace Table 2 (d) (arXiv 2410.09864, section 4.3): the fine-tuned prior with the time-aware latent facial
 # feature loss (Eq. 3-4) - the full method, configs/authface/authface_stage2_sdxl.py.
 _base_ = ['../authface_stage2_sdxl.py']

@@ -1,4 +1,4 @@
-# Table 4, row 1 (paper 000, section 4.4: "without face-aware supervision (first row)"): no face-aware
+# Table 4, row 1 (HeadsUp, arXiv 2510.09924, section 4.4: "without face-aware supervision (first row)"): no face-aware
 # supervision at all and no reference (x_r = 0, M = 0). Section 2.3 defines the face-aware supervision L_F as
 # the fidelity, identity and face adversarial terms (Eq. 2-3), so the adversarial term and its discriminator go
 # too: the model is OSEDiff's recipe on HeadsUp's data. Table 4 has no adversarial column, so this is our reading;

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) Table 2, row 3 - baseline + ATP: "Baseline ✓ | SSP ✗ | ATP ✓ | HPF ✗ | CelebA 27.66 (+0.09)
+# PortraitSR (AAAI 2026) Table 2, row 3 - baseline + ATP: "Baseline ✓ | SSP ✗ | ATP ✓ | HPF ✗ | CelebA 27.66 (+0.09)
 # | Helen 27.40 (+0.15)". Also Table 4's "Ours" row ("BL ✓ HD-RF × HD-Retrain × Ours ✓ | 27.66 (+0.09) | 27.40
 # (+0.15)"): the dictionary "jointly trained within the same framework and dataset".
 # ATP (Eq. 4-6) on F_latent (there is no F_SSP), no HPF: D_sr(F_ATP). No parsing decoder, so no L_pm; the HR

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) Table 5, row 2 - structural cues injected into 1 decoder layer(s):
+# PortraitSR (AAAI 2026) Table 5, row 2 - structural cues injected into 1 decoder layer(s):
 # "1-layer | PSNR 27.86/27.68 | SSIM 0.818/0.833 | LPIPS 0.079/0.085 | VIF 0.416/0.425" (CelebA/Helen, x8).
 # "we study the effect of injecting structural cues at different decoder stages ... performance consistently
 # degrades with deeper-stage injection". The full model plus SSP's modulation (Eq. 2-3, one 3x3 conv per stage, on

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) Table 5, row 3 - structural cues injected into 2 decoder layer(s):
+# PortraitSR (AAAI 2026) Table 5, row 3 - structural cues injected into 2 decoder layer(s):
 # "2-layer | PSNR 27.85/27.64 | SSIM 0.819/0.832 | LPIPS 0.078/0.086 | VIF 0.416/0.424" (CelebA/Helen, x8).
 # "we study the effect of injecting structural cues at different decoder stages ... performance consistently
 # degrades with deeper-stage injection". The full model plus SSP's modulation (Eq. 2-3, one 3x3 conv per stage, on

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) Table 5, row 4 - structural cues injected into 3 decoder layer(s):
+# PortraitSR (AAAI 2026) Table 5, row 4 - structural cues injected into 3 decoder layer(s):
 # "3-layer | PSNR 27.82/27.72 | SSIM 0.819/0.833 | LPIPS 0.078/0.086 | VIF 0.414/0.423" (CelebA/Helen, x8).
 # "we study the effect of injecting structural cues at different decoder stages ... performance consistently
 # degrades with deeper-stage injection". The full model plus SSP's modulation (Eq. 2-3, one 3x3 conv per stage, on

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) Table 4, row 3 - HD-Retrain: "BL ✓ | HD-RF × | HD-Retrain ✓ | Ours × | CelebA 27.61 (+0.04)
+# PortraitSR (AAAI 2026) Table 4, row 3 - HD-Retrain: "BL ✓ | HD-RF × | HD-Retrain ✓ | Ours × | CelebA 27.61 (+0.04)
 # | Helen 27.38 (+0.13)". "HD-Retrain: a retrained HD using a different model architecture on the target dataset":
 # a dictionary learned by another architecture on CelebA (we read it as RestoreFormer's HQ-Dictionary stage, as in
 # hd_rf_x8_celeba.py, retrained on data/celeba/train_128), held fixed, on the baseline (no SSP, no HPF); no

@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) Table 4, row 2 - HD-RF: "BL ✓ | HD-RF ✓ | HD-Retrain × | Ours × | CelebA 27.62 (+0.05) |
+# PortraitSR (AAAI 2026) Table 4, row 2 - HD-RF: "BL ✓ | HD-RF ✓ | HD-Retrain × | Ours × | CelebA 27.62 (+0.05) |
 # Helen 27.37 (+0.12)". "HD-RF: a pretrained HD learned from an external dataset". We read RF as RestoreFormer, whose
 # "HQ Dictionary" (configs/HQ_Dictionary.yaml of its repository: 1024 entries x 256 channels, learned on FFHQ 512) the
 # paper's related work describes. ATP reads that dictionary, held fixed, on the baseline (no SSP, no HPF); there is

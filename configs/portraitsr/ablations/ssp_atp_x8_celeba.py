@@ -1,4 +1,4 @@
-# PortraitSR (paper 002) Table 2, row 4 - SSP and ATP without HPF: "Baseline ✓ | SSP ✓ | ATP ✓ | HPF ✗ | CelebA
+# PortraitSR (AAAI 2026) Table 2, row 4 - SSP and ATP without HPF: "Baseline ✓ | SSP ✓ | ATP ✓ | HPF ✗ | CelebA
 # 27.74 (+0.17) | Helen 27.47 (+0.22)". The paper: "combining both leads to further gains ... However, the improvement
 # remains limited due to insufficient interaction. Introducing HPF results in a significant performance boost."
 # Without HPF the chained priors feed the decoder: D_sr(F_ATP) with F_ATP = ATP(F_SSP) (our reading: HPF's Eq. 10

@@ -5,12 +5,12 @@ numbers come from pyiqa's own networks and formulas (``pyiqa.create_metric`` wit
 OSEDiff's ``test_metrics.py`` uses). pyiqa is an optional dependency under a **non-commercial** licence: it is
 imported only inside the functions that need it and none of its code is copied here.
 
-Weights, offline first (DESIGN section 5). Every file a metric needs is turned into a local path by
-:func:`~portraitisr.weights.resolve_file` *before* pyiqa builds anything, with pyiqa's official URL
-and file name as the default spec (``weights=`` overrides it). A missing file therefore raises our
-:class:`WeightsNotFoundError`, naming the file and how to provide it, before any network access; downloads happen
-only when allowed (``allow_download=True`` or ``PORTRAITISR_ALLOW_DOWNLOAD=1``) and go to ``PORTRAITISR_HOME``.
-pyiqa's own cache (``$TORCH_HOME/hub/pyiqa``, ``hub/checkpoints``, ``hub/clip``) is one of the places searched.
+Weights, offline first (docs/checkpoints_and_resume.md, "The weight resolver"). Every file a metric needs is turned into
+a local path by :func:`~portraitisr.weights.resolve_file` *before* pyiqa builds anything, with pyiqa's official URL and
+file name as the default spec (``weights=`` overrides it). A missing file therefore raises our
+:class:`WeightsNotFoundError`, naming the file and how to provide it, before any network access; downloads happen only
+when allowed (``allow_download=True`` or ``PORTRAITISR_ALLOW_DOWNLOAD=1``) and go to ``PORTRAITISR_HOME``. pyiqa's own
+cache (``$TORCH_HOME/hub/pyiqa``, ``hub/checkpoints``, ``hub/clip``) is one of the places searched.
 
 How the resolved files reach pyiqa's constructors without network, per metric (chosen per case, the least
 invasive way that is robust):
@@ -358,7 +358,8 @@ def _resolve_niqe(spec: Optional[WeightSpec], allow_download: Optional[bool]) ->
 
 
 # ------------------------------------------------------------------------------------------------ NIQE
-# Why NIQE needs its own Y computation (measured on the 40 OSEDiff benchmark images; see tests/test_evaluation/test_metrics_parity.py):
+# Why NIQE needs its own Y computation (measured on the 40 OSEDiff benchmark images; see
+# tests/test_evaluation/test_metrics_parity.py):
 # NIQE rounds Y x 255 to integers, and the 96 x 96 block statistics that follow are so sensitive that a single
 # rounding flip can move the score by 1e-2 (Canon_001_LR4: 1.8e-2 between pyiqa on CPU and OSEDiff's log). Published
 # numbers (OSEDiff's test_metrics.py pins pyiqa 0.1.10, which gives the same NIQE as 0.1.16 to 2e-5 on these images)

@@ -3,8 +3,9 @@
 facexlib's own ``init_parsing_model`` downloads its weights into site-packages; here the same architectures are
 built from facexlib and their official files are found by :func:`portraitisr.weights.resolve_file`
 (local path, ``$PORTRAITISR_HOME``, facexlib's weights folder, ...; downloaded only when downloads are allowed).
-Release files and input conventions: shared reference face.md section 1 and facexlib ``inference_parsing.py``
-(BiSeNet: ImageNet mean/std; ParseNet: mean = std = 0.5; both at 512x512, 19 CelebAMask-HQ classes).
+Release files and input conventions: facexlib ``facexlib/parsing/__init__.py`` (``init_parsing_model``) and
+``inference/inference_parsing.py`` / ``inference_parsing_parsenet.py`` (BiSeNet: ImageNet mean/std; ParseNet:
+mean = std = 0.5; both at 512x512, 19 CelebAMask-HQ classes).
 """
 from typing import Any, Optional
 

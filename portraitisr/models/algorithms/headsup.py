@@ -1,6 +1,7 @@
 """HeadsUp: one-step portrait super-resolution with face-aware losses and an optional reference face.
 
-Paper 000 (HeadsUp), sections 2.2-2.3 and appendix B:
+HeadsUp (*HeadsUp! High-Fidelity Portrait Image Super-Resolution*, arXiv 2510.09924), sections 2.2-2.3 and
+appendix B:
 
 - Generator ``G = (E~, eps~, D)``: the OSEDiff backbone (LoRA on the VAE encoder and the UNet) whose
   ``conv_in`` takes 9 channels: the LQ latent, the latent of the aligned reference face ``x_r`` (encoded by

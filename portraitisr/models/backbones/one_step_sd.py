@@ -425,7 +425,7 @@ class OneStepSD(nn.Module):
                        channels_last: Optional[bool] = None,
                        compile: bool = False,
                        device: Optional[Union[str, torch.device]] = None) -> 'OneStepSD':
-        """A separate, frozen copy of this backbone for fast inference (the DESIGN.md section 7 recipe).
+        """A separate, frozen copy of this backbone for fast inference (docs/benchmarks.md, "What the fast path does").
 
         * LoRA merged into the base weights and the peft layers removed (one plain conv / linear per layer
           instead of base + A + B); merged in float32, then cast to ``dtype``;

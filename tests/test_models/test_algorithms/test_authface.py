@@ -1,4 +1,5 @@
-"""AuthFace (paper 004): SDXL parts, the ControlNet restorer, stage-I fine-tuning, captions, the one-step hook."""
+"""AuthFace (arXiv 2410.09864): SDXL parts, the ControlNet restorer, stage-I fine-tuning, captions,
+the one-step hook."""
 import copy
 
 import pytest

@@ -1,4 +1,4 @@
-"""The IDFSR model (paper 003) on real photos: configuration checks, the conditions it builds, sampling, the
+"""The IDFSR model (arXiv 2508.10937) on real photos: configuration checks, the conditions it builds, sampling, the
 test-time identity choices, and stage-2 identity fitting (only the embedding moves; the loss goes down; a fit
 resumes exactly)."""
 import copy

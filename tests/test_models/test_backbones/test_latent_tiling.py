@@ -2,9 +2,10 @@
 
 The tiny random SD used here is a hard case for tiling: its GroupNorm statistics and self-attention are global and
 untrained, and the one-step update amplifies any change of the UNet's ``eps`` by ``beta / alpha = 14.6``
-(shared/reference/osediff.md, section 1). Tolerances, on [0, 1] images of the astronaut at 256 x 256 with tiles of
-3/4 of the image: mean |tiled - untiled| <= 0.08 (measured 0.031 with all three stages tiled, 0.047 with per-tile
-VAE GroupNorm statistics); seam score on the tile borders at most 0.5 8-bit levels/pixel above the untiled image's
+(sqrt(1 - abar_999) / sqrt(abar_999) on SD 2.1's schedule; cswry/OSEDiff osediff.py steps at t = 999).
+Tolerances, on [0, 1] images of the astronaut at 256 x 256 with tiles of 3/4 of the image: mean |tiled - untiled|
+<= 0.08 (measured 0.031 with all three stages tiled, 0.047 with per-tile VAE GroupNorm statistics); seam score on
+the tile borders at most 0.5 8-bit levels/pixel above the untiled image's
 on the same lines (a hard 8-level step along two such lines of the photo adds 0.66, see
 ``test_tile_seam_score_sees_a_tile_seam``; measured: tiled 0.21, untiled 0.34).
 """

@@ -1,4 +1,4 @@
-"""PortraitSR ablations (paper 002, Tables 2-5): each switch removes or replaces its part exactly, the training model
+"""PortraitSR ablations (AAAI 2026, Tables 2-5): each switch removes or replaces its part exactly, the training model
 drops the losses of a removed part, and every ablation config builds with tiny parts and trains and validates one
 step on real faces (scikit-image's LFW crops)."""
 from pathlib import Path
@@ -222,7 +222,7 @@ def _tiny_config(name: str, tmp_path: Path) -> Config:
 def test_ablation_config_quotes_its_row_sets_its_switches_and_runs_a_step(name, tmp_path, face_items):
     row, switches = EXPECTED[name]
     header = (ABLATIONS / name).read_text(encoding='utf-8').splitlines()[0]
-    assert header.startswith(f'# PortraitSR (paper 002) {row}')
+    assert header.startswith(f'# PortraitSR (AAAI 2026) {row}')
     paper = Config.fromfile(str(ABLATIONS / name))
     assert {k: paper.model.generator[k] for k in switches} == switches
     dataset = paper.train_dataloader.dataset

@@ -1,4 +1,4 @@
-"""PortraitSR network modules (paper 002): shapes, dictionary retrieval (Eq. 5-6), decorrelation loss (Eq. 14)."""
+"""PortraitSR network modules (AAAI 2026): shapes, dictionary retrieval (Eq. 5-6), decorrelation loss (Eq. 14)."""
 import pytest
 import torch
 

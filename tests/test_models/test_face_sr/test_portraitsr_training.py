@@ -1,4 +1,4 @@
-"""PortraitSR data, losses, training model, face parser wrapper and restorer (paper 002)."""
+"""PortraitSR data, losses, training model, face parser wrapper and restorer (AAAI 2026)."""
 import numpy as np
 import pytest
 import torch

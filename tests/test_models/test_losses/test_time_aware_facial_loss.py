@@ -1,4 +1,4 @@
-"""AuthFace's time-aware latent facial feature loss (paper 004, section 3.2, Eq. 2-4) and its discriminators."""
+"""AuthFace's time-aware latent facial feature loss (arXiv 2410.09864, section 3.2, Eq. 2-4) and its discriminators."""
 import math
 
 import numpy as np

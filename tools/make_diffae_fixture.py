@@ -1,7 +1,7 @@
 """Regenerate the DiffAE parity fixtures from a phizaz/diffae checkout (its own code, imported at run time).
 
-``tests/test_models/test_backbones/test_diffae_parity.py`` checks our :class:`~portraitisr.models.backbones.DiffAEUNet` against these
-files. Nothing of DiffAE is copied into this repository; this script imports the checkout's ``model`` and
+``tests/test_models/test_backbones/test_diffae_parity.py`` checks our :class:`~portraitisr.models.backbones.DiffAEUNet`
+against these files. Nothing of DiffAE is copied into this repository; this script imports the checkout's ``model`` and
 ``diffusion`` packages (they need only torch and numpy, so today's torch runs them) and writes:
 
 1. ``tests/data/diffae_parity.pt.gz``: for a few small random ``BeatGANsAutoencConfig`` networks (one shaped like

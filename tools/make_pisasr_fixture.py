@@ -1,8 +1,9 @@
 """Regenerate ``tests/data/pisasr_parity.pt.gz``: csslc/PiSA-SR's own code run on a tiny random SD, for the parity test.
 
-``tests/test_models/test_backbones/test_pisasr_parity.py`` loads this file into our :class:`~portraitisr.models.backbones.PiSASD` and checks
-that our one-step maths reproduces the reference outputs. Everything in the fixture is produced by PiSA-SR's code
-(imported from a checkout at run time; nothing of it is copied into this repository):
+``tests/test_models/test_backbones/test_pisasr_parity.py`` loads this file into our
+:class:`~portraitisr.models.backbones.PiSASD` and checks that our one-step maths reproduces the reference outputs.
+Everything in the fixture is produced by PiSA-SR's code (imported from a checkout at run time; nothing of it is copied
+into this repository):
 
 1. a tiny SD-shaped UNet and VAE built from the checkout's own model classes (``src/models/unet_2d_condition.py``,
    ``src/models/autoencoder_kl.py``), a tiny CLIP text model and a 3-token tokenizer, written as a diffusers

@@ -1,9 +1,9 @@
 """Regenerate the RAM / DAPE parity fixtures from cswry/OSEDiff's own RAM code.
 
-``tests/test_models/test_taggers/test_taggers_parity.py`` loads these files into our :class:`~portraitisr.models.taggers.RAMTagger` /
-``DAPETagger`` and checks that they reproduce the reference. Everything in them is produced by OSEDiff's ``ram``
-package (``ram/models/ram_lora.py``, ``swin_transformer_lora.py``, ``bert_lora.py``, ``utils.py``), imported from a
-checkout at run time; nothing of it is copied into this repository.
+``tests/test_models/test_taggers/test_taggers_parity.py`` loads these files into our
+:class:`~portraitisr.models.taggers.RAMTagger` / ``DAPETagger`` and checks that they reproduce the reference. Everything
+in them is produced by OSEDiff's ``ram`` package (``ram/models/ram_lora.py``, ``swin_transformer_lora.py``,
+``bert_lora.py``, ``utils.py``), imported from a checkout at run time; nothing of it is copied into this repository.
 
 ``tests/data/ram_parity.pt.gz`` (small random RAM, about 300 KB):
 

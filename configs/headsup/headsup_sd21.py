@@ -24,7 +24,7 @@ model = dict(
     # Details"; appendix B: "The DAPE model ... is utilized to extract the language description of the input LQ
     # images"). OSEDiff instead tags the GT with RAM in training; HeadsUp states T(x_L), so the LQ it is.
     prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}, use_gt_in_training=False),
-    # appendix B, "Backbone Settings", verbatim (OSEDiff's README string repeats "oil painting"; this one does not)
+    # appendix B, "Backbone Settings", verbatim (the same string as OSEDiff's README training command)
     negative_prompt=('painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, '
                      'unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, '
                      'signature, jpeg artifacts, deformed, lowres, over-smooth'),

@@ -17,10 +17,10 @@ model = dict(
     # test_osediff.py): the caption is the tags in training, f'{tags}, {prompt},' with an empty prompt at test.
     prompter=dict(type='TagPrompter', tagger={{_base_.dape_tagger}}, train_tagger={{_base_.ram_tagger}},
                   use_gt_in_training=True),
-    # VSD's unconditional branch: the README training command's string ("oil painting" twice, as there)
-    negative_prompt=('painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, '
-                     '3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, '
-                     'watermark, signature, jpeg artifacts, deformed, lowres, over-smooth'),
+    # VSD's unconditional branch: the README training command's string (and scripts/train/train_osediff.sh's)
+    negative_prompt=('painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, '
+                     'unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, '
+                     'signature, jpeg artifacts, deformed, lowres, over-smooth'),
     lpips_loss=dict(type='LPIPSLoss', net='vgg', loss_weight=2.0),
     l2_weight=1.0,
     vsd_weight=1.0,

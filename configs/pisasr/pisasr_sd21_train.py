@@ -27,6 +27,10 @@ model = dict(
     csd_timesteps=(20, 500),  # int(1000 * 0.02), int(1000 * 0.5)
     pix_steps=4000,
     null_text_ratio=0.5,
+    # CSD's unconditional branch: --neg_prompt_csd's default (training_utils.py), "oil painting" twice as there
+    negative_prompt=('painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, CG Style, '
+                     '3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, frames, '
+                     'watermark, signature, jpeg artifacts, deformed, lowres, over-smooth'),
     # the PiSA-SR training degradation; this config's validation uses paired sets (no degradation at test time)
     data_preprocessor=dict(type='SRDataPreprocessor', degradation='seesr'),
 )

@@ -17,8 +17,8 @@ images replaced by what the tiles need:
 
 Only the latents (``4 x H/8 x W/8``) and one tile row of activations exist whole. The maths is the one of
 ``OneStepSD.forward`` (encode, ``unet_input``, ``predict_eps``, ``one_step``, decode) and
-``OneStepRestorer.restore`` (reflect padding, prompt, colour fix); ``tests/test_apis/test_streamed_restore.py`` checks the
-result against ``model.restore`` with the same tiling. Models whose conditions need the whole upscaled image
+``OneStepRestorer.restore`` (reflect padding, prompt, colour fix); ``tests/test_apis/test_streamed_restore.py``
+checks the result against ``model.restore`` with the same tiling. Models whose conditions need the whole upscaled image
 (HeadsUp with a reference face: face detection and the reference placed at the LQ size) use ``model.restore``.
 """
 from __future__ import annotations

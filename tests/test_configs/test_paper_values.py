@@ -28,10 +28,15 @@ from tests.helpers.tiny_config import CONFIG_ROOT, config_id, discover_configs
 HEADSUP_NEGATIVE_PROMPT = ('painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, '
                            'unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, '
                            'signature, jpeg artifacts, deformed, lowres, over-smooth')
-# cswry/OSEDiff README, training command: "oil painting" twice
-OSEDIFF_NEGATIVE_PROMPT = ('painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, '
-                           'CG Style, 3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, '
-                           'frames, watermark, signature, jpeg artifacts, deformed, lowres, over-smooth')
+# cswry/OSEDiff @fcc4f09, README training command and scripts/train/train_osediff.sh: `--neg_prompt`, quoted (the
+# same string as HeadsUp's; "oil painting" once)
+OSEDIFF_NEGATIVE_PROMPT = ('painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, '
+                           'unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, '
+                           'signature, jpeg artifacts, deformed, lowres, over-smooth')
+# csslc/PiSA-SR src/my_utils/training_utils.py: `--neg_prompt_csd` default, quoted ("oil painting" twice)
+PISASR_NEGATIVE_PROMPT = ('painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, '
+                          'CG Style, 3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, '
+                          'frames, watermark, signature, jpeg artifacts, deformed, lowres, over-smooth')
 OSEDIFF_FACE_NEGATIVE_PROMPT = ('blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, '
                                 'jpeg artifacts, deformed, lowres, over-smooth')
 
@@ -317,6 +322,8 @@ PAPER_VALUES: List[PaperValue] = [
     PaperValue('pisasr/pisasr_sd21.py', 'model.color_fix', 'adain', PISASR_CODE + ': --align_method adain'),
     PaperValue('pisasr/pisasr_sd21_train.py', 'model.pix_steps', 4000, PISASR_CODE + ': pix_steps 4000 (script)'),
     PaperValue('pisasr/pisasr_sd21_train.py', 'model.null_text_ratio', 0.5, PISASR_CODE + ': null_text_ratio 0.5'),
+    PaperValue('pisasr/pisasr_sd21_train.py', 'model.negative_prompt', PISASR_NEGATIVE_PROMPT,
+               'csslc/PiSA-SR src/my_utils/training_utils.py: --neg_prompt_csd default'),
     PaperValue('pisasr/pisasr_sd21_train.py', 'model.l2_weight', 1.0, PISASR_CODE + ': lambda_l2 1.0'),
     PaperValue('pisasr/pisasr_sd21_train.py', 'model.lpips_loss.loss_weight', 2.0, PISASR_CODE + ': lambda_lpips 2'),
     PaperValue('pisasr/pisasr_sd21_train.py', 'model.csd_weight', 1.0, PISASR_CODE + ': lambda_csd 1.0'),

@@ -94,8 +94,8 @@ class OneStepRestorer(FacialLossTerms, BaseModel):
         dropped when the model goes back to train mode, since its weights would be stale. Call after moving the
         model to its device, or pass ``device`` to build the copy there while the float32 model stays where it is
         (e.g. on the CPU, so the GPU holds only the bf16 copy; inputs then go to ``device``). Outputs match the
-        unmerged float32 path within the tolerances of ``tests/test_models/test_backbones/test_fast_inference.py`` (merged fp32: 1e-4; bf16:
-        mean absolute difference below 1.5e-2 on [0, 1] images).
+        unmerged float32 path within the tolerances of ``tests/test_models/test_backbones/test_fast_inference.py``
+        (merged fp32: 1e-4; bf16: mean absolute difference below 1.5e-2 on [0, 1] images).
         """
         self.__dict__['_fast_backbone'] = None  # free the previous copy before building the next one
         self.__dict__['_fast_backbone'] = self._backbone.inference_copy(dtype, channels_last=channels_last,

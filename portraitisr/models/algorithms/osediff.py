@@ -17,8 +17,9 @@ from portraitisr.registry import LOSSES, MODELS
 from .one_step_restorer import OneStepRestorer
 from .vsd_regularizer import vsd_loss
 
-# OSEDiff's negative prompt for VSD's unconditional branch (README training command).
-OSEDIFF_NEGATIVE_PROMPT = ('painting, oil painting, illustration, drawing, art, sketch, oil painting, '
+# OSEDiff's negative prompt for VSD's unconditional branch: cswry/OSEDiff @fcc4f09, the README training command and
+# scripts/train/train_osediff.sh (`--neg_prompt`). HeadsUp's appendix B quotes the same string.
+OSEDIFF_NEGATIVE_PROMPT = ('painting, oil painting, illustration, drawing, art, sketch, '
                            'cartoon, CG Style, 3D render, unreal engine, blurring, dirty, messy, '
                            'worst quality, low quality, frames, watermark, signature, jpeg artifacts, '
                            'deformed, lowres, over-smooth')

@@ -45,11 +45,13 @@ from torch import Tensor
 from portraitisr.models.backbones.one_step_sd import frozen_dtype_autocast
 from portraitisr.registry import LOSSES, MODELS
 from .one_step_restorer import OneStepRestorer
-from .osediff import OSEDIFF_NEGATIVE_PROMPT
 from .vsd_regularizer import vsd_loss
 
-# PiSA-SR ``--neg_prompt_csd`` default (src/my_utils/training_utils.py): the same text as OSEDiff's negative prompt.
-PISASR_NEGATIVE_PROMPT = OSEDIFF_NEGATIVE_PROMPT
+# PiSA-SR's ``--neg_prompt_csd`` default (csslc/PiSA-SR src/my_utils/training_utils.py), verbatim: unlike OSEDiff's
+# ``--neg_prompt`` it lists "oil painting" twice.
+PISASR_NEGATIVE_PROMPT = ('painting, oil painting, illustration, drawing, art, sketch, oil painting, cartoon, '
+                          'CG Style, 3D render, unreal engine, blurring, dirty, messy, worst quality, low quality, '
+                          'frames, watermark, signature, jpeg artifacts, deformed, lowres, over-smooth')
 
 
 @MODELS.register_module()

@@ -22,8 +22,9 @@ come from a few pixels and shift the tone there; and it blends from the very til
 zero padding. :func:`tile_starts` keeps every tile full-size (the last one flush with the border) and the margin
 drops the padded edge. On a GPU the VAE's tiles run stage by stage by default, so that every GroupNorm normalises
 with the whole image's statistics (:mod:`.tiled_group_norm`, as OSEDiff's tiled VAE does), and the blend hides what
-remains (measured by :func:`tile_seam_score` in ``tests/test_models/test_backbones/test_latent_tiling.py``). OSEDiff's own defaults (encoder
-tile 1024 px, latent tile 96 with overlap 32; reference section 1, "Tiling") set the sizes below.
+remains (measured by :func:`tile_seam_score` in ``tests/test_models/test_backbones/test_latent_tiling.py``).
+OSEDiff's own defaults (cswry/OSEDiff ``test_osediff.py``: encoder tile 1024 px, latent tile 96 with overlap 32) set
+the sizes below.
 """
 from __future__ import annotations
 

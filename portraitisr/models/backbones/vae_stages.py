@@ -3,8 +3,9 @@
 Running tiles stage by stage lets every GroupNorm see statistics pooled over all tiles, computed from inputs that
 were themselves normalised with pooled statistics (:func:`.tiled_group_norm.run_tiles_in_step`), as cswry/OSEDiff's
 ``vaehook`` does with its task queues. The chains follow ``Encoder.forward`` / ``Decoder.forward`` of
-``diffusers.models.autoencoders.vae`` without ``latent_embeds`` (SD's VAE); ``tests/test_models/test_backbones/test_tiled_group_norm.py``
-checks that each chain reproduces the module's own forward, so a change in diffusers shows there.
+``diffusers.models.autoencoders.vae`` without ``latent_embeds`` (SD's VAE);
+``tests/test_models/test_backbones/test_tiled_group_norm.py`` checks that each chain reproduces the module's own
+forward, so a change in diffusers shows there.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Face-detection time per detector on one 1024 x 1024 photo with 5 faces.
 
-The photo is composed of real faces: skimage's astronaut and matplotlib's Grace Hopper, plus, when
-``../shared/fixtures/portraits_lq`` is present, three CodeFormer test portraits (else flipped copies of the two).
+The photo is composed of real faces: skimage's astronaut and matplotlib's Grace Hopper, plus, when the published test
+data ``portraits_lq`` is present (``$PORTRAITISR_TEST_DATA``; ``python tools/fetch_test_data.py portraits_lq``), three
+CodeFormer test portraits (else flipped copies of the two).
 
 RetinaFace runs with facexlib's weights when they resolve locally (never downloaded); otherwise with random weights
 and a threshold no face can pass, which times the network, priors and decoding but not a real NMS load
@@ -15,18 +16,19 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/: the test-data setting
 
 from portraitisr.face.detection import DlibFaceDetector, RetinaFaceDetector  # noqa: E402
 from portraitisr.weights import WeightsNotFoundError  # noqa: E402
+from fetch_test_data import test_data_root  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[3] / 'shared' / 'fixtures' / 'portraits_lq'
+FIXTURES = test_data_root() / 'portraits_lq'
 
 
 def _fit(image: np.ndarray, size: int) -> np.ndarray:

@@ -14,11 +14,11 @@ pretraining does for the real model: the tiny VAE is trained as an autoencoder o
 that training starts from an output near the LQ, as OSEDiff starts from SD. Both runs load that diffusers folder
 (``model.backbone.pretrained``); LoRA trains on top of it as usual.
 
-Photos: the package photos plus, with ``--photos DIR``, every image in DIR (recursively), e.g.
-``../shared/fixtures/portraits_lq``. Faces are found with dlib's HOG detector; every ``--holdout``-th photo
-with a face is held out for evaluation.
+Photos: the package photos plus, with ``--photos DIR``, every image in DIR (recursively), e.g. the published test data
+``$PORTRAITISR_TEST_DATA/portraits_lq`` (``python tools/fetch_test_data.py portraits_lq``). Faces are found with dlib's
+HOG detector; every ``--holdout``-th photo with a face is held out for evaluation.
 
-    python tools/experiments/face_fidelity_experiment.py --photos ../shared/fixtures/portraits_lq \
+    python tools/experiments/face_fidelity_experiment.py --photos $PORTRAITISR_TEST_DATA/portraits_lq \
         --steps 300 --seeds 0 1 --work-dir work_dirs/face_fidelity_experiment
 """
 import argparse

@@ -64,6 +64,6 @@ def require_paper_text(file_name: str, title: str, arxiv_id: str) -> str:
     checks that our quotations are the paper's own words; a skip that says how to provide it where it is absent."""
     path = fetch_test_data.test_data_root().parent / 'papers' / file_name
     if not path.is_file():
-        pytest.skip(f'the text of {title} (arXiv {arxiv_id}) is not at {path}: save it there, e.g. '
-                    f'`pdftotext https://arxiv.org/pdf/{arxiv_id} {path}` after downloading the PDF')
+        pytest.skip(f'the text of {title} (arXiv {arxiv_id}) is not at {path}: download '
+                    f'https://arxiv.org/pdf/{arxiv_id} and save its text there (`pdftotext {arxiv_id}.pdf {path}`)')
     return path.read_text(encoding='utf-8')

@@ -20,7 +20,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: our own small test files
 TEST_FILES = REPO_ROOT / 'tests' / 'data'
-CONFIG_ROOT = REPO_ROOT / 'configs'
 
 sys.path.insert(0, str(REPO_ROOT / 'tools'))
 import fetch_test_data  # noqa: E402

@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from portraitisr.engine.loops import NoTestDataError, TolerantTestLoop, file_error_line
 from portraitisr.utils.image_io import ImageTooLargeError, read_image, write_image
+from tests.helpers.images import png_bomb
 
 
 class _Files(Dataset):
@@ -48,14 +49,7 @@ class _Runner:
 def _folder(tmp_path):
     write_image(tmp_path / 'a.png', np.full((8, 8, 3), 0.25, np.float32))
     (tmp_path / 'b.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'broken')  # corrupt
-    # a decompression bomb: a tiny PNG whose header claims 60000 x 60000
-    import zlib, struct  # noqa: E401
-
-    def chunk(kind, data):
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
-    ihdr = struct.pack('>IIBBBBB', 60000, 60000, 8, 2, 0, 0, 0)
-    (tmp_path / 'c.png').write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', ihdr) + chunk(b'IDAT', zlib.compress(b''))
-                                     + chunk(b'IEND', b''))
+    png_bomb(tmp_path / 'c.png')  # a tiny PNG whose header claims 60000 x 60000
     write_image(tmp_path / 'd.png', np.full((8, 8, 3), 0.75, np.float32))
     return [tmp_path / n for n in ('a.png', 'b.png', 'c.png', 'd.png')]
 

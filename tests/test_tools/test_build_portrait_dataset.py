@@ -3,10 +3,8 @@ corrupt files and decompression bombs are reported in one line each and the good
 a killed build resumes; the exit status says whether every photo could be read."""
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 
 import dlib  # noqa: F401  (dlib-bin is an install_requires: missing, it fails)
 import numpy as np
@@ -18,6 +16,7 @@ from portraitisr.datasets.builder.scan import image_id_of
 from portraitisr.face.identity import DlibResNet
 
 from tests.helpers.data_files import REPO_ROOT
+from tests.helpers.images import png_claiming
 
 pytestmark = pytest.mark.slow  # every test runs the tool end to end, in its own process
 
@@ -193,22 +192,6 @@ def test_the_defaults_link_only_the_same_person_in_4k_photos(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- bombs
-def _png(width, height, rows=False):
-    """A gray PNG whose header claims ``width x height``: with every row of zeros compressed in (``rows``, a real
-    decompression bomb: 260 KB for 16384 x 16384, 268 MB as gray, 3.2 GB as float RGB), or almost no data."""
-
-    def chunk(kind, data):
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    if rows:
-        packer, row = zlib.compressobj(9), b'\x00' * (width + 1)
-        data = b''.join(packer.compress(row) for _ in range(height)) + packer.flush()
-    else:
-        data = zlib.compress(b'\x00' * 64)
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0))
-            + chunk(b'IDAT', data) + chunk(b'IEND', b''))
-
-
 #: Runs the tool in this process and writes its peak memory (and its workers' largest) to $RUSAGE_OUT.
 _MEASURED = '''
 import json, os, resource, runpy, sys
@@ -243,9 +226,9 @@ def bomb_folder(tmp_path_factory):
     write_image(photos / 'astronaut.jpg', cv2.resize(astronaut, (1200, 1200), interpolation=cv2.INTER_CUBIC))
     write_image(photos / 'hopper.jpg', cv2.resize(hopper, (1024, 1200), interpolation=cv2.INTER_CUBIC))
     (photos / 'corrupt.jpg').write_bytes((photos / 'hopper.jpg').read_bytes()[:3000])
-    (photos / 'bomb_16k.png').write_bytes(_png(16384, 16384, rows=True))
-    (photos / 'bomb_30k.png').write_bytes(_png(30000, 30000))
-    (photos / 'bomb_60k.png').write_bytes(_png(60000, 60000))
+    (photos / 'bomb_16k.png').write_bytes(png_claiming(16384, 16384, gray=True, rows=True))
+    (photos / 'bomb_30k.png').write_bytes(png_claiming(30000, 30000, gray=True))
+    (photos / 'bomb_60k.png').write_bytes(png_claiming(60000, 60000, gray=True))
     return photos
 
 

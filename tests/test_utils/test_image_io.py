@@ -11,6 +11,7 @@ from portraitisr.utils import image_io
 from portraitisr.utils.image_io import (IMAGE_EXTENSIONS, ImageReadError, ImageRecord, image_to_tensor,
                                         list_images, read_image, tensor_to_image, write_image)
 from tests.helpers.data_files import published_files, require_test_data
+from tests.helpers.images import png_claiming
 
 
 @pytest.fixture(scope='module')
@@ -297,25 +298,12 @@ def test_read_every_low_quality_portrait():
     assert with_alpha >= 1
 
 
-def _png_header_claiming(path, width: int, height: int) -> None:
-    """A small PNG whose header claims ``width x height`` (a decompression bomb's first bytes)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff)
-
-    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b'\x00' * (width * 3 + 1) * 2)
-    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', pixels) + chunk(b'IEND', b''))
-
-
 @pytest.mark.parametrize('side', [16384, 30000, 60000])
 def test_decompression_bombs_are_refused_from_the_header(tmp_path, side):
     from portraitisr.utils.image_io import ImageTooLargeError, read_image_size
 
     path = tmp_path / f'bomb{side}.png'
-    _png_header_claiming(path, side, side)
+    path.write_bytes(png_claiming(side, side))
     assert path.stat().st_size < 200_000
     assert read_image_size(path) == (side, side)
     with pytest.raises(ImageTooLargeError, match=rf'bomb{side}\.png: {side}x{side} .* limit of 134\.2 MP'):

@@ -12,6 +12,7 @@ from portraitisr.datasets.builder import (RECORD_KEYS, SETTINGS_FILE, BuilderWar
                                           SharpnessScorer, WorkerStartError, error_reason, find_photos, image_id_of,
                                           load_records, scan_images)
 from portraitisr.registry import IMAGE_SCORERS
+from tests.helpers.images import png_claiming
 from portraitisr.utils.image_io import read_image, write_image
 
 # Test photos are ~1200 px; the thresholds are scaled down from 3840 x 2160 / 64 px accordingly.
@@ -181,25 +182,12 @@ def test_metric_scorer_niqe():
 
 
 # ---------------------------------------------------------------------------------------------- bad files
-def bomb_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` 8-bit gray pixels, with almost no data (69 bytes)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack('>IIBBBBB', width, height, 8, 0, 0, 0, 0)
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b'\x00' * 64))
-            + chunk(b'IEND', b''))
-
-
 def test_bombs_are_refused_from_the_header_and_the_limit_is_a_setting(photos, tmp_path):
     folder = tmp_path / 'photos'
     folder.mkdir()
     (folder / 'astronaut.png').write_bytes((photos / 'astronaut.png').read_bytes())
-    (folder / 'bomb_30k.png').write_bytes(bomb_png(30000, 30000))
-    (folder / 'bomb_60k.png').write_bytes(bomb_png(60000, 60000))
+    (folder / 'bomb_30k.png').write_bytes(png_claiming(30000, 30000, gray=True))
+    (folder / 'bomb_60k.png').write_bytes(png_claiming(60000, 60000, gray=True))
     records = _by_image(load_records(scan_images(folder, tmp_path / 'out', CONFIG, progress=False)))
     assert records['astronaut.png']['status'] == 'ok'
     for name, side in (('bomb_30k.png', 30000), ('bomb_60k.png', 60000)):
